@@ -1,0 +1,34 @@
+using DistGpt.Model.Engine;
+
+namespace DistGpt.Model.Data;
+
+/// <summary>Random (x, y) windows as nanoGPT's get_batch, but counter-based: sequence i of the global batch of
+/// step s starts at hash(seed, split, s, i) mod (len - T). The global batch of a step therefore does not depend on how
+/// many workers share it, and worker r of N reads only sequences [r B/N, (r+1) B/N). Resuming at step s replays exactly.</summary>
+public static class BatchSampler
+{
+    const ulong TrainStream = 0x7472, ValStream = 0x76616c, EvalStream = 0x6576;
+
+    public static long Start(ulong seed, DataSplit split, long step, long sequence, int dataLength, int blockSize)
+    {
+        ulong stream = split == DataSplit.Train ? TrainStream : ValStream;
+        return Rng.Below(Rng.Key(seed, stream, (ulong)step, (ulong)sequence), dataLength - blockSize);
+    }
+
+    /// <summary>Fills tokens/targets (count × T, row-major) with sequences [first, first + count) of the step's batch.</summary>
+    public static void Fill(ushort[] data, ulong seed, DataSplit split, long step, long first, int count, int blockSize, int[] tokens, int[] targets)
+    {
+        for (int b = 0; b < count; b++)
+        {
+            long start = Start(seed, split, step, first + b, data.Length, blockSize);
+            for (int t = 0; t < blockSize; t++)
+            {
+                tokens[b * blockSize + t] = data[start + t];
+                targets[b * blockSize + t] = data[start + t + 1];
+            }
+        }
+    }
+
+    /// <summary>The key for evaluation batches: distinct from training steps, fixed per (step, eval iteration).</summary>
+    public static long EvalStep(long step, int evalIter) => (long)Rng.Key(EvalStream, (ulong)step, (ulong)evalIter) & long.MaxValue;
+}

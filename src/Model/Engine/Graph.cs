@@ -1,0 +1,81 @@
+namespace DistGpt.Model.Engine;
+
+/// <summary>A node of the tape: a coarse fused kernel with its hand-written backward beside its forward.
+/// Backward accumulates (+=) into the input gradients, so a tensor may feed several ops.</summary>
+public abstract class Op
+{
+    public abstract void Forward(StepContext step);
+    public abstract void Backward(StepContext step);
+}
+
+/// <summary>What changes from one step to the next without changing the graph: train/eval mode and the
+/// counter-based dropout key (seed, step, and the global index of this graph's first sequence).</summary>
+public sealed class StepContext
+{
+    public bool Training { get; set; }
+    public ulong DropoutKey { get; set; }
+    public long FirstSequence { get; set; }
+}
+
+/// <summary>Reverse-mode autograd over a tape recorded once per (batch, time) shape and replayed every step:
+/// the model's build code records ops and allocates every activation once, so a steady-state step allocates nothing.</summary>
+public sealed unsafe class Graph : IDisposable
+{
+    readonly List<Op> ops = new();
+    readonly List<NativeBuffer> buffers = new();
+    readonly List<Tensor> activations = new();
+
+    public Graph(bool withGrad) => WithGrad = withGrad;
+
+    public bool WithGrad { get; }
+    public StepContext Step { get; } = new();
+    public IReadOnlyList<Op> Ops => ops;
+
+    /// <summary>Allocates an activation (and its gradient when the graph trains).</summary>
+    public Tensor Activation(string name, params int[] shape)
+    {
+        long n = 1;
+        foreach (int d in shape) n *= d;
+        var data = Allocate(n);
+        var grad = WithGrad ? Allocate(n) : null;
+        var t = new Tensor(name, data.Pointer, grad == null ? null : grad.Pointer, shape);
+        if (WithGrad) activations.Add(t);
+        return t;
+    }
+
+    /// <summary>Scratch memory that lives as long as the graph (saved statistics, masks, partial sums).</summary>
+    public NativeBuffer Allocate(long length)
+    {
+        var b = new NativeBuffer(length);
+        buffers.Add(b);
+        return b;
+    }
+
+    public T Add<T>(T op) where T : Op
+    {
+        ops.Add(op);
+        return op;
+    }
+
+    public void Forward()
+    {
+        foreach (var op in ops) op.Forward(Step);
+    }
+
+    /// <summary>Zeroes activation gradients, then runs the tape backwards. The caller seeds the loss gradient
+    /// through the loss op and owns zeroing of parameter gradients (so several graphs could accumulate).</summary>
+    public void Backward()
+    {
+        if (!WithGrad) throw new InvalidOperationException("this graph was built for inference (no gradients)");
+        foreach (var t in activations) t.GradSpan.Clear();
+        for (int i = ops.Count - 1; i >= 0; i--) ops[i].Backward(Step);
+    }
+
+    public long ActivationBytes => buffers.Sum(b => b.Length) * sizeof(float);
+
+    public void Dispose()
+    {
+        foreach (var b in buffers) b.Dispose();
+        buffers.Clear();
+    }
+}

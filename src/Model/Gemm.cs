@@ -1,0 +1,471 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace DistGpt.Model;
+
+/// <summary>
+/// Single-precision GEMM, BLIS style: op(A) and op(B) are packed into contiguous, zero-padded
+/// panels and a 6x16 AVX2/FMA register tile does the arithmetic. Row-major throughout.
+/// </summary>
+public static unsafe class Gemm
+{
+    // Register tile: 6 rows x 16 columns = 12 ymm accumulators, leaving 4 for the B row and A broadcasts.
+    const int MR = 6, NR = 16;
+
+    // Cache blocking: a KC x NR micro-panel of B (16 KiB) stays in L1 while the MC x KC block of A
+    // (144 KiB) streams from L2; the KC x NC block of B lives in L2/L3.
+    const int KC = 256, MC = 144, NC = 3072;
+
+    // Below this m*n*k the fork/join cost of Parallel.For outweighs the work.
+    const long ParallelThreshold = 1L << 17;
+
+    /// <summary>Forces the portable Vector&lt;T&gt; fallback (tests and benchmarks).</summary>
+    public static bool UseScalarPath { get; set; }
+
+    static bool UseSimd => Fma.IsSupported && Avx2.IsSupported && !UseScalarPath;
+
+    /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C   (row-major; op(X) = X or X^T)
+    /// A is m x k (lda >= k) when !transA, else k x m (lda >= m). B is k x n (ldb >= n) when !transB, else n x k (ldb >= k). ldc >= n.
+    /// beta == 0 means C is overwritten (never read, so NaN garbage in C must not leak).
+    public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
+        float* a, int lda, float* b, int ldb, float beta, float* c, int ldc, bool parallel = true)
+    {
+        Validate(transA, transB, m, n, k, lda, ldb, ldc);
+        if (m == 0 || n == 0) return;
+        if (k == 0 || alpha == 0)
+        {
+            ScaleC(m, n, beta, c, ldc);
+            return;
+        }
+
+        bool simd = UseSimd;
+        int threads = parallel ? Compute.Threads : 1;
+        if (threads == 1 || (long)m * n * k < ParallelThreshold)
+        {
+            Serial(simd, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return;
+        }
+
+        // Split the larger of m and n into tile-aligned slabs, one per thread; each thread packs its
+        // own panels, so the only shared state is the disjoint slab of C it writes.
+        bool splitM = m >= n;
+        int tile = splitM ? MR : NR, size = splitM ? m : n;
+        int tiles = (size + tile - 1) / tile;
+        int tasks = Math.Min(threads, tiles);
+        int tilesPerTask = (tiles + tasks - 1) / tasks;
+        tasks = (tiles + tilesPerTask - 1) / tilesPerTask;
+        int chunk = tilesPerTask * tile;
+        nint pa = (nint)a, pb = (nint)b, pc = (nint)c;
+        Compute.For(tasks, t =>
+        {
+            int start = t * chunk, len = Math.Min(chunk, size - start);
+            float* ta = (float*)pa, tb = (float*)pb, tc = (float*)pc;
+            if (splitM)
+            {
+                ta += transA ? start : (nint)start * lda;
+                tc += (nint)start * ldc;
+                Serial(simd, transA, transB, len, n, k, alpha, ta, lda, tb, ldb, beta, tc, ldc);
+            }
+            else
+            {
+                tb += transB ? (nint)start * ldb : start;
+                tc += start;
+                Serial(simd, transA, transB, m, len, k, alpha, ta, lda, tb, ldb, beta, tc, ldc);
+            }
+        });
+    }
+
+    /// Naive triple loop with a double accumulator; same contract as <see cref="Sgemm"/>.
+    public static void SgemmReference(bool transA, bool transB, int m, int n, int k, float alpha,
+        float* a, int lda, float* b, int ldb, float beta, float* c, int ldc, bool parallel = true)
+    {
+        Validate(transA, transB, m, n, k, lda, ldb, ldc);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0;
+                for (int p = 0; p < k; p++)
+                {
+                    float x = transA ? a[(nint)p * lda + i] : a[(nint)i * lda + p];
+                    float y = transB ? b[(nint)j * ldb + p] : b[(nint)p * ldb + j];
+                    sum += (double)x * y;
+                }
+                float* cij = c + (nint)i * ldc + j;
+                *cij = beta == 0 ? (float)(alpha * sum) : (float)(alpha * sum + (double)beta * *cij);
+            }
+    }
+
+    static void Validate(bool transA, bool transB, int m, int n, int k, int lda, int ldb, int ldc)
+    {
+        if (m < 0 || n < 0 || k < 0) throw new ArgumentOutOfRangeException(nameof(m), "negative dimension");
+        if (lda < Math.Max(1, transA ? m : k)) throw new ArgumentOutOfRangeException(nameof(lda));
+        if (ldb < Math.Max(1, transB ? k : n)) throw new ArgumentOutOfRangeException(nameof(ldb));
+        if (ldc < Math.Max(1, n)) throw new ArgumentOutOfRangeException(nameof(ldc));
+    }
+
+    static void ScaleC(int m, int n, float beta, float* c, int ldc)
+    {
+        for (int i = 0; i < m; i++)
+        {
+            var row = new Span<float>(c + (nint)i * ldc, n);
+            if (beta == 0) row.Clear();
+            else if (beta != 1) System.Numerics.Tensors.TensorPrimitives.Multiply(row, beta, row);
+        }
+    }
+
+    static void Serial(bool simd, bool transA, bool transB, int m, int n, int k, float alpha,
+        float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    {
+        if (simd) Packed(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        else Portable(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    // ---------------------------------------------------------------- packed AVX2 path
+
+    static void Packed(bool transA, bool transB, int m, int n, int k, float alpha,
+        float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    {
+        var scratch = Scratch.Current;
+        int ncMax = Math.Min(NC, RoundUp(n, NR)), kcMax = Math.Min(KC, k);
+        float* packA = scratch.A((nuint)(Math.Min(MC, RoundUp(m, MR)) * kcMax));
+        float* packB = scratch.B((nuint)(ncMax * kcMax));
+        float* edge = stackalloc float[MR * NR];
+
+        for (int jc = 0; jc < n; jc += NC)
+        {
+            int nc = Math.Min(NC, n - jc);
+            for (int pc = 0; pc < k; pc += KC)
+            {
+                int kc = Math.Min(KC, k - pc);
+                float betaBlock = pc == 0 ? beta : 1f;  // later k-blocks accumulate onto the first
+                PackB(transB, kc, nc, transB ? b + (nint)jc * ldb + pc : b + (nint)pc * ldb + jc, ldb, packB);
+
+                for (int ic = 0; ic < m; ic += MC)
+                {
+                    int mc = Math.Min(MC, m - ic);
+                    PackA(transA, mc, kc, transA ? a + (nint)pc * lda + ic : a + (nint)ic * lda + pc, lda, packA);
+
+                    for (int jr = 0; jr < nc; jr += NR)
+                    {
+                        int nr = Math.Min(NR, nc - jr);
+                        float* bp = packB + jr * kc;
+                        for (int ir = 0; ir < mc; ir += MR)
+                        {
+                            int mr = Math.Min(MR, mc - ir);
+                            float* ap = packA + ir * kc;
+                            float* ct = c + (nint)(ic + ir) * ldc + jc + jr;
+                            if (mr == MR && nr == NR)
+                                Kernel(kc, ap, bp, ct, ldc, alpha, betaBlock);
+                            else
+                            {
+                                Kernel(kc, ap, bp, edge, NR, 1f, 0f);
+                                StoreEdge(edge, ct, ldc, mr, nr, alpha, betaBlock);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
+
+    /// Packs op(A)[0..mc, 0..kc] into MR-row panels: panel r holds, for each p, MR consecutive values.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void PackA(bool transA, int mc, int kc, float* a, int lda, float* dst)
+    {
+        for (int ir = 0; ir < mc; ir += MR, dst += MR * kc)
+        {
+            int mr = Math.Min(MR, mc - ir);
+            if (transA)
+            {
+                // op(A) rows are A columns: each source row p contributes MR contiguous values.
+                float* src = a + ir;
+                for (int p = 0; p < kc; p++, src += lda)
+                {
+                    float* d = dst + p * MR;
+                    int i = 0;
+                    for (; i < mr; i++) d[i] = src[i];
+                    for (; i < MR; i++) d[i] = 0;
+                }
+            }
+            else if (mr == MR)
+            {
+                float* r0 = a + (nint)ir * lda, r1 = r0 + lda, r2 = r1 + lda, r3 = r2 + lda, r4 = r3 + lda, r5 = r4 + lda;
+                float* d = dst;
+                int p = 0;
+                if (Avx.IsSupported)
+                {
+                    // Transpose 6 rows x 4 columns at a time with 128-bit unpacks.
+                    for (; p + 4 <= kc; p += 4, d += 4 * MR)
+                    {
+                        Vector128<float> x0 = Sse.LoadVector128(r0 + p), x1 = Sse.LoadVector128(r1 + p);
+                        Vector128<float> x2 = Sse.LoadVector128(r2 + p), x3 = Sse.LoadVector128(r3 + p);
+                        Vector128<float> x4 = Sse.LoadVector128(r4 + p), x5 = Sse.LoadVector128(r5 + p);
+                        Vector128<float> t0 = Sse.UnpackLow(x0, x1), t1 = Sse.UnpackHigh(x0, x1);   // a0b0a1b1, a2b2a3b3
+                        Vector128<float> t2 = Sse.UnpackLow(x2, x3), t3 = Sse.UnpackHigh(x2, x3);   // c0d0c1d1, c2d2c3d3
+                        Vector128<float> t4 = Sse.UnpackLow(x4, x5), t5 = Sse.UnpackHigh(x4, x5);   // e0f0e1f1, e2f2e3f3
+                        // Column p: a0 b0 c0 d0 | e0 f0, column p+1: a1 b1 c1 d1 | e1 f1, ...
+                        Sse.Store(d + 0, Sse.MoveLowToHigh(t0, t2));
+                        Sse.StoreLow(d + 4, t4);
+                        Sse.Store(d + 6, Sse.MoveHighToLow(t2, t0));
+                        Sse.StoreHigh(d + 10, t4);
+                        Sse.Store(d + 12, Sse.MoveLowToHigh(t1, t3));
+                        Sse.StoreLow(d + 16, t5);
+                        Sse.Store(d + 18, Sse.MoveHighToLow(t3, t1));
+                        Sse.StoreHigh(d + 22, t5);
+                    }
+                }
+                for (; p < kc; p++, d += MR)
+                {
+                    d[0] = r0[p]; d[1] = r1[p]; d[2] = r2[p]; d[3] = r3[p]; d[4] = r4[p]; d[5] = r5[p];
+                }
+            }
+            else
+            {
+                for (int p = 0; p < kc; p++)
+                {
+                    float* d = dst + p * MR;
+                    int i = 0;
+                    for (; i < mr; i++) d[i] = a[(nint)(ir + i) * lda + p];
+                    for (; i < MR; i++) d[i] = 0;
+                }
+            }
+        }
+    }
+
+    /// Packs op(B)[0..kc, 0..nc] into NR-column panels: panel j holds, for each p, NR consecutive values.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void PackB(bool transB, int kc, int nc, float* b, int ldb, float* dst)
+    {
+        for (int jr = 0; jr < nc; jr += NR, dst += NR * kc)
+        {
+            int nr = Math.Min(NR, nc - jr);
+            if (!transB)
+            {
+                float* src = b + jr;
+                if (nr == NR)
+                {
+                    for (int p = 0; p < kc; p++, src += ldb)
+                    {
+                        Avx.Store(dst + p * NR, Avx.LoadVector256(src));
+                        Avx.Store(dst + p * NR + 8, Avx.LoadVector256(src + 8));
+                    }
+                }
+                else
+                {
+                    for (int p = 0; p < kc; p++, src += ldb)
+                    {
+                        float* d = dst + p * NR;
+                        int j = 0;
+                        for (; j < nr; j++) d[j] = src[j];
+                        for (; j < NR; j++) d[j] = 0;
+                    }
+                }
+            }
+            else
+            {
+                // op(B) columns are B rows: transpose 8x8 blocks with AVX; scalar for the ragged rest.
+                float* src = b + (nint)jr * ldb;
+                int p = 0;
+                if (nr == NR)
+                {
+                    for (; p + 8 <= kc; p += 8)
+                    {
+                        Transpose8x8(src + p, ldb, dst + p * NR, NR);
+                        Transpose8x8(src + (nint)8 * ldb + p, ldb, dst + p * NR + 8, NR);
+                    }
+                }
+                for (; p < kc; p++)
+                {
+                    float* d = dst + p * NR;
+                    int j = 0;
+                    for (; j < nr; j++) d[j] = src[(nint)j * ldb + p];
+                    for (; j < NR; j++) d[j] = 0;
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Transpose8x8(float* src, int lds, float* dst, int ldd)
+    {
+        Vector256<float> r0 = Avx.LoadVector256(src), r1 = Avx.LoadVector256(src + lds);
+        Vector256<float> r2 = Avx.LoadVector256(src + 2 * (nint)lds), r3 = Avx.LoadVector256(src + 3 * (nint)lds);
+        Vector256<float> r4 = Avx.LoadVector256(src + 4 * (nint)lds), r5 = Avx.LoadVector256(src + 5 * (nint)lds);
+        Vector256<float> r6 = Avx.LoadVector256(src + 6 * (nint)lds), r7 = Avx.LoadVector256(src + 7 * (nint)lds);
+
+        Vector256<float> t0 = Avx.UnpackLow(r0, r1), t1 = Avx.UnpackHigh(r0, r1);
+        Vector256<float> t2 = Avx.UnpackLow(r2, r3), t3 = Avx.UnpackHigh(r2, r3);
+        Vector256<float> t4 = Avx.UnpackLow(r4, r5), t5 = Avx.UnpackHigh(r4, r5);
+        Vector256<float> t6 = Avx.UnpackLow(r6, r7), t7 = Avx.UnpackHigh(r6, r7);
+
+        Vector256<float> s0 = Avx.Shuffle(t0, t2, 0x44), s1 = Avx.Shuffle(t0, t2, 0xEE);
+        Vector256<float> s2 = Avx.Shuffle(t1, t3, 0x44), s3 = Avx.Shuffle(t1, t3, 0xEE);
+        Vector256<float> s4 = Avx.Shuffle(t4, t6, 0x44), s5 = Avx.Shuffle(t4, t6, 0xEE);
+        Vector256<float> s6 = Avx.Shuffle(t5, t7, 0x44), s7 = Avx.Shuffle(t5, t7, 0xEE);
+
+        Avx.Store(dst, Avx.Permute2x128(s0, s4, 0x20));
+        Avx.Store(dst + ldd, Avx.Permute2x128(s1, s5, 0x20));
+        Avx.Store(dst + 2 * ldd, Avx.Permute2x128(s2, s6, 0x20));
+        Avx.Store(dst + 3 * ldd, Avx.Permute2x128(s3, s7, 0x20));
+        Avx.Store(dst + 4 * ldd, Avx.Permute2x128(s0, s4, 0x31));
+        Avx.Store(dst + 5 * ldd, Avx.Permute2x128(s1, s5, 0x31));
+        Avx.Store(dst + 6 * ldd, Avx.Permute2x128(s2, s6, 0x31));
+        Avx.Store(dst + 7 * ldd, Avx.Permute2x128(s3, s7, 0x31));
+    }
+
+    /// C[6,16] = alpha * Apanel * Bpanel + beta * C, with beta == 0 meaning C is not read.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Kernel(int kc, float* a, float* b, float* c, int ldc, float alpha, float beta)
+    {
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int p = 0; p < kc; p++, a += MR, b += NR)
+        {
+            Vector256<float> b0 = Avx.LoadAlignedVector256(b), b1 = Avx.LoadAlignedVector256(b + 8);
+            Vector256<float> x = Avx.BroadcastScalarToVector256(a);
+            c00 = Fma.MultiplyAdd(x, b0, c00); c01 = Fma.MultiplyAdd(x, b1, c01);
+            x = Avx.BroadcastScalarToVector256(a + 1);
+            c10 = Fma.MultiplyAdd(x, b0, c10); c11 = Fma.MultiplyAdd(x, b1, c11);
+            x = Avx.BroadcastScalarToVector256(a + 2);
+            c20 = Fma.MultiplyAdd(x, b0, c20); c21 = Fma.MultiplyAdd(x, b1, c21);
+            x = Avx.BroadcastScalarToVector256(a + 3);
+            c30 = Fma.MultiplyAdd(x, b0, c30); c31 = Fma.MultiplyAdd(x, b1, c31);
+            x = Avx.BroadcastScalarToVector256(a + 4);
+            c40 = Fma.MultiplyAdd(x, b0, c40); c41 = Fma.MultiplyAdd(x, b1, c41);
+            x = Avx.BroadcastScalarToVector256(a + 5);
+            c50 = Fma.MultiplyAdd(x, b0, c50); c51 = Fma.MultiplyAdd(x, b1, c51);
+        }
+
+        var va = Vector256.Create(alpha);
+        if (beta == 0)
+        {
+            Avx.Store(c, Avx.Multiply(va, c00)); Avx.Store(c + 8, Avx.Multiply(va, c01)); c += ldc;
+            Avx.Store(c, Avx.Multiply(va, c10)); Avx.Store(c + 8, Avx.Multiply(va, c11)); c += ldc;
+            Avx.Store(c, Avx.Multiply(va, c20)); Avx.Store(c + 8, Avx.Multiply(va, c21)); c += ldc;
+            Avx.Store(c, Avx.Multiply(va, c30)); Avx.Store(c + 8, Avx.Multiply(va, c31)); c += ldc;
+            Avx.Store(c, Avx.Multiply(va, c40)); Avx.Store(c + 8, Avx.Multiply(va, c41)); c += ldc;
+            Avx.Store(c, Avx.Multiply(va, c50)); Avx.Store(c + 8, Avx.Multiply(va, c51));
+        }
+        else
+        {
+            var vb = Vector256.Create(beta);
+            Update(c, c00, va, vb); Update(c + 8, c01, va, vb); c += ldc;
+            Update(c, c10, va, vb); Update(c + 8, c11, va, vb); c += ldc;
+            Update(c, c20, va, vb); Update(c + 8, c21, va, vb); c += ldc;
+            Update(c, c30, va, vb); Update(c + 8, c31, va, vb); c += ldc;
+            Update(c, c40, va, vb); Update(c + 8, c41, va, vb); c += ldc;
+            Update(c, c50, va, vb); Update(c + 8, c51, va, vb);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Update(float* c, Vector256<float> acc, Vector256<float> alpha, Vector256<float> beta) =>
+        Avx.Store(c, Fma.MultiplyAdd(acc, alpha, Avx.Multiply(beta, Avx.LoadVector256(c))));
+
+    static void StoreEdge(float* tile, float* c, int ldc, int mr, int nr, float alpha, float beta)
+    {
+        for (int i = 0; i < mr; i++, c += ldc, tile += NR)
+            for (int j = 0; j < nr; j++)
+                c[j] = beta == 0 ? alpha * tile[j] : alpha * tile[j] + beta * c[j];
+    }
+
+    // ---------------------------------------------------------------- portable path
+
+    /// Vector&lt;T&gt; loops without packing: row axpys when B rows are contiguous, dot products otherwise.
+    static void Portable(bool transA, bool transB, int m, int n, int k, float alpha,
+        float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    {
+        ScaleC(m, n, beta, c, ldc);
+        if (!transB)
+        {
+            for (int i = 0; i < m; i++)
+            {
+                float* crow = c + (nint)i * ldc;
+                for (int p = 0; p < k; p++)
+                {
+                    float s = alpha * (transA ? a[(nint)p * lda + i] : a[(nint)i * lda + p]);
+                    Axpy(s, b + (nint)p * ldb, crow, n);
+                }
+            }
+            return;
+        }
+
+        float* column = transA ? Scratch.Current.A((nuint)k) : null;
+        for (int i = 0; i < m; i++)
+        {
+            float* arow = a + (nint)i * lda;
+            if (transA)
+            {
+                for (int p = 0; p < k; p++) column[p] = a[(nint)p * lda + i];
+                arow = column;
+            }
+            float* crow = c + (nint)i * ldc;
+            for (int j = 0; j < n; j++) crow[j] += alpha * Dot(arow, b + (nint)j * ldb, k);
+        }
+    }
+
+    static void Axpy(float s, float* x, float* y, int n)
+    {
+        int j = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var vs = new Vector<float>(s);
+            for (; j + Vector<float>.Count <= n; j += Vector<float>.Count)
+                Vector.Store(Vector.Load(y + j) + vs * Vector.Load(x + j), y + j);
+        }
+        for (; j < n; j++) y[j] += s * x[j];
+    }
+
+    static float Dot(float* x, float* y, int n)
+    {
+        int j = 0;
+        float sum = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var acc = Vector<float>.Zero;
+            for (; j + Vector<float>.Count <= n; j += Vector<float>.Count)
+                acc += Vector.Load(x + j) * Vector.Load(y + j);
+            sum = Vector.Sum(acc);
+        }
+        for (; j < n; j++) sum += x[j] * y[j];
+        return sum;
+    }
+
+    // ---------------------------------------------------------------- scratch
+
+    /// Per-thread packing buffers, grown on demand and reused across calls; freed when the thread dies.
+    sealed class Scratch
+    {
+        [ThreadStatic] static Scratch? current;
+        public static Scratch Current => current ??= new Scratch();
+
+        float* a, b;
+        nuint capA, capB;
+
+        public float* A(nuint floats) => Ensure(ref a, ref capA, floats);
+        public float* B(nuint floats) => Ensure(ref b, ref capB, floats);
+
+        static float* Ensure(ref float* buffer, ref nuint capacity, nuint floats)
+        {
+            if (floats > capacity)
+            {
+                NativeMemory.AlignedFree(buffer);
+                buffer = null;
+                buffer = (float*)NativeMemory.AlignedAlloc(floats * sizeof(float), 64);
+                capacity = floats;
+            }
+            return buffer;
+        }
+
+        ~Scratch()
+        {
+            NativeMemory.AlignedFree(a);
+            NativeMemory.AlignedFree(b);
+        }
+    }
+}

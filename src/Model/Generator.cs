@@ -1,0 +1,54 @@
+using DistGpt.Model.Data;
+using DistGpt.Model.Engine;
+
+namespace DistGpt.Model;
+
+/// <summary>Autoregressive sampling with temperature and top-k. Causal attention means position t never sees later
+/// positions, so a context of length L runs through a graph of the next power-of-two length (≤ block_size) padded at
+/// the end, and the logits at L-1 are read: at most ~log2(block) graphs are ever built.</summary>
+public sealed class Generator(Gpt model) : IDisposable
+{
+    readonly Dictionary<int, GptGraph> graphs = new();
+
+    public int[] Generate(int[] prompt, int maxNewTokens, float temperature, int topK, ulong seed)
+    {
+        if (prompt.Length == 0) throw new ConfigException("--prompt must not be empty");
+        if (temperature <= 0) throw new ConfigException($"--temperature must be positive (got {temperature})");
+        var rng = new RandomStream(Rng.Key(seed, 0x5a3913));
+        var tokens = new List<int>(prompt);
+        int v = model.Config.VocabSize, block = model.Config.BlockSize;
+        var probs = new float[v];
+        for (int n = 0; n < maxNewTokens; n++)
+        {
+            int len = Math.Min(tokens.Count, block);
+            int padded = Math.Min(block, (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)len));
+            if (!graphs.TryGetValue(padded, out var g)) graphs[padded] = g = model.Build(1, padded, withGrad: false, withLoss: false);
+            Array.Clear(g.Tokens);
+            for (int i = 0; i < len; i++) g.Tokens[i] = tokens[tokens.Count - len + i];
+            g.Step.Training = false;
+            g.Forward();
+            var logits = g.Logits.DataSpan.Slice((len - 1) * v, v);
+            for (int j = 0; j < v; j++) probs[j] = logits[j] / temperature;
+            if (topK > 0 && topK < v)
+            {
+                float kth = probs.OrderDescending().ElementAt(topK - 1);
+                for (int j = 0; j < v; j++) if (probs[j] < kth) probs[j] = float.NegativeInfinity;
+            }
+            System.Numerics.Tensors.TensorPrimitives.SoftMax(probs, probs);
+            float u = rng.NextFloat(), acc = 0;
+            int next = v - 1;
+            for (int j = 0; j < v; j++)
+            {
+                acc += probs[j];
+                if (u < acc) { next = j; break; }
+            }
+            tokens.Add(next);
+        }
+        return tokens.ToArray();
+    }
+
+    public void Dispose()
+    {
+        foreach (var g in graphs.Values) g.Dispose();
+    }
+}

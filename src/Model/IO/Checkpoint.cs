@@ -1,0 +1,144 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using DistGpt.Model.Data;
+using DistGpt.Model.Training;
+
+namespace DistGpt.Model.IO;
+
+/// <summary>What checkpoint.json records beside the two safetensors files.</summary>
+public sealed record CheckpointState(
+    int Format, string RunId, long Step, GptConfig Config, string Vocabulary, TrainSettings Settings,
+    long OptimizerSteps, string DataSha256, IReadOnlyDictionary<string, string> FileSha256);
+
+/// <summary>A checkpoint directory: model.safetensors (nanoGPT state_dict names, loadable by PyTorch),
+/// optimizer.safetensors (AdamW moments) and checkpoint.json (config, vocabulary, step, sampler seed, checksums).
+/// Saving writes a fresh directory and swaps it in by rename, so a crash never leaves a half-written checkpoint.</summary>
+public static class Checkpoint
+{
+    public const string DirectoryName = "ckpt";
+    const string ModelFile = "model.safetensors", OptimizerFile = "optimizer.safetensors", StateFile = "checkpoint.json";
+    const int Format = 1;
+
+    public static string PathIn(string outDir) => System.IO.Path.Combine(outDir, DirectoryName);
+
+    /// <summary>Accepts either a run's --out directory or the checkpoint directory itself.</summary>
+    public static string Resolve(string dir)
+    {
+        if (File.Exists(System.IO.Path.Combine(dir, StateFile))) return dir;
+        string inner = PathIn(dir);
+        if (File.Exists(System.IO.Path.Combine(inner, StateFile))) return inner;
+        string old = inner + ".old"; // a crash between the two renames of Save leaves only this one
+        if (File.Exists(System.IO.Path.Combine(old, StateFile))) return old;
+        throw new CheckpointException($"no checkpoint found in '{dir}' (expected {System.IO.Path.Combine(inner, StateFile)})");
+    }
+
+    public static bool Exists(string outDir)
+    {
+        try { Resolve(outDir); return true; }
+        catch (CheckpointException) { return false; }
+    }
+
+    public static unsafe void Save(string outDir, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
+        long step, string runId, string dataSha256)
+    {
+        Directory.CreateDirectory(outDir);
+        string final = PathIn(outDir), tmp = final + ".tmp", old = final + ".old";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        var p = model.Parameters;
+
+        var weights = p.Slots.Select(s => (s.Name, s.Shape, (ReadOnlyMemory<float>)p.ValuesOf(s).ToArray())).ToList();
+        var wte = p.Slot("transformer.wte.weight");
+        weights.Add(("lm_head.weight", wte.Shape, p.ValuesOf(wte).ToArray())); // tied: stored twice so load_state_dict(strict=True) works
+        var meta = new Dictionary<string, string> { ["format"] = "pt", ["step"] = step.ToString() };
+        string modelSha = WriteDurably(System.IO.Path.Combine(tmp, ModelFile), s => SafeTensors.Write(s, weights, meta));
+
+        var moments = new List<(string, int[], ReadOnlyMemory<float>)>();
+        foreach (var s in p.Slots)
+            moments.Add(("exp_avg." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvg.Pointer + s.Offset, (int)s.Length).ToArray()));
+        foreach (var s in p.Slots)
+            moments.Add(("exp_avg_sq." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvgSq.Pointer + s.Offset, (int)s.Length).ToArray()));
+        string optSha = WriteDurably(System.IO.Path.Combine(tmp, OptimizerFile), s => SafeTensors.Write(s, moments));
+
+        var state = new CheckpointState(Format, runId, step, model.Config, tokenizer.Characters, settings, optimizer.StepCount, dataSha256,
+            new Dictionary<string, string> { [ModelFile] = modelSha, [OptimizerFile] = optSha });
+        WriteDurably(System.IO.Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json.Indented));
+
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+        if (Directory.Exists(final)) Directory.Move(final, old);
+        Directory.Move(tmp, final);
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+    }
+
+    static string WriteDurably(string path, Action<Stream> write)
+    {
+        using (var f = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            write(f);
+            f.Flush(flushToDisk: true);
+        }
+        using var r = File.OpenRead(path);
+        return Convert.ToHexString(SHA256.HashData(r)).ToLowerInvariant();
+    }
+
+    /// <summary>Reads and verifies checkpoint.json and the checksums of both tensor files; loads nothing into a model.</summary>
+    public static LoadedCheckpoint Open(string dir)
+    {
+        dir = Resolve(dir);
+        string statePath = System.IO.Path.Combine(dir, StateFile);
+        CheckpointState state;
+        try { state = JsonSerializer.Deserialize<CheckpointState>(File.ReadAllText(statePath), Json.Options) ?? throw new JsonException("empty"); }
+        catch (JsonException e) { throw new CheckpointException($"'{statePath}' is corrupted: {e.Message}"); }
+        if (state.Format != Format) throw new CheckpointException($"'{statePath}' has format {state.Format}; this build reads format {Format}");
+        SafeTensors.File Verified(string name)
+        {
+            string path = System.IO.Path.Combine(dir, name);
+            if (!File.Exists(path)) throw new CheckpointException($"checkpoint file '{path}' is missing");
+            string sha;
+            using (var f = File.OpenRead(path)) sha = Convert.ToHexString(SHA256.HashData(f)).ToLowerInvariant();
+            if (!state.FileSha256.TryGetValue(name, out var expected) || expected != sha)
+                throw new CheckpointException($"checkpoint file '{path}' is corrupted or truncated (SHA-256 {sha[..12]}… does not match the one recorded in {StateFile})");
+            return SafeTensors.Read(path);
+        }
+        return new LoadedCheckpoint(dir, state, Verified(ModelFile), Verified(OptimizerFile));
+    }
+}
+
+public sealed record LoadedCheckpoint(string Directory, CheckpointState State, SafeTensors.File Weights, SafeTensors.File Moments)
+{
+    /// <summary>Copies the weights into a model of the same config, checking every name and shape first.</summary>
+    public void LoadWeights(Gpt model)
+    {
+        RequireConfig(model.Config);
+        var p = model.Parameters;
+        foreach (var s in p.Slots) Check(Weights[s.Name], s);
+        foreach (var s in p.Slots) Weights[s.Name].Floats.CopyTo(p.ValuesOf(s));
+    }
+
+    public unsafe void LoadOptimizer(Gpt model, AdamW optimizer)
+    {
+        var p = model.Parameters;
+        foreach (var s in p.Slots) { Check(Moments["exp_avg." + s.Name], s); Check(Moments["exp_avg_sq." + s.Name], s); }
+        foreach (var s in p.Slots)
+        {
+            Moments["exp_avg." + s.Name].Floats.CopyTo(new Span<float>(optimizer.ExpAvg.Pointer + s.Offset, (int)s.Length));
+            Moments["exp_avg_sq." + s.Name].Floats.CopyTo(new Span<float>(optimizer.ExpAvgSq.Pointer + s.Offset, (int)s.Length));
+        }
+        optimizer.StepCount = State.OptimizerSteps;
+    }
+
+    public void RequireConfig(GptConfig config)
+    {
+        var saved = State.Config;
+        if (saved with { Dropout = config.Dropout } != config)
+            throw new CheckpointException($"checkpoint '{Directory}' was trained with a different model config ({Describe(saved)}) than requested ({Describe(config)})");
+    }
+
+    static string Describe(GptConfig c) => $"n_layer {c.NLayer}, n_head {c.NHead}, n_embd {c.NEmbd}, block_size {c.BlockSize}, vocab_size {c.VocabSize}, bias {c.Bias}";
+
+    void Check(SafeTensors.Entry e, Engine.ParameterSlot s)
+    {
+        if (e.DType != "F32" || !e.Shape.SequenceEqual(s.Shape))
+            throw new CheckpointException($"checkpoint '{Directory}': tensor '{e.Name}' has shape [{string.Join(",", e.Shape)}], the model needs [{string.Join(",", s.Shape)}]");
+    }
+}

@@ -1,0 +1,34 @@
+using System.Numerics.Tensors;
+using DistGpt.Model.Engine;
+using Tensor = DistGpt.Model.Engine.Tensor;
+
+namespace DistGpt.Model.Layers;
+
+/// <summary>y = x W^T + b, W stored (out, in) as PyTorch's nn.Linear.   (N, in) -> (N, out)</summary>
+public sealed unsafe class Linear(Tensor x, Tensor weight, Tensor? bias, Tensor y) : Op
+{
+    readonly int n = x.Rows, inF = x.LastDim, outF = weight.Shape[0];
+
+    public override void Forward(StepContext step)
+    {
+        Gemm.Sgemm(false, true, n, outF, inF, 1f, x.Data, inF, weight.Data, inF, 0f, y.Data, outF);
+        if (bias == null) return;
+        var b = new ReadOnlySpan<float>(bias.Data, outF);
+        for (int r = 0; r < n; r++)
+        {
+            var row = new Span<float>(y.Data + (long)r * outF, outF);
+            TensorPrimitives.Add(row, b, row);
+        }
+    }
+
+    public override void Backward(StepContext step)
+    {
+        if (x.HasGrad) // dx += dy W
+            Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, 1f, x.Grad, inF);
+        // dW += dy^T x
+        Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF);
+        if (bias == null) return;
+        var db = new Span<float>(bias.Grad, outF);
+        for (int r = 0; r < n; r++) TensorPrimitives.Add(db, new ReadOnlySpan<float>(y.Grad + (long)r * outF, outF), db);
+    }
+}

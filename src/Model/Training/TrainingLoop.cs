@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using DistGpt.Model.Data;
+using DistGpt.Model.IO;
+
+namespace DistGpt.Model.Training;
+
+/// <summary>The recipe, as nanoGPT's train.py: per step set the lr from the schedule, get the gradient sum, average it
+/// over the tokens, clip, AdamW; evaluate every eval_interval steps; checkpoint; log a metrics line. Steps count 1..max_iters.</summary>
+public sealed class TrainingLoop(
+    Gpt model, AdamW optimizer, TextCorpus corpus, TrainSettings settings, IGradientSource gradients,
+    Evaluator evaluator, string outDir, string runId, long startStep)
+{
+    /// <summary>Called after every step with its metrics (progress display).</summary>
+    public Action<StepMetrics>? OnStep { get; init; }
+    /// <summary>Called around evaluation and checkpointing (telemetry spans).</summary>
+    public Func<string, long, IDisposable?>? OnPhase { get; init; }
+
+    public long Step { get; private set; } = startStep;
+
+    public float? LastValLoss { get; private set; }
+
+    public void Run(CancellationToken cancel = default)
+    {
+        using var log = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"), startStep);
+        var schedule = settings.Schedule;
+        while (Step < settings.MaxIters)
+        {
+            cancel.ThrowIfCancellationRequested();
+            long step = Step + 1;
+            var clock = Stopwatch.StartNew();
+            float lr = schedule.At(step - 1);
+            var result = gradients.Compute(step, cancel);
+            var sum = result.Sum;
+            if (!double.IsFinite(sum.LossSum)) throw new TrainingDivergedException($"loss is {sum.LossSum} at step {step}; lower --learning-rate");
+            GradientOps.Scale(model.Parameters.Grads, 1f / sum.Tokens);
+            double norm = GradientOps.ClipByGlobalNorm(model.Parameters.Grads, settings.GradClip);
+            optimizer.Step(lr);
+            Step = step;
+            double ms = clock.Elapsed.TotalMilliseconds;
+
+            float? trainLoss = null, valLoss = null;
+            if (step % settings.EvalInterval == 0 || step == settings.MaxIters)
+            {
+                using (OnPhase?.Invoke("evaluate", step)) (trainLoss, valLoss) = evaluator.Estimate(step);
+                LastValLoss = valLoss;
+            }
+            if ((settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters)
+                using (OnPhase?.Invoke("checkpoint", step)) SaveCheckpoint();
+
+            var metrics = new StepMetrics
+            {
+                Step = step, Loss = sum.MeanLoss, Lr = lr, StepMs = Math.Round(ms, 3),
+                TokensPerS = Math.Round(sum.Tokens / (ms / 1000.0), 1), GradNorm = Math.Round(norm, 6),
+                TrainLoss = trainLoss, ValLoss = valLoss, Workers = result.Workers, CommMs = result.CommMs,
+                Extra = result.Extra?.ToDictionary(kv => kv.Key, kv => kv.Value),
+            };
+            log.Write(metrics);
+            OnStep?.Invoke(metrics);
+        }
+    }
+
+    public void SaveCheckpoint() =>
+        Checkpoint.Save(outDir, model, optimizer, corpus.Tokenizer, settings, Step, runId, corpus.Sha256);
+}
+
+public sealed class TrainingDivergedException(string message) : Exception(message);
