@@ -1,1 +1,21 @@
-class P{static void Main(){}}
+using System.CommandLine;
+using DistGpt.Coordinator.Cli;
+
+// distgpt: train GPTs with data parallelism. Each subcommand lives in Cli/; hosting for dev/cluster mode in Hosting/.
+var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT's architecture).")
+{
+    TrainCommand.Create(),
+    SampleCommand.Create(),
+    BenchCommand.Create(),
+    DevCommand.Create(),
+    CoordinatorCommand.Create(),
+    WorkerCommand.Create(),
+};
+var parse = root.Parse(args);
+if (parse.Errors.Count > 0 && parse.CommandResult.Command != root)
+{
+    foreach (var e in parse.Errors) Console.Error.WriteLine($"error: {e.Message}");
+    Console.Error.WriteLine($"see 'distgpt {parse.CommandResult.Command.Name} --help'");
+    return ExitCodes.BadInput;
+}
+return await parse.InvokeAsync();

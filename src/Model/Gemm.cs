@@ -19,8 +19,8 @@ public static unsafe class Gemm
     // (144 KiB) streams from L2; the KC x NC block of B lives in L2/L3.
     const int KC = 256, MC = 144, NC = 3072;
 
-    // Below this m*n*k the fork/join cost of Parallel.For outweighs the work.
-    const long ParallelThreshold = 1L << 17;
+    // Parallel.For costs ~10 us to fork and join here; below ~2M multiply-adds (~20-40 us on one core) it doesn't pay.
+    const long ParallelThreshold = 1L << 21;
 
     /// <summary>Forces the portable Vector&lt;T&gt; fallback (tests and benchmarks).</summary>
     public static bool UseScalarPath { get; set; }
@@ -35,7 +35,7 @@ public static unsafe class Gemm
     {
         Validate(transA, transB, m, n, k, lda, ldb, ldc);
         if (m == 0 || n == 0) return;
-        if (k == 0 || alpha == 0)
+        if (k == 0 || alpha == 0)  // BLAS convention: A and B are not read
         {
             ScaleC(m, n, beta, c, ldc);
             return;
@@ -197,27 +197,24 @@ public static unsafe class Gemm
                 float* r0 = a + (nint)ir * lda, r1 = r0 + lda, r2 = r1 + lda, r3 = r2 + lda, r4 = r3 + lda, r5 = r4 + lda;
                 float* d = dst;
                 int p = 0;
-                if (Avx.IsSupported)
+                // Transpose 6 rows x 4 columns at a time with 128-bit unpacks.
+                for (; p + 4 <= kc; p += 4, d += 4 * MR)
                 {
-                    // Transpose 6 rows x 4 columns at a time with 128-bit unpacks.
-                    for (; p + 4 <= kc; p += 4, d += 4 * MR)
-                    {
-                        Vector128<float> x0 = Sse.LoadVector128(r0 + p), x1 = Sse.LoadVector128(r1 + p);
-                        Vector128<float> x2 = Sse.LoadVector128(r2 + p), x3 = Sse.LoadVector128(r3 + p);
-                        Vector128<float> x4 = Sse.LoadVector128(r4 + p), x5 = Sse.LoadVector128(r5 + p);
-                        Vector128<float> t0 = Sse.UnpackLow(x0, x1), t1 = Sse.UnpackHigh(x0, x1);   // a0b0a1b1, a2b2a3b3
-                        Vector128<float> t2 = Sse.UnpackLow(x2, x3), t3 = Sse.UnpackHigh(x2, x3);   // c0d0c1d1, c2d2c3d3
-                        Vector128<float> t4 = Sse.UnpackLow(x4, x5), t5 = Sse.UnpackHigh(x4, x5);   // e0f0e1f1, e2f2e3f3
-                        // Column p: a0 b0 c0 d0 | e0 f0, column p+1: a1 b1 c1 d1 | e1 f1, ...
-                        Sse.Store(d + 0, Sse.MoveLowToHigh(t0, t2));
-                        Sse.StoreLow(d + 4, t4);
-                        Sse.Store(d + 6, Sse.MoveHighToLow(t2, t0));
-                        Sse.StoreHigh(d + 10, t4);
-                        Sse.Store(d + 12, Sse.MoveLowToHigh(t1, t3));
-                        Sse.StoreLow(d + 16, t5);
-                        Sse.Store(d + 18, Sse.MoveHighToLow(t3, t1));
-                        Sse.StoreHigh(d + 22, t5);
-                    }
+                    Vector128<float> x0 = Sse.LoadVector128(r0 + p), x1 = Sse.LoadVector128(r1 + p);
+                    Vector128<float> x2 = Sse.LoadVector128(r2 + p), x3 = Sse.LoadVector128(r3 + p);
+                    Vector128<float> x4 = Sse.LoadVector128(r4 + p), x5 = Sse.LoadVector128(r5 + p);
+                    Vector128<float> t0 = Sse.UnpackLow(x0, x1), t1 = Sse.UnpackHigh(x0, x1);   // a0b0a1b1, a2b2a3b3
+                    Vector128<float> t2 = Sse.UnpackLow(x2, x3), t3 = Sse.UnpackHigh(x2, x3);   // c0d0c1d1, c2d2c3d3
+                    Vector128<float> t4 = Sse.UnpackLow(x4, x5), t5 = Sse.UnpackHigh(x4, x5);   // e0f0e1f1, e2f2e3f3
+                    // Column p: a0 b0 c0 d0 | e0 f0, column p+1: a1 b1 c1 d1 | e1 f1, ...
+                    Sse.Store(d + 0, Sse.MoveLowToHigh(t0, t2));
+                    Sse.StoreLow(d + 4, t4);
+                    Sse.Store(d + 6, Sse.MoveHighToLow(t2, t0));
+                    Sse.StoreHigh(d + 10, t4);
+                    Sse.Store(d + 12, Sse.MoveLowToHigh(t1, t3));
+                    Sse.StoreLow(d + 16, t5);
+                    Sse.Store(d + 18, Sse.MoveHighToLow(t3, t1));
+                    Sse.StoreHigh(d + 22, t5);
                 }
                 for (; p < kc; p++, d += MR)
                 {

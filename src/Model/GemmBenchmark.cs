@@ -71,10 +71,17 @@ public static unsafe class GemmBenchmark
             float alpha = s.Beta == 0 ? 1f : 1e-3f;  // keep accumulated dW values bounded
             void Call() => Gemm.Sgemm(s.TransA, s.TransB, s.M, s.N, s.K, alpha, a, colsA, b, colsB, s.Beta, c, s.N, s.Parallel);
 
+            // Warm up for a while, not just a call or two: tiered JIT and thread-pool start-up take ~100 ms to settle.
             var warm = Stopwatch.StartNew();
-            Call();
-            Call();
-            double once = warm.Elapsed.TotalSeconds / 2;
+            int warmCalls = 0;
+            double once = 0;
+            while (warmCalls < 2 || warm.Elapsed.TotalSeconds < 0.3)
+            {
+                var sw = Stopwatch.StartNew();
+                Call();
+                once = sw.Elapsed.TotalSeconds;
+                warmCalls++;
+            }
             int calls = Math.Max(1, (int)(0.002 / Math.Max(once, 1e-9)));
             int samples = (int)Math.Clamp(1.0 / (once * calls), 3, 15);
 

@@ -29,6 +29,18 @@ public static class BatchSampler
         }
     }
 
+    /// <summary>Sequences [first, first + count) as raw windows of block_size + 1 tokens (inputs and the shifted targets).</summary>
+    public static int[] Windows(ushort[] data, ulong seed, long step, long first, int count, int blockSize)
+    {
+        var windows = new int[count * (blockSize + 1)];
+        for (int b = 0; b < count; b++)
+        {
+            long start = Start(seed, DataSplit.Train, step, first + b, data.Length, blockSize);
+            for (int t = 0; t <= blockSize; t++) windows[b * (blockSize + 1) + t] = data[start + t];
+        }
+        return windows;
+    }
+
     /// <summary>The key for evaluation batches: distinct from training steps, fixed per (step, eval iteration).</summary>
     public static long EvalStep(long step, int evalIter) => (long)Rng.Key(EvalStream, (ulong)step, (ulong)evalIter) & long.MaxValue;
 }

@@ -34,8 +34,27 @@ public sealed class GradientWorker : IDisposable
     /// <summary>Zeroes the gradients, then forward + backward on sequences [first, first + Sequences) of step's batch.</summary>
     public GradientSum Compute(long step, long first, Action<string>? phase = null)
     {
+        BatchSampler.Fill(trainData, seed, DataSplit.Train, step, first, Sequences, model.Config.BlockSize, graph.Tokens, graph.Targets);
+        return Run(step, first, phase);
+    }
+
+    /// <summary>As <see cref="Compute"/>, on token windows given by the coordinator (Sequences × (block + 1) ids).</summary>
+    public GradientSum ComputeOnWindows(long step, long first, ReadOnlySpan<int> windows, Action<string>? phase = null)
+    {
         int t = model.Config.BlockSize;
-        BatchSampler.Fill(trainData, seed, DataSplit.Train, step, first, Sequences, t, graph.Tokens, graph.Targets);
+        if (windows.Length != Sequences * (t + 1)) throw new ArgumentException($"expected {Sequences * (t + 1)} window tokens, got {windows.Length}");
+        for (int b = 0; b < Sequences; b++)
+        {
+            windows.Slice(b * (t + 1), t).CopyTo(graph.Tokens.AsSpan(b * t, t));
+            windows.Slice(b * (t + 1) + 1, t).CopyTo(graph.Targets.AsSpan(b * t, t));
+        }
+        foreach (int id in windows)
+            if ((uint)id >= (uint)model.Config.VocabSize) throw new ArgumentException($"token id {id} is outside the vocabulary");
+        return Run(step, first, phase);
+    }
+
+    GradientSum Run(long step, long first, Action<string>? phase)
+    {
         model.Parameters.ZeroGrads();
         graph.Step.Training = true;
         graph.Step.DropoutKey = DropoutKey(seed, step);

@@ -1,0 +1,42 @@
+using DistGpt.Model;
+
+namespace DistGpt.Contracts;
+
+// Wire messages. Each travels as a frame: a JSON header (these records) and an optional raw payload of
+// little-endian float32 tensors (weights down, gradient sums up). Every message after the join names the run,
+// the step and the model-config hash, so a frame from another run or a stale step is refused, never applied.
+
+public enum MessageKind : byte
+{
+    Join = 1, JoinAccepted = 2, JoinRefused = 3, Compute = 4, Gradients = 5, Heartbeat = 6, Shutdown = 7, Failed = 8,
+}
+
+/// <summary>Worker → coordinator, first frame on a connection.</summary>
+public sealed record JoinRequest(
+    string WorkerName, string BuildVersion, int ProtocolVersion, int Threads,
+    string? DataSha256, string? ExpectedConfigHash, string? ClusterToken);
+
+/// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches.</summary>
+public sealed record JoinAccepted(
+    string RunId, int Rank, GptConfig Config, string ConfigHash, string Vocabulary, ulong Seed,
+    long ParameterCount, bool SendsWindows, double HeartbeatSeconds);
+
+public sealed record JoinRefused(string Reason);
+
+/// <summary>Coordinator → worker: compute the gradient sum of sequences [FirstSequence, FirstSequence + Sequences) of
+/// Step's global batch at the weights in the payload (version = updates applied so far). When SendsWindows, the payload
+/// carries the token windows (Sequences × (block+1) int32) after the weights, for a worker without its own corpus.</summary>
+public sealed record ComputeRequest(string RunId, long Step, long WeightsVersion, string ConfigHash, long FirstSequence, int Sequences);
+
+/// <summary>Worker → coordinator: the gradient sum (payload) with the loss behind it and the worker's own timings.</summary>
+public sealed record GradientsReply(
+    string RunId, long Step, long WeightsVersion, string ConfigHash, double LossSum, long Tokens,
+    double ComputeMs, double ForwardMs, double BackwardMs, double ReceiveMs);
+
+public sealed record Heartbeat(string RunId, long Step);
+
+/// <summary>Coordinator → worker: the run is over; the worker exits with code 0.</summary>
+public sealed record Shutdown(string RunId, string Reason);
+
+/// <summary>Either side: an unrecoverable problem, with a message for the other side's log.</summary>
+public sealed record Failed(string Reason);

@@ -1,0 +1,109 @@
+using System.Buffers.Binary;
+using System.Text.Json;
+using DistGpt.Model.IO;
+
+namespace DistGpt.Contracts.Wire;
+
+/// <summary>A received frame's header; its payload (PayloadLength bytes) must be read or skipped next.</summary>
+public sealed record Frame(MessageKind Kind, byte[] Header, long PayloadLength)
+{
+    public T Read<T>()
+    {
+        try { return JsonSerializer.Deserialize<T>(Header, Json.Options) ?? throw new ProtocolException($"{Kind} frame has an empty header"); }
+        catch (JsonException e) { throw new ProtocolException($"{Kind} frame header is not a valid {typeof(T).Name}: {e.Message}"); }
+    }
+}
+
+/// <summary>Framing for the coordinator↔worker connection: 16-byte prefix (magic "DG", kind, header length,
+/// payload length), a JSON header, then a raw payload streamed in bounded chunks straight from/to tensor memory.</summary>
+public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
+{
+    const ushort Magic = 0x4744;
+    const int PrefixBytes = 16, MaxHeaderBytes = 1 << 20, ChunkBytes = 1 << 20;
+    readonly SemaphoreSlim sendLock = new(1, 1);
+    readonly byte[] prefix = new byte[PrefixBytes];
+
+    public long BytesSent { get; private set; }
+    public long BytesReceived { get; private set; }
+
+    public async Task SendAsync<T>(MessageKind kind, T header, CancellationToken cancel = default, params ReadOnlyMemory<byte>[] payload)
+    {
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(header, Json.Options);
+        long payloadLength = payload.Sum(p => (long)p.Length);
+        var head = new byte[PrefixBytes];
+        BinaryPrimitives.WriteUInt16LittleEndian(head, Magic);
+        head[2] = (byte)kind;
+        BinaryPrimitives.WriteInt32LittleEndian(head.AsSpan(4), json.Length);
+        BinaryPrimitives.WriteInt64LittleEndian(head.AsSpan(8), payloadLength);
+        await sendLock.WaitAsync(cancel);
+        try
+        {
+            await output.WriteAsync(head, cancel);
+            await output.WriteAsync(json, cancel);
+            foreach (var part in payload)
+                for (int o = 0; o < part.Length; o += ChunkBytes)
+                    await output.WriteAsync(part.Slice(o, Math.Min(ChunkBytes, part.Length - o)), cancel);
+            await output.FlushAsync(cancel);
+            BytesSent += PrefixBytes + json.Length + payloadLength;
+        }
+        finally { sendLock.Release(); }
+    }
+
+    /// <summary>Reads the next frame's prefix and header; null when the peer closed the connection cleanly.</summary>
+    public async Task<Frame?> ReceiveAsync(CancellationToken cancel = default)
+    {
+        int got = 0;
+        while (got < PrefixBytes)
+        {
+            int n = await input.ReadAsync(prefix.AsMemory(got), cancel);
+            if (n == 0)
+            {
+                if (got == 0) return null;
+                throw new ProtocolException($"connection closed inside a frame prefix ({got} of {PrefixBytes} bytes)");
+            }
+            got += n;
+        }
+        if (BinaryPrimitives.ReadUInt16LittleEndian(prefix) != Magic) throw new ProtocolException("not a DistGpt frame (bad magic): is this the coordinator's address?");
+        var kind = (MessageKind)prefix[2];
+        int headerLength = BinaryPrimitives.ReadInt32LittleEndian(prefix.AsSpan(4));
+        long payloadLength = BinaryPrimitives.ReadInt64LittleEndian(prefix.AsSpan(8));
+        if (headerLength is < 0 or > MaxHeaderBytes) throw new ProtocolException($"frame header length {headerLength} is out of range");
+        if (payloadLength < 0) throw new ProtocolException($"frame payload length {payloadLength} is negative");
+        var header = new byte[headerLength];
+        await ReadExactlyAsync(header, cancel);
+        BytesReceived += PrefixBytes + headerLength;
+        return new Frame(kind, header, payloadLength);
+    }
+
+    /// <summary>Reads exactly destination.Length payload bytes, in bounded chunks.</summary>
+    public async Task ReadPayloadAsync(Memory<byte> destination, CancellationToken cancel = default)
+    {
+        for (int o = 0; o < destination.Length; o += ChunkBytes)
+            await ReadExactlyAsync(destination.Slice(o, Math.Min(ChunkBytes, destination.Length - o)), cancel);
+        BytesReceived += destination.Length;
+    }
+
+    public async Task SkipPayloadAsync(long length, CancellationToken cancel = default)
+    {
+        var scratch = new byte[(int)Math.Min(length, ChunkBytes)];
+        for (long left = length; left > 0; left -= scratch.Length)
+            await ReadExactlyAsync(scratch.AsMemory(0, (int)Math.Min(left, scratch.Length)), cancel);
+        BytesReceived += length;
+    }
+
+    async Task ReadExactlyAsync(Memory<byte> buffer, CancellationToken cancel)
+    {
+        try { await input.ReadExactlyAsync(buffer, cancel); }
+        catch (EndOfStreamException) { throw new ProtocolException("connection closed in the middle of a frame (truncated stream)"); }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await input.DisposeAsync();
+        if (!ReferenceEquals(input, output)) await output.DisposeAsync();
+        sendLock.Dispose();
+    }
+}
+
+/// <summary>The peer broke the protocol (bad magic, truncated frame, malformed header, wrong payload size).</summary>
+public sealed class ProtocolException(string message) : Exception(message);

@@ -1,0 +1,49 @@
+using System.CommandLine;
+using DistGpt.Coordinator.Training;
+using DistGpt.Model;
+
+namespace DistGpt.Coordinator.Cli;
+
+/// <summary>`distgpt coordinator`: cluster mode. Waits for --min-workers workers, then trains with their gradients.</summary>
+public static class CoordinatorCommand
+{
+    public static Command Create()
+    {
+        var train = new TrainOptions();
+        var cluster = new ClusterOptions();
+        var listen = new Option<string>("--listen") { Description = "address to bind and advertise, http://IP:PORT", DefaultValueFactory = _ => "http://0.0.0.0:7070" };
+        var minWorkers = new Option<int>("--min-workers") { Description = "workers to wait for before training", DefaultValueFactory = _ => 1 };
+        var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others instead of stopping" };
+        var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate: serve TLS" };
+        var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
+        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, minWorkers, tolerate, tlsCert, tlsKey };
+        train.AddTo(command);
+        cluster.AddTo(command);
+        command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
+        {
+            Compute.Threads = train.ReadThreads(r);
+            if (r.GetValue(minWorkers) < 1) throw new ConfigException($"--min-workers must be positive (got {r.GetValue(minWorkers)})");
+            var settings = new CoordinatorSettings
+            {
+                Listen = ParseUri(r.GetValue(listen)!, "--listen"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
+                HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
+                TolerateFailures = r.GetValue(tolerate), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
+            };
+            using var setup = RunSetup.Create(train, r);
+            PrintModel(setup);
+            return await DistributedTraining.RunAsync(setup, settings, new ProgressView(setup.Settings.MaxIters), null, cancel);
+        }));
+        return command;
+    }
+
+    public static Uri ParseUri(string value, string flag) =>
+        Uri.TryCreate(value, UriKind.Absolute, out var uri) && uri.Port > 0 && uri.Scheme is "http" or "https"
+            ? uri : throw new ConfigException($"{flag} '{value}' is not an address like http://HOST:PORT");
+
+    public static void PrintModel(RunSetup run)
+    {
+        var cfg = run.Model.Config;
+        Console.WriteLine($"model: {cfg.NLayer} layers, {cfg.NHead} heads, n_embd {cfg.NEmbd}, block {cfg.BlockSize}, vocab {cfg.VocabSize}, {run.Model.Parameters.Count:N0} parameters; data {run.Corpus.Path}");
+        if (run.StartStep > 0) Console.WriteLine($"resuming from step {run.StartStep} in {run.OutDir}");
+    }
+}

@@ -1,0 +1,74 @@
+using System.CommandLine;
+using System.Security.Cryptography;
+using DistGpt.Contracts;
+using DistGpt.Coordinator.Hosting;
+using DistGpt.Coordinator.Training;
+using DistGpt.Model;
+
+namespace DistGpt.Coordinator.Cli;
+
+/// <summary>`distgpt dev`: the coordinator plus N worker silo processes on this machine, one command.</summary>
+public static class DevCommand
+{
+    public static Command Create()
+    {
+        var train = new TrainOptions();
+        var cluster = new ClusterOptions();
+        var workers = new Option<int>("--workers") { Description = "worker processes to start", DefaultValueFactory = _ => 2 };
+        var workerThreads = new Option<int>("--worker-threads") { Description = "threads per worker (default: cores / workers)" };
+        var restart = new Option<bool>("--restart-workers") { Description = "restart a crashed worker process (bounded) and keep training", DefaultValueFactory = _ => true };
+        var maxRestarts = new Option<int>("--max-restarts") { Description = "restarts allowed over the run", DefaultValueFactory = _ => 5 };
+        var command = new Command("dev", "Train with a coordinator and N worker processes on this machine.") { workers, workerThreads, restart, maxRestarts };
+        train.AddTo(command);
+        cluster.AddTo(command);
+        command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
+        {
+            int n = r.GetValue(workers);
+            if (n < 1) throw new ConfigException($"--workers must be positive (got {n})");
+            int perWorker = r.GetResult(workerThreads) is { Implicit: false } ? r.GetValue(workerThreads) : Math.Max(1, Environment.ProcessorCount / n);
+            if (perWorker < 1) throw new ConfigException($"--worker-threads must be positive (got {perWorker})");
+            Compute.Threads = train.ReadThreads(r);
+            bool restarting = r.GetValue(restart);
+            string token = cluster.Token(r) ?? Convert.ToHexString(RandomNumberGenerator.GetBytes(24)).ToLowerInvariant();
+            var settings = new CoordinatorSettings
+            {
+                Listen = new Uri("http://127.0.0.1:0"), MinWorkers = n, ClusterToken = token,
+                HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, r.GetValue(cluster.JoinTimeout))),
+                TolerateFailures = restarting,
+            };
+            using var setup = RunSetup.Create(train, r);
+            CoordinatorCommand.PrintModel(setup);
+            Console.WriteLine($"dev mode: {n} worker processes × {perWorker} threads");
+            using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+            string? failure = null;
+            WorkerProcesses? processes = null;
+            try
+            {
+                return await DistributedTraining.RunAsync(setup, settings, new ProgressView(setup.Settings.MaxIters), address =>
+                {
+                    processes = new WorkerProcesses(name =>
+                    {
+                        var info = WorkerProcesses.SelfCommand(["worker", "--coordinator", address.ToString(), "--name", name,
+                            "--threads", perWorker.ToString(), "--data", setup.Corpus.Path, "--connect-timeout", "20"]);
+                        info.Environment[ClusterOptions.TokenEnvVar] = token; // not on the command line, where ps would show it
+                        return info;
+                    }, restarting ? r.GetValue(maxRestarts) : 0);
+                    processes.Failed += why =>
+                    {
+                        failure = why;
+                        Console.Error.WriteLine($"[dev] {why}; stopping the run");
+                        failed.Cancel();
+                    };
+                    for (int i = 0; i < n; i++) processes.Start($"worker-{i}");
+                    return Task.CompletedTask;
+                }, failed.Token);
+            }
+            catch (OperationCanceledException) when (failure != null)
+            {
+                throw new RunFailedException(failure);
+            }
+            finally { processes?.Dispose(); }
+        }));
+        return command;
+    }
+}

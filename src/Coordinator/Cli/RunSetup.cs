@@ -1,0 +1,59 @@
+using System.CommandLine;
+using DistGpt.Model;
+using DistGpt.Model.Data;
+using DistGpt.Model.IO;
+using DistGpt.Model.Training;
+
+namespace DistGpt.Coordinator.Cli;
+
+/// <summary>Everything a training run starts from: corpus, model (fresh or from the checkpoint in --out), optimizer, step.</summary>
+public sealed class RunSetup : IDisposable
+{
+    public required TextCorpus Corpus { get; init; }
+    public required Gpt Model { get; init; }
+    public required AdamW Optimizer { get; init; }
+    public required TrainSettings Settings { get; init; }
+    public required long StartStep { get; init; }
+    public required string RunId { get; init; }
+    public required string OutDir { get; init; }
+
+    public static RunSetup Create(TrainOptions options, ParseResult r)
+    {
+        string outDir = r.GetValue(options.Out)!;
+        bool resume = r.GetValue(options.Resume);
+        LoadedCheckpoint? ckpt = null;
+        if (resume)
+        {
+            if (!Checkpoint.Exists(outDir)) throw new CheckpointException($"--resume: no checkpoint in '{outDir}' (expected {Checkpoint.PathIn(outDir)})");
+            ckpt = Checkpoint.Open(outDir);
+        }
+        var (modelConfig, settings) = options.Read(r, ckpt?.State.Config, ckpt?.State.Settings);
+        string dataPath = DataLocator.Resolve(r.GetValue(options.Data));
+        var corpus = TextCorpus.Load(dataPath, ckpt == null ? null : CharTokenizer.FromCharacters(ckpt.State.Vocabulary));
+        modelConfig = modelConfig with { VocabSize = corpus.Tokenizer.VocabSize };
+        corpus.RequireBlock(modelConfig.BlockSize);
+        if (ckpt != null && ckpt.State.Step >= settings.MaxIters)
+            throw new ConfigException($"--resume: the checkpoint in '{outDir}' is at step {ckpt.State.Step}; pass a --max-iters above it to train further");
+
+        var model = new Gpt(modelConfig);
+        var optimizer = new AdamW(model.Parameters, settings.Beta1, settings.Beta2, settings.WeightDecay);
+        if (ckpt != null)
+        {
+            ckpt.LoadWeights(model);
+            ckpt.LoadOptimizer(model, optimizer);
+        }
+        else model.Initialize(settings.Seed);
+        Directory.CreateDirectory(outDir);
+        return new RunSetup
+        {
+            Corpus = corpus, Model = model, Optimizer = optimizer, Settings = settings, OutDir = outDir,
+            StartStep = ckpt?.State.Step ?? 0, RunId = ckpt?.State.RunId ?? Guid.NewGuid().ToString("n")[..12],
+        };
+    }
+
+    public void Dispose()
+    {
+        Optimizer.Dispose();
+        Model.Dispose();
+    }
+}

@@ -1,0 +1,38 @@
+using System.CommandLine;
+using DistGpt.Model;
+using DistGpt.Model.Data;
+using DistGpt.Model.IO;
+
+namespace DistGpt.Coordinator.Cli;
+
+/// <summary>`distgpt sample`: generate text from a checkpoint (nanoGPT's sample.py).</summary>
+public static class SampleCommand
+{
+    public static Command Create()
+    {
+        var checkpoint = new Option<string>("--checkpoint") { Description = "a run's --out directory or its ckpt directory", DefaultValueFactory = _ => "out" };
+        var prompt = new Option<string>("--prompt") { Description = "text to continue", DefaultValueFactory = _ => "\n" };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "characters to generate", DefaultValueFactory = _ => 500 };
+        var temperature = new Option<float>("--temperature") { Description = "softmax temperature (< 1: more conservative)", DefaultValueFactory = _ => 0.8f };
+        var topK = new Option<int>("--top-k") { Description = "sample only from the k likeliest tokens (0: all)", DefaultValueFactory = _ => 200 };
+        var seed = new Option<ulong>("--seed") { Description = "sampling seed", DefaultValueFactory = _ => 1 };
+        var threads = new Option<int>("--threads") { Description = "compute threads", DefaultValueFactory = _ => 1 };
+        var command = new Command("sample", "Generate text from a checkpoint.") { checkpoint, prompt, maxNew, temperature, topK, seed, threads };
+        command.SetAction((r, _) => ExitCodes.Guard(() =>
+        {
+            if (r.GetValue(maxNew) < 0) throw new ConfigException($"--max-new-tokens must be >= 0 (got {r.GetValue(maxNew)})");
+            if (r.GetValue(topK) < 0) throw new ConfigException($"--top-k must be >= 0 (got {r.GetValue(topK)})");
+            if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
+            Compute.Threads = r.GetValue(threads);
+            var ckpt = Checkpoint.Open(r.GetValue(checkpoint)!);
+            using var model = new Gpt(ckpt.State.Config with { Dropout = 0 });
+            ckpt.LoadWeights(model);
+            var tokenizer = CharTokenizer.FromCharacters(ckpt.State.Vocabulary);
+            using var generator = new Generator(model);
+            var ids = generator.Generate(tokenizer.Encode(r.GetValue(prompt)!), r.GetValue(maxNew), r.GetValue(temperature), r.GetValue(topK), r.GetValue(seed));
+            Console.WriteLine(tokenizer.Decode(ids));
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,35 @@
+using System.CommandLine;
+using DistGpt.Model;
+using DistGpt.Model.Training;
+
+namespace DistGpt.Coordinator.Cli;
+
+/// <summary>`distgpt train`: single-process training, nanoGPT's train.py.</summary>
+public static class TrainCommand
+{
+    public static Command Create()
+    {
+        var options = new TrainOptions();
+        var command = new Command("train", "Train a GPT in this process (nanoGPT's train.py).");
+        options.AddTo(command);
+        command.SetAction((r, cancel) => ExitCodes.Guard(() =>
+        {
+            Compute.Threads = options.ReadThreads(r);
+            using var run = RunSetup.Create(options, r);
+            var cfg = run.Model.Config;
+            Console.WriteLine($"model: {cfg.NLayer} layers, {cfg.NHead} heads, n_embd {cfg.NEmbd}, block {cfg.BlockSize}, vocab {cfg.VocabSize}, {run.Model.Parameters.Count:N0} parameters; {Compute.Threads} threads; data {run.Corpus.Path}");
+            if (run.StartStep > 0) Console.WriteLine($"resuming from step {run.StartStep} in {run.OutDir}");
+            using var worker = new GradientWorker(run.Model, run.Corpus.Train, run.Settings.Seed, run.Settings.BatchSize);
+            var view = new ProgressView(run.Settings.MaxIters);
+            var loop = new TrainingLoop(run.Model, run.Optimizer, run.Corpus, run.Settings, new LocalGradientSource(worker),
+                new Evaluator(worker.Graph, run.Corpus, run.Settings.Seed, run.Settings.EvalIters), run.OutDir, run.RunId, run.StartStep)
+            {
+                OnStep = m => view.Report(m),
+            };
+            view.Run(run.StartStep, () => loop.Run(cancel));
+            Console.WriteLine($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}; checkpoint and metrics.jsonl in {run.OutDir}");
+            return 0;
+        }));
+        return command;
+    }
+}

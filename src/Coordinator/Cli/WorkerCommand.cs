@@ -1,0 +1,44 @@
+using System.CommandLine;
+using DistGpt.Model;
+using DistGpt.WorkerSilo;
+
+namespace DistGpt.Coordinator.Cli;
+
+/// <summary>`distgpt worker`: a worker silo. Joins the coordinator and computes gradients until the run ends (exit 0).</summary>
+public static class WorkerCommand
+{
+    public static Command Create()
+    {
+        var coordinator = new Option<string>("--coordinator") { Description = "the coordinator's address, http://HOST:PORT", Required = true };
+        var name = new Option<string>("--name") { Description = "unique worker name (default: host-pid)" };
+        var threads = new Option<int>("--threads") { Description = "compute threads (default: all cores)", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var data = new Option<string>("--data") { Description = $"this node's copy of the corpus (else ${DataLocator.EnvVar}; with neither, the coordinator sends each step's windows)" };
+        var token = new Option<string>("--cluster-token") { Description = $"shared secret (else ${ClusterOptions.TokenEnvVar})" };
+        var connectTimeout = new Option<double>("--connect-timeout") { Description = "seconds to keep retrying an unreachable coordinator", DefaultValueFactory = _ => 30 };
+        var expectConfig = new Option<string>("--expect-config") { Description = "refuse to join unless the run's model-config hash is this" };
+        var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate that signed the coordinator's TLS certificate" };
+        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa };
+        command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
+        {
+            if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
+            if (!(r.GetValue(connectTimeout) > 0)) throw new ConfigException($"--connect-timeout must be positive (got {r.GetValue(connectTimeout)})");
+            string? dataPath = r.GetValue(data);
+            if (string.IsNullOrEmpty(dataPath)) dataPath = Environment.GetEnvironmentVariable(DataLocator.EnvVar);
+            if (!string.IsNullOrEmpty(dataPath) && !File.Exists(dataPath)) throw new Model.Data.DataException($"data file '{dataPath}' does not exist");
+            string? secret = r.GetValue(token);
+            if (string.IsNullOrEmpty(secret)) secret = Environment.GetEnvironmentVariable(ClusterOptions.TokenEnvVar);
+            var options = new WorkerOptions
+            {
+                Coordinator = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator"),
+                Name = r.GetValue(name) ?? $"{Environment.MachineName}-{Environment.ProcessId}",
+                Threads = r.GetValue(threads), DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
+                ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
+                ConnectTimeout = TimeSpan.FromSeconds(r.GetValue(connectTimeout)), ExpectConfigHash = r.GetValue(expectConfig),
+                TlsCaPath = r.GetValue(tlsCa), Log = msg => Console.WriteLine($"[worker] {msg}"),
+            };
+            using var silo = new WorkerSilo.WorkerSilo(options);
+            return await silo.RunAsync(cancel);
+        }));
+        return command;
+    }
+}

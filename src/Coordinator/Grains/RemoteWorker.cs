@@ -1,0 +1,101 @@
+using System.Diagnostics;
+using DistGpt.Contracts;
+using DistGpt.Contracts.Wire;
+using DistGpt.Model.Engine;
+
+namespace DistGpt.Coordinator.Grains;
+
+/// <summary>The coordinator's proxy for one worker silo, over that worker's connection. One call at a time.
+/// The receive loop (run by the connection handler) matches gradient replies to the pending call and tracks heartbeats.</summary>
+public sealed class RemoteWorker(FrameChannel channel, string name, int rank, RunDescription run, bool sendsWindows) : IWorkerGrain
+{
+    sealed record Pending(ComputeRequest Request, NativeBuffer Gradients, TaskCompletionSource<GradientsReply> Done);
+
+    Pending? pending;
+    long lastHeardTicks = Stopwatch.GetTimestamp();
+
+    public string Name => name;
+    public int Rank => rank;
+    public FrameChannel Channel => channel;
+    /// <summary>The worker has no corpus of its own: each compute request carries its token windows.</summary>
+    public bool SendsWindows => sendsWindows;
+    public TimeSpan SinceLastHeard => Stopwatch.GetElapsedTime(Interlocked.Read(ref lastHeardTicks));
+
+    public async Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,
+        NativeBuffer gradients, CancellationToken cancel)
+    {
+        var call = new Pending(request, gradients, new TaskCompletionSource<GradientsReply>(TaskCreationOptions.RunContinuationsAsynchronously));
+        if (Interlocked.CompareExchange(ref pending, call, null) != null) throw new InvalidOperationException($"worker '{name}' already has a call in flight");
+        try
+        {
+            Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
+            try { await channel.SendAsync(MessageKind.Compute, request, cancel, NativeMemoryManager.Bytes(weights), windows); }
+            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+            {
+                throw new WorkerLostException(name, $"sending the weights failed ({e.Message})", e);
+            }
+            while (true)
+            {
+                var tick = Task.Delay(TimeSpan.FromMilliseconds(250), cancel);
+                if (await Task.WhenAny(call.Done.Task, tick) == call.Done.Task) return await call.Done.Task;
+                cancel.ThrowIfCancellationRequested();
+                if (SinceLastHeard > run.HeartbeatTimeout)
+                    throw new WorkerLostException(name, $"no heartbeat for {SinceLastHeard.TotalSeconds:F1} s (--heartbeat-timeout {run.HeartbeatTimeout.TotalSeconds:F0} s)");
+            }
+        }
+        finally { Interlocked.CompareExchange(ref pending, null, call); }
+    }
+
+    public async Task ShutdownAsync(string reason)
+    {
+        try { await channel.SendAsync(MessageKind.Shutdown, new Shutdown(run.RunId, reason)); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { }
+    }
+
+    /// <summary>Reads frames until the connection closes; returns why it ended.</summary>
+    public async Task<string> ReceiveLoopAsync(CancellationToken cancel)
+    {
+        string reason;
+        try
+        {
+            while (await channel.ReceiveAsync(cancel) is { } frame)
+            {
+                Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
+                if (frame.Kind == MessageKind.Gradients) await ReceiveGradientsAsync(frame, cancel);
+                else await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+            }
+            reason = "connection closed";
+        }
+        catch (OperationCanceledException) { reason = "coordinator shutting down"; }
+        catch (Exception e) when (e is IOException or ProtocolException or ObjectDisposedException) { reason = $"connection failed: {e.Message}"; }
+        pending?.Done.TrySetException(new WorkerLostException(name, reason));
+        return reason;
+    }
+
+    async Task ReceiveGradientsAsync(Frame frame, CancellationToken cancel)
+    {
+        var reply = frame.Read<GradientsReply>();
+        var call = pending;
+        long expected = run.ParameterCount * sizeof(float);
+        string? problem = call == null ? "no request is pending"
+            : reply.RunId != run.RunId ? $"run {reply.RunId} is not this run"
+            : reply.ConfigHash != run.ConfigHash ? $"config {reply.ConfigHash} is not this run's {run.ConfigHash}"
+            : reply.Step != call.Request.Step || reply.WeightsVersion != call.Request.WeightsVersion ? $"stale reply for step {reply.Step} (version {reply.WeightsVersion}), expected step {call.Request.Step}"
+            : frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected}"
+            : null;
+        if (problem != null)
+        {
+            await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+            call?.Done.TrySetException(new InvalidGradientsException(name, problem));
+            return;
+        }
+        await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(call!.Gradients), cancel);
+        call.Done.TrySetResult(reply);
+    }
+}
+
+/// <summary>A worker's reply that must not be applied (wrong length, stale step, NaN…): its share is recomputed.</summary>
+public sealed class InvalidGradientsException(string worker, string problem) : Exception($"worker '{worker}' sent invalid gradients: {problem}")
+{
+    public string Worker { get; } = worker;
+}

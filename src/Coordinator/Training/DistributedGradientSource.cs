@@ -1,0 +1,140 @@
+using System.Diagnostics;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using DistGpt.Contracts;
+using DistGpt.Coordinator.Grains;
+using DistGpt.Model;
+using DistGpt.Model.Data;
+using DistGpt.Model.Engine;
+using DistGpt.Model.Training;
+
+namespace DistGpt.Coordinator.Training;
+
+/// <summary>Gets a step's gradient sum from the worker silos. The global batch of B sequences is cut into one share per
+/// active worker (contiguous sequence ranges, sizes differing by at most one); each share's gradient sum lands in its own
+/// buffer and the shares are added in share order, so the result does not depend on arrival order. A share whose worker
+/// is lost or sends invalid gradients is recomputed by a surviving worker (when failures are tolerated), so every step
+/// still covers the whole global batch exactly once.</summary>
+public sealed class DistributedGradientSource(
+    CoordinatorGrain grain, Gpt model, TextCorpus corpus, TrainSettings settings, RunDescription run, DistributedOptions options,
+    Action<string> log) : IGradientSource, IDisposable
+{
+    readonly List<NativeBuffer> shareBuffers = new();
+
+    public StepGradients Compute(long step, CancellationToken cancel) => ComputeAsync(step, cancel).GetAwaiter().GetResult();
+
+    sealed record Share(int Index, long First, int Count);
+
+    async Task<StepGradients> ComputeAsync(long step, CancellationToken cancel)
+    {
+        var members = await MembersAsync(cancel);
+        var shares = Split(settings.BatchSize, members.Count);
+        while (shareBuffers.Count < shares.Count) shareBuffers.Add(new NativeBuffer(model.Parameters.Count));
+        var replies = new GradientsReply?[shares.Count];
+        var weights = model.Parameters.Values;
+        var clock = Stopwatch.StartNew();
+        var computeMs = new Dictionary<string, double>();
+        var todo = new Queue<Share>(shares);
+        var alive = members.ToList();
+        while (todo.Count > 0)
+        {
+            if (alive.Count == 0) alive = (await MembersAsync(cancel)).ToList();
+            // One queue per worker this round: round-robin over the live workers.
+            var assignment = alive.ToDictionary(w => w, _ => new List<Share>());
+            for (int i = 0; todo.Count > 0; i++) assignment[alive[i % alive.Count]].Add(todo.Dequeue());
+            var rounds = assignment.Where(a => a.Value.Count > 0).Select(async a =>
+            {
+                var worker = a.Key;
+                for (int k = 0; k < a.Value.Count; k++)
+                {
+                    var share = a.Value[k];
+                    try
+                    {
+                        var request = new ComputeRequest(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count);
+                        var windows = worker is RemoteWorker rw && NeedsWindows(rw) ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
+                        var reply = await worker.ComputeGradientsAsync(request, weights, windows, shareBuffers[share.Index], cancel);
+                        if (!GradientOps.AllFinite(shareBuffers[share.Index].Span) || !double.IsFinite(reply.LossSum))
+                            throw new InvalidGradientsException(worker.Name, "NaN or Inf in the gradients");
+                        replies[share.Index] = reply;
+                        lock (computeMs) computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
+                    }
+                    catch (Exception e) when (e is WorkerLostException or InvalidGradientsException)
+                    {
+                        return (worker, e, a.Value.Skip(k).ToList());
+                    }
+                }
+                return (worker, (Exception?)null, new List<Share>());
+            }).ToList();
+            foreach (var (worker, error, unfinished) in await Task.WhenAll(rounds))
+            {
+                if (error == null) continue;
+                if (!options.TolerateFailures)
+                    throw new RunFailedException($"step {step}: {error.Message}; stopping the run");
+                log($"step {step}: {error.Message}; its {unfinished.Count} share(s) go to the other workers");
+                alive.Remove(worker);
+                OnWorkerFailed?.Invoke(worker, error);
+                foreach (var s in unfinished) todo.Enqueue(s);
+            }
+        }
+        double wallMs = clock.Elapsed.TotalMilliseconds;
+
+        var grads = model.Parameters.Grads;
+        shareBuffers[0].Span.CopyTo(grads.Span);
+        for (int s = 1; s < shares.Count; s++) TensorPrimitives.Add(grads.Span, shareBuffers[s].Span, grads.Span);
+        double lossSum = 0;
+        long tokens = 0;
+        foreach (var r in replies) { lossSum += r!.LossSum; tokens += r.Tokens; }
+        double slowest = computeMs.Values.Max(), fastest = computeMs.Values.Min();
+        var extra = new Dictionary<string, object>
+        {
+            ["compute_ms"] = Math.Round(slowest, 3),
+            ["straggler_lag_ms"] = Math.Round(slowest - fastest, 3),
+            ["worker_compute_ms"] = computeMs.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
+        };
+        return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);
+    }
+
+    public Action<IWorkerGrain, Exception>? OnWorkerFailed { get; init; }
+
+    async Task<IReadOnlyList<IWorkerGrain>> MembersAsync(CancellationToken cancel)
+    {
+        var members = grain.Members();
+        if (members.Count > 0) return members;
+        if (!options.TolerateFailures) throw new RunFailedException("no workers left in the run");
+        log($"no workers left; waiting up to {options.RejoinTimeout.TotalSeconds:F0} s for one to join");
+        await grain.WaitForAsync(1, options.RejoinTimeout, cancel);
+        return grain.Members();
+    }
+
+    static bool NeedsWindows(RemoteWorker worker) => worker.SendsWindows;
+
+    ReadOnlyMemory<byte> Windows(long step, Share share) =>
+        MemoryMarshal.AsBytes(BatchSampler.Windows(corpus.Train, settings.Seed, step, share.First, share.Count, model.Config.BlockSize).AsSpan()).ToArray();
+
+    /// <summary>B sequences over n workers: contiguous ranges, the first B mod n one longer.</summary>
+    static List<Share> Split(int batch, int workers)
+    {
+        int n = Math.Min(workers, batch);
+        var shares = new List<Share>(n);
+        long first = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int count = batch / n + (i < batch % n ? 1 : 0);
+            shares.Add(new Share(i, first, count));
+            first += count;
+        }
+        return shares;
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in shareBuffers) b.Dispose();
+    }
+}
+
+public sealed record DistributedOptions
+{
+    /// <summary>Recompute a lost worker's share on the survivors instead of stopping the run.</summary>
+    public bool TolerateFailures { get; init; }
+    public TimeSpan RejoinTimeout { get; init; } = TimeSpan.FromSeconds(60);
+}

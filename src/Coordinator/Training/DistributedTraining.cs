@@ -1,0 +1,69 @@
+using DistGpt.Contracts;
+using DistGpt.Coordinator.Cli;
+using DistGpt.Coordinator.Grains;
+using DistGpt.Coordinator.Hosting;
+using DistGpt.Model;
+using DistGpt.Model.Training;
+
+namespace DistGpt.Coordinator.Training;
+
+/// <summary>Coordinator settings beyond the training recipe.</summary>
+public sealed record CoordinatorSettings
+{
+    public required Uri Listen { get; init; }
+    public int MinWorkers { get; init; } = 1;
+    public string? ClusterToken { get; init; }
+    public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan JoinTimeout { get; init; } = TimeSpan.FromMinutes(10);
+    public bool TolerateFailures { get; init; }
+    public string? TlsCert { get; init; }
+    public string? TlsKey { get; init; }
+}
+
+/// <summary>The coordinator's run: host the grain, wait for the workers, train with their gradients, tell them to stop.</summary>
+public static class DistributedTraining
+{
+    public static async Task<int> RunAsync(RunSetup setup, CoordinatorSettings settings, ProgressView view,
+        Func<Uri, Task>? onListening, CancellationToken cancel)
+    {
+        var train = setup.Settings;
+        if (train.BatchSize % settings.MinWorkers != 0)
+            throw new ConfigException($"--batch-size {train.BatchSize} does not divide among {settings.MinWorkers} workers; use a multiple of {settings.MinWorkers}");
+        Action<string> log = msg => Console.WriteLine($"[coordinator] {msg}");
+        var model = setup.Model;
+        var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
+            setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout);
+        var grain = new CoordinatorGrain(run, log);
+        await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey);
+        try
+        {
+            if (onListening != null) await onListening(host.Address);
+            log($"run {run.RunId}: waiting for {settings.MinWorkers} worker(s)");
+            await grain.WaitForAsync(settings.MinWorkers, settings.JoinTimeout, cancel);
+
+            using var source = new DistributedGradientSource(grain, model, setup.Corpus, train, run,
+                new DistributedOptions { TolerateFailures = settings.TolerateFailures }, log);
+            using var evalGraph = model.Build(train.BatchSize, model.Config.BlockSize, withGrad: false);
+            var loop = new TrainingLoop(model, setup.Optimizer, setup.Corpus, train, source,
+                new Evaluator(evalGraph, setup.Corpus, train.Seed, train.EvalIters), setup.OutDir, setup.RunId, setup.StartStep)
+            {
+                OnStep = m => view.Report(m, WorkerSummary(m)),
+            };
+            await Task.Run(() => view.Run(setup.StartStep, () => loop.Run(cancel)), cancel);
+            log($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}; checkpoint and metrics.jsonl in {setup.OutDir}");
+            await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync($"training finished at step {loop.Step}")));
+            return ExitCodes.Ok;
+        }
+        catch
+        {
+            await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync("the coordinator stopped")));
+            throw;
+        }
+    }
+
+    static string? WorkerSummary(StepMetrics m)
+    {
+        if (m.Extra?.GetValueOrDefault("worker_compute_ms") is not Dictionary<string, double> perWorker) return null;
+        return $"{m.Workers} workers, compute " + string.Join(" ", perWorker.Select(kv => $"{kv.Key} {kv.Value:F0}ms"));
+    }
+}

@@ -1,0 +1,66 @@
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
+using DistGpt.Contracts;
+using DistGpt.Contracts.Wire;
+
+namespace DistGpt.WorkerSilo;
+
+/// <summary>Opens the worker's connection to the coordinator, retrying with exponential backoff until a deadline.</summary>
+public static class CoordinatorConnector
+{
+    public static async Task<FrameChannel> ConnectAsync(WorkerOptions options, DateTime deadline, CancellationToken cancel)
+    {
+        var uri = options.Coordinator;
+        var delay = TimeSpan.FromMilliseconds(200);
+        for (int attempt = 1; ; attempt++)
+        {
+            var client = new TcpClient { NoDelay = true };
+            try
+            {
+                using var attemptTimeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+                attemptTimeout.CancelAfter(TimeSpan.FromSeconds(5));
+                await client.ConnectAsync(uri.Host, uri.Port, attemptTimeout.Token);
+                Stream stream = client.GetStream();
+                if (uri.Scheme == "https") stream = await AuthenticateTlsAsync(stream, uri.Host, options.TlsCaPath, cancel);
+                return new FrameChannel(stream, stream);
+            }
+            catch (Exception e) when (e is SocketException or OperationCanceledException or IOException && !cancel.IsCancellationRequested)
+            {
+                client.Dispose();
+                if (DateTime.UtcNow + delay > deadline)
+                    throw new RunFailedException($"cannot reach the coordinator at {uri} ({e.Message}); gave up after {options.ConnectTimeout.TotalSeconds:F0} s and {attempt} attempts");
+                if (attempt == 1 || attempt % 10 == 0) options.Log($"{options.Name}: coordinator at {uri} not reachable ({e.Message}); retrying");
+                await Task.Delay(delay, cancel);
+                delay = TimeSpan.FromMilliseconds(Math.Min(delay.TotalMilliseconds * 2, 5000));
+            }
+            catch (System.Security.Authentication.AuthenticationException e)
+            {
+                client.Dispose();
+                throw new JoinRefusedException($"TLS with the coordinator at {uri} failed: {e.Message}");
+            }
+        }
+    }
+
+    static async Task<Stream> AuthenticateTlsAsync(Stream stream, string host, string? caPath, CancellationToken cancel)
+    {
+        var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+        var options = new SslClientAuthenticationOptions { TargetHost = host };
+        if (caPath != null)
+        {
+            var ca = X509CertificateLoader.LoadCertificateFromFile(caPath);
+            options.RemoteCertificateValidationCallback = (_, cert, _, errors) =>
+            {
+                if (cert == null) return false;
+                using var chain = new X509Chain();
+                chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+                chain.ChainPolicy.CustomTrustStore.Add(ca);
+                chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+                bool nameOk = (errors & SslPolicyErrors.RemoteCertificateNameMismatch) == 0;
+                return nameOk && chain.Build(new X509Certificate2(cert));
+            };
+        }
+        await ssl.AuthenticateAsClientAsync(options, cancel);
+        return ssl;
+    }
+}

@@ -1,0 +1,18 @@
+namespace DistGpt.WorkerSilo;
+
+/// <summary>How a worker silo finds and joins its coordinator.</summary>
+public sealed record WorkerOptions
+{
+    public required Uri Coordinator { get; init; }
+    public required string Name { get; init; }
+    public int Threads { get; init; } = Environment.ProcessorCount;
+    /// <summary>This node's copy of the corpus; null to receive each step's token windows from the coordinator.</summary>
+    public string? DataPath { get; init; }
+    public string? ClusterToken { get; init; }
+    /// <summary>Give up when the coordinator cannot be reached for this long (at start, or after it went away).</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Refuse to join a run whose model-config hash differs (optional pin for cluster deployments).</summary>
+    public string? ExpectConfigHash { get; init; }
+    public string? TlsCaPath { get; init; }
+    public Action<string> Log { get; init; } = Console.WriteLine;
+}

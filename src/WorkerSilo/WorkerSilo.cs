@@ -1,0 +1,158 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using DistGpt.Contracts;
+using DistGpt.Contracts.Wire;
+using DistGpt.Model;
+using DistGpt.Model.Data;
+using DistGpt.Model.Training;
+
+namespace DistGpt.WorkerSilo;
+
+/// <summary>One worker per compute node: joins the coordinator, then computes gradient sums for its share of each
+/// step's batch at the weights the coordinator sends, until the coordinator says the run is over.</summary>
+public sealed class WorkerSilo(WorkerOptions options) : IDisposable
+{
+    Gpt? model;
+    string? modelHash;
+    TextCorpus? corpus;
+    readonly Dictionary<int, GradientWorker> workers = new();
+
+    /// <summary>0 when the run ended normally. Throws JoinRefusedException (refused) or RunFailedException (unreachable).</summary>
+    public async Task<int> RunAsync(CancellationToken cancel)
+    {
+        Compute.Threads = options.Threads;
+        string? dataSha = options.DataPath == null ? null : Sha256Of(options.DataPath);
+        bool joinedBefore = false;
+        while (true)
+        {
+            var deadline = DateTime.UtcNow + options.ConnectTimeout;
+            await using var channel = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
+            var accepted = await JoinAsync(channel, dataSha, cancel);
+            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)})");
+            joinedBefore = true;
+            Prepare(accepted);
+            if (await ServeAsync(channel, accepted, cancel)) return 0;
+            options.Log($"{options.Name}: the coordinator closed the connection; reconnecting");
+        }
+    }
+
+    async Task<JoinAccepted> JoinAsync(FrameChannel channel, string? dataSha, CancellationToken cancel)
+    {
+        var request = new JoinRequest(options.Name, BuildInfo.Version, BuildInfo.ProtocolVersion, options.Threads, dataSha, options.ExpectConfigHash, options.ClusterToken);
+        await channel.SendAsync(MessageKind.Join, request, cancel);
+        var frame = await channel.ReceiveAsync(cancel) ?? throw new RunFailedException("the coordinator closed the connection during the join");
+        return frame.Kind switch
+        {
+            MessageKind.JoinAccepted => frame.Read<JoinAccepted>(),
+            MessageKind.JoinRefused => throw new JoinRefusedException($"the coordinator refused {options.Name}: {frame.Read<JoinRefused>().Reason}"),
+            _ => throw new ProtocolException($"expected JoinAccepted, got {frame.Kind}"),
+        };
+    }
+
+    void Prepare(JoinAccepted accepted)
+    {
+        if (model != null && modelHash == accepted.ConfigHash + accepted.Vocabulary) return;
+        DisposeModel();
+        model = new Gpt(accepted.Config);
+        modelHash = accepted.ConfigHash + accepted.Vocabulary;
+        if (model.Parameters.Count != accepted.ParameterCount)
+            throw new ProtocolException($"model has {model.Parameters.Count} parameters here but {accepted.ParameterCount} at the coordinator");
+        corpus = accepted.SendsWindows ? null : TextCorpus.Load(options.DataPath!, CharTokenizer.FromCharacters(accepted.Vocabulary));
+    }
+
+    GradientWorker WorkerFor(int sequences, ulong seed)
+    {
+        if (workers.TryGetValue(sequences, out var w)) return w;
+        foreach (var old in workers.Values) old.Dispose();
+        workers.Clear();
+        return workers[sequences] = new GradientWorker(model!, corpus?.Train ?? [], seed, sequences);
+    }
+
+    /// <summary>Serves compute requests; true when the coordinator ended the run, false when the connection dropped.</summary>
+    async Task<bool> ServeAsync(FrameChannel channel, JoinAccepted run, CancellationToken cancel)
+    {
+        long currentStep = 0;
+        var beat = TimeSpan.FromSeconds(Math.Max(0.05, run.HeartbeatSeconds / 4));
+        await using var heartbeat = new Timer(_ =>
+        {
+            try { channel.SendAsync(MessageKind.Heartbeat, new Heartbeat(run.RunId, Interlocked.Read(ref currentStep))).Wait(); }
+            catch { /* a dead connection shows up in the receive loop */ }
+        }, null, beat, beat);
+        try
+        {
+            while (await channel.ReceiveAsync(cancel) is { } frame)
+            {
+                switch (frame.Kind)
+                {
+                    case MessageKind.Compute:
+                        var request = frame.Read<ComputeRequest>();
+                        Interlocked.Exchange(ref currentStep, request.Step);
+                        await ComputeAsync(channel, run, request, frame.PayloadLength, cancel);
+                        break;
+                    case MessageKind.Shutdown:
+                        options.Log($"{options.Name}: run {run.RunId} finished ({frame.Read<Shutdown>().Reason})");
+                        return true;
+                    case MessageKind.Failed:
+                        options.Log($"{options.Name}: the coordinator dropped this worker: {frame.Read<Failed>().Reason}");
+                        return false;
+                    default:
+                        await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+                        break;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or ProtocolException && !cancel.IsCancellationRequested)
+        {
+            options.Log($"{options.Name}: connection to the coordinator failed: {e.Message}");
+        }
+        return false;
+    }
+
+    async Task ComputeAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, CancellationToken cancel)
+    {
+        var m = model!;
+        if (request.RunId != run.RunId || request.ConfigHash != run.ConfigHash)
+            throw new ProtocolException($"compute request for run {request.RunId}/{request.ConfigHash}, joined {run.RunId}/{run.ConfigHash}");
+        long weightBytes = m.Parameters.Count * sizeof(float);
+        long windowBytes = run.SendsWindows ? (long)request.Sequences * (m.Config.BlockSize + 1) * sizeof(int) : 0;
+        if (payloadLength != weightBytes + windowBytes)
+            throw new ProtocolException($"compute payload is {payloadLength} bytes, expected {weightBytes + windowBytes}");
+        var clock = Stopwatch.StartNew();
+        await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(m.Parameters.Values), cancel);
+        int[]? windows = null;
+        if (windowBytes > 0)
+        {
+            var bytes = new byte[windowBytes];
+            await channel.ReadPayloadAsync(bytes, cancel);
+            windows = MemoryMarshal.Cast<byte, int>(bytes).ToArray();
+        }
+        double receiveMs = clock.Elapsed.TotalMilliseconds;
+
+        var worker = WorkerFor(request.Sequences, run.Seed);
+        double forwardAt = 0, backwardAt = 0;
+        var compute = Stopwatch.StartNew();
+        void Phase(string p) { if (p == "forward") forwardAt = compute.Elapsed.TotalMilliseconds; else backwardAt = compute.Elapsed.TotalMilliseconds; }
+        var sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase)
+                                  : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase);
+        double computeMs = compute.Elapsed.TotalMilliseconds;
+        var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
+            computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
+        await channel.SendAsync(MessageKind.Gradients, reply, cancel, NativeMemoryManager.Bytes(m.Parameters.Grads));
+    }
+
+    static string Sha256Of(string path)
+    {
+        using var f = File.OpenRead(path);
+        return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(f)).ToLowerInvariant();
+    }
+
+    void DisposeModel()
+    {
+        foreach (var w in workers.Values) w.Dispose();
+        workers.Clear();
+        model?.Dispose();
+        model = null;
+    }
+
+    public void Dispose() => DisposeModel();
+}
