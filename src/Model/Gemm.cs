@@ -374,35 +374,48 @@ public static unsafe class Gemm
     // ---------------------------------------------------------------- portable path
 
     /// Vector&lt;T&gt; loops without packing: row axpys when B rows are contiguous, dot products otherwise.
+    /// Both are blocked so that the slice of B being reused (~256 KiB) stays in L2 while every row of C passes over it.
     static void Portable(bool transA, bool transB, int m, int n, int k, float alpha,
         float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
     {
+        const int BlockFloats = 64 * 1024;
         ScaleC(m, n, beta, c, ldc);
         if (!transB)
         {
-            for (int i = 0; i < m; i++)
-            {
-                float* crow = c + (nint)i * ldc;
-                for (int p = 0; p < k; p++)
+            int nb = Math.Min(n, 512), kb = Math.Max(1, BlockFloats / nb);
+            for (int j0 = 0; j0 < n; j0 += nb)
+                for (int p0 = 0; p0 < k; p0 += kb)
                 {
-                    float s = alpha * (transA ? a[(nint)p * lda + i] : a[(nint)i * lda + p]);
-                    Axpy(s, b + (nint)p * ldb, crow, n);
+                    int nj = Math.Min(nb, n - j0), pEnd = Math.Min(k, p0 + kb);
+                    for (int i = 0; i < m; i++)
+                    {
+                        float* crow = c + (nint)i * ldc + j0;
+                        for (int p = p0; p < pEnd; p++)
+                        {
+                            float s = alpha * (transA ? a[(nint)p * lda + i] : a[(nint)i * lda + p]);
+                            Axpy(s, b + (nint)p * ldb + j0, crow, nj);
+                        }
+                    }
                 }
-            }
             return;
         }
 
         float* column = transA ? Scratch.Current.A((nuint)k) : null;
-        for (int i = 0; i < m; i++)
+        int jb = Math.Max(1, BlockFloats / k);
+        for (int j0 = 0; j0 < n; j0 += jb)
         {
-            float* arow = a + (nint)i * lda;
-            if (transA)
+            int jEnd = Math.Min(n, j0 + jb);
+            for (int i = 0; i < m; i++)
             {
-                for (int p = 0; p < k; p++) column[p] = a[(nint)p * lda + i];
-                arow = column;
+                float* arow = a + (nint)i * lda;
+                if (transA)
+                {
+                    for (int p = 0; p < k; p++) column[p] = a[(nint)p * lda + i];
+                    arow = column;
+                }
+                float* crow = c + (nint)i * ldc;
+                for (int j = j0; j < jEnd; j++) crow[j] += alpha * Dot(arow, b + (nint)j * ldb, k);
             }
-            float* crow = c + (nint)i * ldc;
-            for (int j = 0; j < n; j++) crow[j] += alpha * Dot(arow, b + (nint)j * ldb, k);
         }
     }
 

@@ -41,6 +41,7 @@ public sealed unsafe class Dropout : Op
 
     public override void Backward(StepContext step)
     {
+        if (!step.Training) { System.Numerics.Tensors.TensorPrimitives.Add(x.GradSpan, y.GradSpan, x.GradSpan); return; } // identity in eval mode, as Forward
         float scale = 1f / (1f - p);
         for (long i = 0; i < x.Length; i++)
             if (keep[i] != 0) x.Grad[i] += y.Grad[i] * scale;

@@ -15,13 +15,15 @@ public sealed class TrainingLoop(
     /// <summary>Called around evaluation and checkpointing (telemetry spans).</summary>
     public Func<string, long, IDisposable?>? OnPhase { get; init; }
 
+    readonly long firstStep = startStep;
+
     public long Step { get; private set; } = startStep;
 
     public float? LastValLoss { get; private set; }
 
     public void Run(CancellationToken cancel = default)
     {
-        using var log = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"), startStep);
+        using var log = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"), firstStep);
         var schedule = settings.Schedule;
         while (Step < settings.MaxIters)
         {

@@ -1,0 +1,163 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using System.Diagnostics;
+using Xunit;
+
+namespace DistGpt.Tests;
+
+/// <summary>Dev and cluster mode with real `distgpt` processes on 127.0.0.1.</summary>
+[Collection(ProcessHeavy.Name)]
+public sealed class DistributedTests
+{
+    const string Model = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1";
+    static readonly TimeSpan Timeout = TimeSpan.FromMinutes(3);
+
+    static Dictionary<string, string> Env(string? token = null)
+    {
+        var env = new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath() };
+        if (token != null) env["DISTGPT_CLUSTER_TOKEN"] = token;
+        return env;
+    }
+
+    public static int FreePort()
+    {
+        var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    public static List<JsonElement> Metrics(string outDir) =>
+        File.ReadAllLines(Path.Combine(outDir, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+
+    [Fact]
+    public void TwoWorkerDevModeMatchesSingleProcessLossesOver20Steps()
+    {
+        using var tmp = new TempDirectory("equiv");
+        string single = tmp.Subdirectory("single"), dev = tmp.Subdirectory("dev");
+        var a = CliRunner.Run($"train {Model} --max-iters 20 --eval-interval 20 --out {single}", Env(), Timeout);
+        Assert.True(a.ExitCode == 0, a.ToString());
+        var b = CliRunner.Run($"dev --workers 2 --worker-threads 1 {Model} --max-iters 20 --eval-interval 20 --out {dev}", Env(), Timeout);
+        Assert.True(b.ExitCode == 0, b.ToString());
+        var ma = Metrics(single);
+        var mb = Metrics(dev);
+        Assert.Equal(Enumerable.Range(1, 20), mb.Select(m => m.GetProperty("step").GetInt32()));
+        for (int i = 0; i < 20; i++)
+        {
+            double la = ma[i].GetProperty("loss").GetDouble(), lb = mb[i].GetProperty("loss").GetDouble();
+            Assert.True(Math.Abs(la - lb) <= 1e-4, $"step {i + 1}: single-process loss {la}, 2-worker loss {lb}");
+            Assert.Equal(2, mb[i].GetProperty("workers").GetInt32());
+            Assert.True(mb[i].TryGetProperty("comm_ms", out _), "dev metrics carry comm_ms");
+        }
+        Assert.Contains("worker-0", b.StdOut);
+        Assert.Contains("worker-1", b.StdOut);
+    }
+
+    [Fact]
+    public void ClusterModeWithTwoSeparatelyStartedWorkersFinishesAndAllExitZero()
+    {
+        using var tmp = new TempDirectory("cluster");
+        int port = FreePort();
+        string token = "test-token-" + Guid.NewGuid().ToString("n");
+        using var coordinator = CliRunner.Start(CliRunner.Split(
+            $"coordinator --listen http://127.0.0.1:{port} --min-workers 2 {Model} --max-iters 8 --eval-interval 8 --out {tmp.Path}"), Env(token));
+        // One worker with its own copy of the corpus, one without: the coordinator sends that one its token windows.
+        using var w1 = CliRunner.Start(CliRunner.Split($"worker --coordinator http://127.0.0.1:{port} --name alpha --threads 1"), Env(token));
+        var noData = Env(token);
+        noData["DISTGPT_DATA"] = "";
+        using var w2 = CliRunner.Start(CliRunner.Split($"worker --coordinator http://127.0.0.1:{port} --name beta --threads 1"), noData);
+        var rc = coordinator.WaitForExit(Timeout);
+        var r1 = w1.WaitForExit(TimeSpan.FromSeconds(30));
+        var r2 = w2.WaitForExit(TimeSpan.FromSeconds(30));
+        Assert.True(rc.ExitCode == 0, rc.ToString());
+        Assert.True(r1.ExitCode == 0, r1.ToString());
+        Assert.True(r2.ExitCode == 0, r2.ToString());
+        Assert.Contains("sent by the coordinator", r2.StdOut);
+        Assert.Equal(8, Metrics(tmp.Path).Count);
+        Assert.DoesNotContain(token, rc.StdOut + rc.StdErr + File.ReadAllText(Path.Combine(tmp.Path, "metrics.jsonl")));
+    }
+
+    [Fact]
+    public void MismatchedOrUnauthenticatedWorkersAreRefusedAndTheRunGoesOn()
+    {
+        using var tmp = new TempDirectory("refuse");
+        int port = FreePort();
+        string token = "right-token";
+        using var coordinator = CliRunner.Start(CliRunner.Split(
+            $"coordinator --listen http://127.0.0.1:{port} --min-workers 1 {Model} --max-iters 6 --eval-interval 6 --out {tmp.Path}"), Env(token));
+        string worker = $"worker --coordinator http://127.0.0.1:{port} --threads 1 --connect-timeout 20";
+
+        var wrongToken = CliRunner.Run($"{worker} --name intruder", Env("wrong-token"), Timeout);
+        Assert.Equal(2, wrongToken.ExitCode);
+        Assert.Contains("authentication failed", wrongToken.StdErr);
+
+        var noToken = Env();
+        var missing = CliRunner.Run($"{worker} --name anonymous", noToken, Timeout);
+        Assert.Equal(2, missing.ExitCode);
+        Assert.Contains("authentication failed", missing.StdErr);
+
+        string otherData = tmp.Combine("other.txt");
+        File.WriteAllText(otherData, string.Concat(Enumerable.Repeat("To be, or not to be: that is the question.\n", 200)));
+        var wrongData = CliRunner.Run($"{worker} --name stranger --data {otherData}", Env(token), Timeout);
+        Assert.Equal(2, wrongData.ExitCode);
+        Assert.Contains("data mismatch", wrongData.StdErr);
+
+        var wrongConfig = CliRunner.Run($"{worker} --name picky --expect-config 0123456789abcdef", Env(token), Timeout);
+        Assert.Equal(2, wrongConfig.ExitCode);
+        Assert.Contains("model config mismatch", wrongConfig.StdErr);
+
+        var good = CliRunner.Run($"{worker} --name good", Env(token), Timeout);
+        Assert.True(good.ExitCode == 0, good.ToString());
+        var rc = coordinator.WaitForExit(Timeout);
+        Assert.True(rc.ExitCode == 0, rc.ToString());
+        Assert.Contains("refused worker 'intruder': authentication failed", rc.StdOut);
+        Assert.Equal(6, Metrics(tmp.Path).Count);
+        Assert.DoesNotContain(token, rc.StdOut + rc.StdErr);
+    }
+
+    [Fact]
+    public void WorkerPointedAtADeadAddressFailsWithAClearMessage()
+    {
+        int port = FreePort();
+        var r = CliRunner.Run($"worker --coordinator http://127.0.0.1:{port} --name lonely --connect-timeout 2", Env("t"), TimeSpan.FromSeconds(60));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains($"cannot reach the coordinator at http://127.0.0.1:{port}", r.StdErr);
+        Assert.DoesNotContain("   at ", r.StdErr);
+    }
+
+    [Fact]
+    public void DevModeWithoutRestartsEndsWithinSecondsWhenAWorkerDies()
+    {
+        using var tmp = new TempDirectory("devkill");
+        using var dev = CliRunner.Start(CliRunner.Split(
+            $"dev --workers 2 --worker-threads 1 --restart-workers false {Model} --max-iters 100000 --eval-interval 100000 --out {tmp.Path}"), Env());
+        Assert.True(dev.WaitForOutput(o => o.Contains("step 10:"), Timeout), dev.StdOut + dev.StdErr);
+        var child = WorkerPids(dev.Id).First();
+        Process.GetProcessById(child).Kill();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var r = dev.WaitForExit(TimeSpan.FromSeconds(30));
+        Assert.False(r.TimedOut, r.ToString());
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"took {clock.Elapsed.TotalSeconds:F1} s to stop");
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains("worker", r.StdErr);
+        Assert.Empty(WorkerPids(dev.Id));
+    }
+
+    /// <summary>Child processes of a pid (Linux /proc).</summary>
+    public static List<int> WorkerPids(int parent) =>
+        Directory.GetDirectories("/proc").Select(Path.GetFileName).Where(n => int.TryParse(n, out _)).Select(int.Parse!)
+            .Where(pid =>
+            {
+                try { return File.ReadAllText($"/proc/{pid}/stat").Split(") ")[1].Split(' ')[1] == parent.ToString(); }
+                catch (IOException) { return false; }
+            }).ToList();
+}
+
+/// <summary>Tests that start several processes run one at a time (2 cores).</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ProcessHeavy
+{
+    public const string Name = "process-heavy";
+}
