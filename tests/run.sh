@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (Release) and prints a one-line summary: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+results="$(mktemp -d)"
+dotnet test DistGpt.sln -c Release --logger "trx;LogFileName=results.trx" --results-directory "$results" \
+  --logger "console;verbosity=normal" "$@"
+status=$?
+trx="$(find "$results" -name '*.trx' | head -1)"
+if [ -n "$trx" ]; then
+  passed=$(grep -o 'passed="[0-9]*"' "$trx" | head -1 | tr -dc 0-9)
+  failed=$(grep -o 'failed="[0-9]*"' "$trx" | head -1 | tr -dc 0-9)
+  echo "${passed:-0} passed, ${failed:-0} failed"
+fi
+rm -rf "$results"
+exit $status
