@@ -12,10 +12,11 @@ var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT
     WorkerCommand.Create(),
 };
 var parse = root.Parse(args);
-if (parse.Errors.Count > 0 && parse.CommandResult.Command != root)
+if (parse.Errors.Count > 0)
 {
     foreach (var e in parse.Errors) Console.Error.WriteLine($"error: {e.Message}");
-    Console.Error.WriteLine($"see 'distgpt {parse.CommandResult.Command.Name} --help'");
+    var command = parse.CommandResult.Command;
+    Console.Error.WriteLine(command == root ? "see 'distgpt --help'" : $"see 'distgpt {command.Name} --help'");
     return ExitCodes.BadInput;
 }
 return await parse.InvokeAsync();

@@ -437,10 +437,17 @@ public static unsafe class Gemm
         float sum = 0;
         if (Vector.IsHardwareAccelerated)
         {
-            var acc = Vector<float>.Zero;
-            for (; j + Vector<float>.Count <= n; j += Vector<float>.Count)
-                acc += Vector.Load(x + j) * Vector.Load(y + j);
-            sum = Vector.Sum(acc);
+            // Two accumulators hide part of the add latency.
+            int w = Vector<float>.Count;
+            Vector<float> acc0 = Vector<float>.Zero, acc1 = Vector<float>.Zero;
+            for (; j + 2 * w <= n; j += 2 * w)
+            {
+                acc0 += Vector.Load(x + j) * Vector.Load(y + j);
+                acc1 += Vector.Load(x + j + w) * Vector.Load(y + j + w);
+            }
+            for (; j + w <= n; j += w)
+                acc0 += Vector.Load(x + j) * Vector.Load(y + j);
+            sum = Vector.Sum(acc0 + acc1);
         }
         for (; j < n; j++) sum += x[j] * y[j];
         return sum;

@@ -16,6 +16,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     string? modelHash;
     TextCorpus? corpus;
     readonly Dictionary<int, GradientWorker> workers = new();
+    readonly TestFaults? faults = TestFaults.FromEnvironment();
+    volatile bool heartbeating = true;
 
     /// <summary>0 when the run ended normally. Throws JoinRefusedException (refused) or RunFailedException (unreachable).</summary>
     public async Task<int> RunAsync(CancellationToken cancel)
@@ -75,13 +77,28 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         var beat = TimeSpan.FromSeconds(Math.Max(0.05, run.HeartbeatSeconds / 4));
         await using var heartbeat = new Timer(_ =>
         {
+            if (!heartbeating) return;
             try { channel.SendAsync(MessageKind.Heartbeat, new Heartbeat(run.RunId, Interlocked.Read(ref currentStep))).Wait(); }
             catch { /* a dead connection shows up in the receive loop */ }
         }, null, beat, beat);
+        // The coordinator heartbeats too: silence while this worker waits for work means the link or the coordinator is
+        // gone (a cut cable sends no FIN), so give up on the connection and rejoin.
+        using var silent = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        long waitingSince = Stopwatch.GetTimestamp();
+        var silence = TimeSpan.FromSeconds(run.HeartbeatSeconds);
+        await using var watchdog = new Timer(_ =>
+        {
+            long since = Interlocked.Read(ref waitingSince);
+            if (since != 0 && Stopwatch.GetElapsedTime(since) > silence) silent.Cancel();
+        }, null, beat, beat);
         try
         {
-            while (await channel.ReceiveAsync(cancel) is { } frame)
+            while (true)
             {
+                Interlocked.Exchange(ref waitingSince, Stopwatch.GetTimestamp());
+                var next = await channel.ReceiveAsync(silent.Token);
+                Interlocked.Exchange(ref waitingSince, 0);
+                if (next is not { } frame) break;
                 switch (frame.Kind)
                 {
                     case MessageKind.Compute:
@@ -104,6 +121,10 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         catch (Exception e) when (e is IOException or ProtocolException && !cancel.IsCancellationRequested)
         {
             options.Log($"{options.Name}: connection to the coordinator failed: {e.Message}");
+        }
+        catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
+        {
+            options.Log($"{options.Name}: no word from the coordinator for {silence.TotalSeconds:F0} s");
         }
         return false;
     }
@@ -128,6 +149,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         }
         double receiveMs = clock.Elapsed.TotalMilliseconds;
 
+        if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
+        if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
         var worker = WorkerFor(request.Sequences, run.Seed);
         double forwardAt = 0, backwardAt = 0;
         var compute = Stopwatch.StartNew();
@@ -137,7 +160,18 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         double computeMs = compute.Elapsed.TotalMilliseconds;
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
-        await channel.SendAsync(MessageKind.Gradients, reply, cancel, NativeMemoryManager.Bytes(m.Parameters.Grads));
+        var gradients = NativeMemoryManager.Bytes(m.Parameters.Grads);
+        if (faults?.At("nan", request.Step) == true) m.Parameters.Grads.Span[0] = float.NaN;
+        if (faults?.At("short", request.Step) == true) gradients = gradients[..^4];
+        if (faults?.At("stall-upload", request.Step) == true)
+        {
+            // Two payload parts, so the hook (after each chunk) fires once half the gradients are on the wire.
+            channel.AfterPayloadChunk = () => { options.Log($"{options.Name}: fault injected: stalled mid-upload at step {request.Step}"); Thread.Sleep(Timeout.Infinite); };
+            int half = gradients.Length / 2;
+            await channel.SendAsync(MessageKind.Gradients, reply, cancel, gradients[..half], gradients[half..]);
+            return;
+        }
+        await channel.SendAsync(MessageKind.Gradients, reply, cancel, gradients);
     }
 
     static string Sha256Of(string path)

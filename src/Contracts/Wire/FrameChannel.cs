@@ -23,6 +23,9 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     readonly SemaphoreSlim sendLock = new(1, 1);
     readonly byte[] prefix = new byte[PrefixBytes];
 
+    /// <summary>Called after each payload chunk is written (fault injection in tests; null otherwise).</summary>
+    public Action? AfterPayloadChunk { get; set; }
+
     public long BytesSent { get; private set; }
     public long BytesReceived { get; private set; }
 
@@ -42,7 +45,10 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
             await output.WriteAsync(json, cancel);
             foreach (var part in payload)
                 for (int o = 0; o < part.Length; o += ChunkBytes)
+                {
                     await output.WriteAsync(part.Slice(o, Math.Min(ChunkBytes, part.Length - o)), cancel);
+                    if (AfterPayloadChunk is { } hook) { await output.FlushAsync(cancel); hook(); }
+                }
             await output.FlushAsync(cancel);
             BytesSent += PrefixBytes + json.Length + payloadLength;
         }

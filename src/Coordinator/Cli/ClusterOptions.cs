@@ -12,11 +12,31 @@ public sealed class ClusterOptions
     public readonly Option<double> HeartbeatTimeout = new("--heartbeat-timeout") { Description = "seconds of silence before a worker is declared lost", DefaultValueFactory = _ => 10 };
     public readonly Option<double> JoinTimeout = new("--join-timeout") { Description = "seconds to wait for the first workers", DefaultValueFactory = _ => 600 };
 
+    public readonly Option<string> StragglerPolicy = new("--straggler-policy") { Description = "wait: every step waits for every worker; drop: a worker still busy --straggler-timeout s after the first one finished is skipped for the step and its share recomputed", DefaultValueFactory = _ => "wait" };
+    public readonly Option<double> StragglerTimeout = new("--straggler-timeout") { Description = "seconds of patience for the drop policy", DefaultValueFactory = _ => 5 };
+    public readonly Option<int> MaxRejections = new("--max-rejections") { Description = "invalid gradient payloads (NaN/Inf, wrong size) before a worker is dropped", DefaultValueFactory = _ => 3 };
+
     public void AddTo(Command command)
     {
+        command.Options.Add(StragglerPolicy);
+        command.Options.Add(StragglerTimeout);
+        command.Options.Add(MaxRejections);
         command.Options.Add(ClusterToken);
         command.Options.Add(HeartbeatTimeout);
         command.Options.Add(JoinTimeout);
+    }
+
+    public TimeSpan? Straggler(ParseResult r) => r.GetValue(StragglerPolicy) switch
+    {
+        "wait" => null,
+        "drop" => Seconds(r, StragglerTimeout),
+        var other => throw new ConfigException($"--straggler-policy must be wait or drop (got '{other}')"),
+    };
+
+    public int Rejections(ParseResult r)
+    {
+        int n = r.GetValue(MaxRejections);
+        return n >= 1 ? n : throw new ConfigException($"--max-rejections must be positive (got {n})");
     }
 
     public string? Token(ParseResult r)

@@ -13,7 +13,7 @@ public static class CoordinatorCommand
         var cluster = new ClusterOptions();
         var listen = new Option<string>("--listen") { Description = "address to bind and advertise, http://IP:PORT", DefaultValueFactory = _ => "http://0.0.0.0:7070" };
         var minWorkers = new Option<int>("--min-workers") { Description = "workers to wait for before training", DefaultValueFactory = _ => 1 };
-        var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others instead of stopping" };
+        var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others and go on (false: stop the run)", DefaultValueFactory = _ => true };
         var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate: serve TLS" };
         var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
         var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, minWorkers, tolerate, tlsCert, tlsKey };
@@ -27,7 +27,7 @@ public static class CoordinatorCommand
             {
                 Listen = ParseUri(r.GetValue(listen)!, "--listen"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
-                TolerateFailures = r.GetValue(tolerate), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
+                TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
             };
             using var setup = RunSetup.Create(train, r);
             PrintModel(setup);

@@ -7,7 +7,7 @@ namespace DistGpt.Coordinator.Grains;
 
 /// <summary>The coordinator's proxy for one worker silo, over that worker's connection. One call at a time.
 /// The receive loop (run by the connection handler) matches gradient replies to the pending call and tracks heartbeats.</summary>
-public sealed class RemoteWorker(FrameChannel channel, string name, int rank, RunDescription run, bool sendsWindows) : IWorkerGrain
+public sealed class RemoteWorker(FrameChannel channel, string name, int rank, RunDescription run, bool sendsWindows, Action abort) : IWorkerGrain
 {
     sealed record Pending(ComputeRequest Request, NativeBuffer Gradients, TaskCompletionSource<GradientsReply> Done);
 
@@ -29,7 +29,8 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
         try
         {
             Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
-            try { await channel.SendAsync(MessageKind.Compute, request, cancel, NativeMemoryManager.Bytes(weights), windows); }
+            // Not cancellable: a frame abandoned half-way would corrupt the stream. A dead link fails the write instead.
+            try { await channel.SendAsync(MessageKind.Compute, request, CancellationToken.None, NativeMemoryManager.Bytes(weights), windows); }
             catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
             {
                 throw new WorkerLostException(name, $"sending the weights failed ({e.Message})", e);
@@ -44,6 +45,24 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
             }
         }
         finally { Interlocked.CompareExchange(ref pending, null, call); }
+    }
+
+    /// <summary>Drops the connection (a lost or misbehaving worker); the worker notices and rejoins if it can.</summary>
+    public void Abort() => abort();
+
+    /// <summary>Sends heartbeats so that a worker waiting for work can tell a silent coordinator from a dead link.</summary>
+    public async Task HeartbeatLoopAsync(CancellationToken cancel)
+    {
+        var period = TimeSpan.FromSeconds(Math.Max(0.05, run.HeartbeatTimeout.TotalSeconds / 4));
+        try
+        {
+            while (!cancel.IsCancellationRequested)
+            {
+                await Task.Delay(period, cancel);
+                await channel.SendAsync(MessageKind.Heartbeat, new Heartbeat(run.RunId, 0), cancel);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException or InvalidOperationException) { }
     }
 
     public async Task ShutdownAsync(string reason)
@@ -77,8 +96,13 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
         var reply = frame.Read<GradientsReply>();
         var call = pending;
         long expected = run.ParameterCount * sizeof(float);
-        string? problem = call == null ? "no request is pending"
-            : reply.RunId != run.RunId ? $"run {reply.RunId} is not this run"
+        if (call == null || reply.Step < call.Request.Step)
+        {
+            // A straggler's late answer for a step that was already completed without it: not an error, just ignored.
+            await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+            return;
+        }
+        string? problem = reply.RunId != run.RunId ? $"run {reply.RunId} is not this run"
             : reply.ConfigHash != run.ConfigHash ? $"config {reply.ConfigHash} is not this run's {run.ConfigHash}"
             : reply.Step != call.Request.Step || reply.WeightsVersion != call.Request.WeightsVersion ? $"stale reply for step {reply.Step} (version {reply.WeightsVersion}), expected step {call.Request.Step}"
             : frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected}"
@@ -89,7 +113,7 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
             call?.Done.TrySetException(new InvalidGradientsException(name, problem));
             return;
         }
-        await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(call!.Gradients), cancel);
+        await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
         call.Done.TrySetResult(reply);
     }
 }

@@ -43,12 +43,16 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
             await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused(decision.RefusedReason!));
             return;
         }
-        var worker = new RemoteWorker(channel, request.WorkerName, accepted.Rank, grain.Run, accepted.SendsWindows);
+        var worker = new RemoteWorker(channel, request.WorkerName, accepted.Rank, grain.Run, accepted.SendsWindows, connection.Abort);
         try
         {
             await channel.SendAsync(MessageKind.JoinAccepted, accepted);
             grain.Admit(worker);
+            using var stopHeartbeats = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed);
+            var heartbeats = worker.HeartbeatLoopAsync(stopHeartbeats.Token);
             string reason = await worker.ReceiveLoopAsync(connection.ConnectionClosed);
+            stopHeartbeats.Cancel();
+            await heartbeats;
             grain.Leave(worker, reason);
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException)

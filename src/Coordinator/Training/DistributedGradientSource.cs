@@ -36,44 +36,71 @@ public sealed class DistributedGradientSource(
         var computeMs = new Dictionary<string, double>();
         var todo = new Queue<Share>(shares);
         var alive = members.ToList();
+        var stragglers = new List<string>();
+        var lost = new List<string>();
         while (todo.Count > 0)
         {
             if (alive.Count == 0) alive = (await MembersAsync(cancel)).ToList();
             // One queue per worker this round: round-robin over the live workers.
             var assignment = alive.ToDictionary(w => w, _ => new List<Share>());
             for (int i = 0; todo.Count > 0; i++) assignment[alive[i % alive.Count]].Add(todo.Dequeue());
+            var busy = assignment.Where(a => a.Value.Count > 0).ToDictionary(a => a.Key, _ => CancellationTokenSource.CreateLinkedTokenSource(cancel));
+            var firstDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             var rounds = assignment.Where(a => a.Value.Count > 0).Select(async a =>
             {
                 var worker = a.Key;
+                var stop = busy[worker].Token;
                 for (int k = 0; k < a.Value.Count; k++)
                 {
                     var share = a.Value[k];
                     try
                     {
                         var request = new ComputeRequest(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count);
-                        var windows = worker is RemoteWorker rw && NeedsWindows(rw) ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
-                        var reply = await worker.ComputeGradientsAsync(request, weights, windows, shareBuffers[share.Index], cancel);
+                        var windows = worker is RemoteWorker { SendsWindows: true } ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
+                        var reply = await worker.ComputeGradientsAsync(request, weights, windows, shareBuffers[share.Index], stop);
                         if (!GradientOps.AllFinite(shareBuffers[share.Index].Span) || !double.IsFinite(reply.LossSum))
                             throw new InvalidGradientsException(worker.Name, "NaN or Inf in the gradients");
                         replies[share.Index] = reply;
                         lock (computeMs) computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
                     }
-                    catch (Exception e) when (e is WorkerLostException or InvalidGradientsException)
+                    catch (Exception e) when (e is WorkerLostException or InvalidGradientsException
+                                              || e is OperationCanceledException && !cancel.IsCancellationRequested)
                     {
                         return (worker, e, a.Value.Skip(k).ToList());
                     }
                 }
+                firstDone.TrySetResult();
                 return (worker, (Exception?)null, new List<Share>());
             }).ToList();
-            foreach (var (worker, error, unfinished) in await Task.WhenAll(rounds))
+            var all = Task.WhenAll(rounds);
+            if (options.StragglerTimeout is { } patience)
             {
+                // Straggler policy "drop": once one worker has finished its shares, the others get `patience` more;
+                // whoever is still busy then is skipped for this step and its shares go to the workers that are done.
+                if (await Task.WhenAny(all, firstDone.Task) != all && await Task.WhenAny(all, Task.Delay(patience, cancel)) != all)
+                    foreach (var (w, cts) in busy) cts.Cancel();
+            }
+            foreach (var (worker, error, unfinished) in await all)
+            {
+                busy[worker].Dispose();
                 if (error == null) continue;
-                if (!options.TolerateFailures)
-                    throw new RunFailedException($"step {step}: {error.Message}; stopping the run");
-                log($"step {step}: {error.Message}; its {unfinished.Count} share(s) go to the other workers");
                 alive.Remove(worker);
-                OnWorkerFailed?.Invoke(worker, error);
                 foreach (var s in unfinished) todo.Enqueue(s);
+                if (error is OperationCanceledException)
+                {
+                    stragglers.Add(worker.Name);
+                    log($"step {step}: worker '{worker.Name}' is a straggler (not done {options.StragglerTimeout!.Value.TotalSeconds:F1} s after the first worker); its {unfinished.Count} share(s) go to the other workers");
+                    OnStraggler?.Invoke(worker, step);
+                    continue;
+                }
+                if (!options.TolerateFailures) throw new RunFailedException($"step {step}: {error.Message}; stopping the run");
+                log($"step {step}: {error.Message}; its {unfinished.Count} share(s) go to the other workers");
+                bool drop = error is WorkerLostException || Reject(worker);
+                if (drop)
+                {
+                    lost.Add(worker.Name);
+                    OnWorkerDropped?.Invoke(worker, error is WorkerLostException wl ? wl.Reason : $"{options.MaxRejections} rejected gradient payloads");
+                }
             }
         }
         double wallMs = clock.Elapsed.TotalMilliseconds;
@@ -91,10 +118,25 @@ public sealed class DistributedGradientSource(
             ["straggler_lag_ms"] = Math.Round(slowest - fastest, 3),
             ["worker_compute_ms"] = computeMs.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
         };
+        if (stragglers.Count > 0) extra["stragglers"] = stragglers;
+        if (lost.Count > 0) extra["lost_workers"] = lost;
         return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);
     }
 
-    public Action<IWorkerGrain, Exception>? OnWorkerFailed { get; init; }
+    /// <summary>A worker to remove from the run (lost, or too many rejected payloads), with the reason.</summary>
+    public Action<IWorkerGrain, string>? OnWorkerDropped { get; init; }
+
+    /// <summary>A worker skipped for a step under the "drop" straggler policy.</summary>
+    public Action<IWorkerGrain, long>? OnStraggler { get; init; }
+
+    readonly Dictionary<string, int> rejections = new();
+
+    /// <summary>Counts a rejected payload; true when the worker has used up its allowance and must be dropped.</summary>
+    bool Reject(IWorkerGrain worker)
+    {
+        int n = rejections[worker.Name] = rejections.GetValueOrDefault(worker.Name) + 1;
+        return n >= options.MaxRejections;
+    }
 
     async Task<IReadOnlyList<IWorkerGrain>> MembersAsync(CancellationToken cancel)
     {
@@ -105,8 +147,6 @@ public sealed class DistributedGradientSource(
         await grain.WaitForAsync(1, options.RejoinTimeout, cancel);
         return grain.Members();
     }
-
-    static bool NeedsWindows(RemoteWorker worker) => worker.SendsWindows;
 
     ReadOnlyMemory<byte> Windows(long step, Share share) =>
         MemoryMarshal.AsBytes(BatchSampler.Windows(corpus.Train, settings.Seed, step, share.First, share.Count, model.Config.BlockSize).AsSpan()).ToArray();
@@ -137,4 +177,9 @@ public sealed record DistributedOptions
     /// <summary>Recompute a lost worker's share on the survivors instead of stopping the run.</summary>
     public bool TolerateFailures { get; init; }
     public TimeSpan RejoinTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Straggler policy: null waits for every worker ("wait"); a value drops a worker from the step when it is
+    /// still busy this long after the first worker finished ("drop"), and its shares are recomputed by the others.</summary>
+    public TimeSpan? StragglerTimeout { get; init; }
+    /// <summary>Rejected gradient payloads (NaN/Inf, wrong length, stale) after which a worker is dropped.</summary>
+    public int MaxRejections { get; init; } = 3;
 }

@@ -16,6 +16,8 @@ public sealed record CoordinatorSettings
     public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(10);
     public TimeSpan JoinTimeout { get; init; } = TimeSpan.FromMinutes(10);
     public bool TolerateFailures { get; init; }
+    public TimeSpan? StragglerTimeout { get; init; }
+    public int MaxRejections { get; init; } = 3;
     public string? TlsCert { get; init; }
     public string? TlsKey { get; init; }
 }
@@ -42,7 +44,17 @@ public static class DistributedTraining
             await grain.WaitForAsync(settings.MinWorkers, settings.JoinTimeout, cancel);
 
             using var source = new DistributedGradientSource(grain, model, setup.Corpus, train, run,
-                new DistributedOptions { TolerateFailures = settings.TolerateFailures }, log);
+                new DistributedOptions
+                {
+                    TolerateFailures = settings.TolerateFailures, StragglerTimeout = settings.StragglerTimeout, MaxRejections = settings.MaxRejections,
+                }, log)
+            {
+                OnWorkerDropped = (worker, reason) =>
+                {
+                    grain.Leave(worker, reason);
+                    (worker as RemoteWorker)?.Abort();
+                },
+            };
             using var evalGraph = model.Build(train.BatchSize, model.Config.BlockSize, withGrad: false);
             var loop = new TrainingLoop(model, setup.Optimizer, setup.Corpus, train, source,
                 new Evaluator(evalGraph, setup.Corpus, train.Seed, train.EvalIters), setup.OutDir, setup.RunId, setup.StartStep)

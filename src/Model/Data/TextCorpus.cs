@@ -26,7 +26,9 @@ public sealed class TextCorpus
         catch (DecoderFallbackException e) { throw new DataException($"data file '{path}' is not valid UTF-8 (bad byte at index {e.Index})"); }
         tokenizer ??= CharTokenizer.FromText(text);
         if (tokenizer.VocabSize > ushort.MaxValue) throw new DataException($"data file '{path}' has {tokenizer.VocabSize} distinct characters; at most {ushort.MaxValue} are supported");
-        int[] ids = tokenizer.Encode(text);
+        int[] ids;
+        try { ids = tokenizer.Encode(text); }
+        catch (ConfigException e) { throw new DataException($"data file '{path}': {e.Message}"); }
         int n = (int)(ids.Length * 0.9);
         var train = ids.AsSpan(0, n).ToArray().Select(i => (ushort)i).ToArray();
         var val = ids.AsSpan(n).ToArray().Select(i => (ushort)i).ToArray();

@@ -20,6 +20,7 @@ public sealed record TrainSettings
     /// <summary>Steps between checkpoints (0: only the final one).</summary>
     public int CheckpointInterval { get; init; } = 250;
 
+    [System.Text.Json.Serialization.JsonIgnore]
     public LearningRateSchedule Schedule => new(LearningRate, MinLr, WarmupIters, LrDecayIters, DecayLr);
 
     public void Validate()

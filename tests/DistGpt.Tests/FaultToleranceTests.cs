@@ -1,0 +1,175 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Xunit;
+
+namespace DistGpt.Tests;
+
+/// <summary>Worker and coordinator failures with real processes killed by PID, and tampered payloads.</summary>
+[Collection(ProcessHeavy.Name)]
+public sealed class FaultToleranceTests
+{
+    const string Model = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1";
+    static readonly TimeSpan Timeout = TimeSpan.FromMinutes(3);
+
+    static Dictionary<string, string> Env(string token, string? fault = null)
+    {
+        var env = new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath(), ["DISTGPT_CLUSTER_TOKEN"] = token };
+        if (fault != null) env["DISTGPT_TEST_FAULT"] = fault;
+        return env;
+    }
+
+    sealed class Cluster : IDisposable
+    {
+        public readonly int Port = DistributedTests.FreePort();
+        public readonly string Token = "tok-" + Guid.NewGuid().ToString("n");
+        public readonly TempDirectory Dir = new("ft");
+        public CliProcess? Coordinator;
+        public readonly List<CliProcess> Workers = new();
+
+        public CliProcess StartCoordinator(string flags) =>
+            Coordinator = CliRunner.Start(CliRunner.Split($"coordinator --listen http://127.0.0.1:{Port} {Model} --out {Dir.Path} {flags}"), Env(Token));
+
+        public CliProcess StartWorker(string name, string? fault = null, string flags = "")
+        {
+            var w = CliRunner.Start(CliRunner.Split($"worker --coordinator http://127.0.0.1:{Port} --name {name} --threads 1 {flags}"), Env(Token, fault));
+            Workers.Add(w);
+            return w;
+        }
+
+        public List<JsonElement> Metrics => DistributedTests.Metrics(Dir.Path);
+
+        public void Dispose()
+        {
+            Coordinator?.Dispose();
+            foreach (var w in Workers) w.Dispose();
+            Dir.Dispose();
+        }
+    }
+
+    static void AssertContiguous(List<JsonElement> metrics, int steps) =>
+        Assert.Equal(Enumerable.Range(1, steps), metrics.Select(m => m.GetProperty("step").GetInt32()));
+
+    static double[] Losses(List<JsonElement> metrics) => metrics.Select(m => m.GetProperty("loss").GetDouble()).ToArray();
+
+    [Theory]
+    [InlineData("stall-compute", "stalled before computing")]
+    [InlineData("stall-upload", "stalled mid-upload")]
+    public void WorkerKilledMidStepIsDetectedAndTheRunCompletesWithContiguousSteps(string fault, string marker)
+    {
+        using var c = new Cluster();
+        var coordinator = c.StartCoordinator("--min-workers 2 --max-iters 20 --eval-interval 20");
+        c.StartWorker("alpha");
+        var victim = c.StartWorker("beta", $"{fault}:8");
+        Assert.True(victim.WaitForOutput(o => o.Contains(marker), Timeout), victim.StdOut + victim.StdErr);
+        Process.GetProcessById(victim.Id).Kill(); // SIGKILL
+        var r = coordinator.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("worker 'beta' lost", r.StdOut);
+        var metrics = c.Metrics;
+        AssertContiguous(metrics, 20);
+        Assert.True(metrics[7].GetProperty("step_ms").GetDouble() < 10_000, $"step 8 took {metrics[7].GetProperty("step_ms")} ms");
+        Assert.Equal(1, metrics[^1].GetProperty("workers").GetInt32());
+    }
+
+    [Fact]
+    public void SilentWorkerIsDroppedAfterTheHeartbeatTimeoutAndARestartedWorkerRejoins()
+    {
+        using var c = new Cluster();
+        var coordinator = c.StartCoordinator("--min-workers 2 --max-iters 40 --eval-interval 40 --heartbeat-timeout 2");
+        c.StartWorker("alpha");
+        var hung = c.StartWorker("beta", "hang:6");
+        Assert.True(coordinator.WaitForOutput(o => o.Contains("worker 'beta' lost"), Timeout), coordinator.StdOut);
+        Assert.Contains("no heartbeat", coordinator.StdOut);
+        hung.Kill();
+        c.StartWorker("beta"); // the same node comes back
+        var r = coordinator.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var metrics = c.Metrics;
+        AssertContiguous(metrics, 40);
+        double slow = metrics[5].GetProperty("step_ms").GetDouble();
+        Assert.InRange(slow, 1_500, 10_000);
+        Assert.Equal(2, metrics[^1].GetProperty("workers").GetInt32());
+        Assert.True(c.Workers[^1].WaitForExit(TimeSpan.FromSeconds(30)).ExitCode == 0);
+    }
+
+    [Theory]
+    [InlineData("nan:5", "NaN or Inf")]
+    [InlineData("short:5", "gradient payload of")]
+    public void TamperedGradientPayloadIsRejectedAndTheShareRecomputedExactly(string fault, string message)
+    {
+        using var clean = new Cluster();
+        clean.StartCoordinator("--min-workers 2 --max-iters 8 --eval-interval 8");
+        clean.StartWorker("alpha");
+        clean.StartWorker("beta");
+        Assert.Equal(0, clean.Coordinator!.WaitForExit(Timeout).ExitCode);
+
+        using var c = new Cluster();
+        var coordinator = c.StartCoordinator("--min-workers 2 --max-iters 8 --eval-interval 8");
+        c.StartWorker("alpha");
+        c.StartWorker("beta", fault);
+        var r = coordinator.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains(message, r.StdOut);
+        Assert.Contains("worker 'beta' sent invalid gradients", r.StdOut);
+        AssertContiguous(c.Metrics, 8);
+        // The rejected share was recomputed by the other worker from the same sequences: nothing of the bad payload applied.
+        Assert.Equal(Losses(clean.Metrics), Losses(c.Metrics));
+    }
+
+    [Fact]
+    public void CoordinatorKilledAndResumedGivesTheUninterruptedLossesAndWorkersReconnectByThemselves()
+    {
+        using var reference = new Cluster();
+        reference.StartCoordinator("--min-workers 2 --max-iters 24 --eval-interval 24 --checkpoint-interval 8");
+        reference.StartWorker("alpha");
+        reference.StartWorker("beta");
+        Assert.Equal(0, reference.Coordinator!.WaitForExit(Timeout).ExitCode);
+
+        using var c = new Cluster();
+        var first = c.StartCoordinator("--min-workers 2 --max-iters 24 --eval-interval 24 --checkpoint-interval 8");
+        var alpha = c.StartWorker("alpha");
+        var beta = c.StartWorker("beta");
+        Assert.True(first.WaitForOutput(o => o.Contains("step 10:") || o.Contains("step 10 "), Timeout) || File.ReadAllLines(Path.Combine(c.Dir.Path, "metrics.jsonl")).Length >= 10,
+            first.StdOut);
+        WaitFor(() => File.Exists(Path.Combine(c.Dir.Path, "metrics.jsonl")) && File.ReadAllLines(Path.Combine(c.Dir.Path, "metrics.jsonl")).Length >= 10);
+        Process.GetProcessById(first.Id).Kill(); // SIGKILL: no final checkpoint, no goodbye to the workers
+        first.WaitForExit(TimeSpan.FromSeconds(10));
+
+        var resumed = c.StartCoordinator("--min-workers 2 --max-iters 24 --eval-interval 24 --checkpoint-interval 8 --resume");
+        var r = resumed.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("resuming from step 8", r.StdOut);
+        Assert.Equal(0, alpha.WaitForExit(TimeSpan.FromSeconds(30)).ExitCode);
+        Assert.Equal(0, beta.WaitForExit(TimeSpan.FromSeconds(30)).ExitCode);
+        Assert.Contains("rejoined", alpha.StdOut);
+        var metrics = c.Metrics;
+        AssertContiguous(metrics, 24);
+        var expected = Losses(reference.Metrics);
+        var actual = Losses(metrics);
+        for (int i = 8; i < 24; i++) Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-6, $"step {i + 1}: {expected[i]} vs {actual[i]}");
+    }
+
+    [Fact]
+    public void DevModeRestartsAKilledWorkerAndFinishes()
+    {
+        using var tmp = new TempDirectory("devrestart");
+        using var dev = CliRunner.Start(CliRunner.Split($"dev --workers 2 --worker-threads 1 {Model} --max-iters 40 --eval-interval 40 --out {tmp.Path}"),
+            new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath() });
+        Assert.True(dev.WaitForOutput(o => o.Contains("step 10:"), Timeout), dev.StdOut + dev.StdErr);
+        Process.GetProcessById(DistributedTests.WorkerPids(dev.Id).First()).Kill();
+        var r = dev.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("restarting it", r.StdOut);
+        AssertContiguous(DistributedTests.Metrics(tmp.Path), 40);
+    }
+
+    static void WaitFor(Func<bool> condition)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!condition())
+        {
+            if (clock.Elapsed > Timeout) Assert.Fail("condition not reached in time");
+            Thread.Sleep(50);
+        }
+    }
+}
