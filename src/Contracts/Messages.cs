@@ -25,8 +25,10 @@ public sealed record JoinRefused(string Reason);
 
 /// <summary>Coordinator → worker: compute the gradient sum of sequences [FirstSequence, FirstSequence + Sequences) of
 /// Step's global batch at the weights in the payload (version = updates applied so far). When SendsWindows, the payload
-/// carries the token windows (Sequences × (block+1) int32) after the weights, for a worker without its own corpus.</summary>
-public sealed record ComputeRequest(string RunId, long Step, long WeightsVersion, string ConfigHash, long FirstSequence, int Sequences);
+/// carries the token windows (Sequences × (block+1) int32) after the weights, for a worker without its own corpus.
+/// TraceParent/TraceState: the W3C trace context of the coordinator's span for this call (null when not tracing).</summary>
+public sealed record ComputeRequest(string RunId, long Step, long WeightsVersion, string ConfigHash, long FirstSequence, int Sequences,
+    string? TraceParent = null, string? TraceState = null);
 
 /// <summary>Worker → coordinator: the gradient sum (payload) with the loss behind it and the worker's own timings.</summary>
 public sealed record GradientsReply(

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using DistGpt.Contracts;
+using DistGpt.Contracts.Telemetry;
 using DistGpt.Contracts.Wire;
 using DistGpt.Model;
 using DistGpt.Model.Data;
@@ -29,7 +30,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         {
             var deadline = DateTime.UtcNow + options.ConnectTimeout;
             await using var channel = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
-            var accepted = await JoinAsync(channel, dataSha, cancel);
+            var accepted = await WorkerTracing.TraceJoinAsync(options.Name, () => JoinAsync(channel, dataSha, cancel));
             options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)})");
             joinedBefore = true;
             Prepare(accepted);
@@ -104,7 +105,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                     case MessageKind.Compute:
                         var request = frame.Read<ComputeRequest>();
                         Interlocked.Exchange(ref currentStep, request.Step);
-                        await ComputeAsync(channel, run, request, frame.PayloadLength, cancel);
+                        await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, cancel));
                         break;
                     case MessageKind.Shutdown:
                         options.Log($"{options.Name}: run {run.RunId} finished ({frame.Read<Shutdown>().Reason})");
@@ -139,6 +140,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         if (payloadLength != weightBytes + windowBytes)
             throw new ProtocolException($"compute payload is {payloadLength} bytes, expected {weightBytes + windowBytes}");
         var clock = Stopwatch.StartNew();
+        var receiving = WorkerTracing.StartReceive(payloadLength);
         await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(m.Parameters.Values), cancel);
         int[]? windows = null;
         if (windowBytes > 0)
@@ -148,6 +150,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             windows = MemoryMarshal.Cast<byte, int>(bytes).ToArray();
         }
         double receiveMs = clock.Elapsed.TotalMilliseconds;
+        receiving?.Dispose();
 
         if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
         if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
@@ -161,6 +164,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
         var gradients = NativeMemoryManager.Bytes(m.Parameters.Grads);
+        using var upload = WorkerTracing.StartUpload(reply, gradients.Length);
         if (faults?.At("nan", request.Step) == true) m.Parameters.Grads.Span[0] = float.NaN;
         if (faults?.At("short", request.Step) == true) gradients = gradients[..^4];
         if (faults?.At("stall-upload", request.Step) == true)

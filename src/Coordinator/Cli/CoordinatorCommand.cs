@@ -21,6 +21,7 @@ public static class CoordinatorCommand
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
+            using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = train.ReadThreads(r);
             if (r.GetValue(minWorkers) < 1) throw new ConfigException($"--min-workers must be positive (got {r.GetValue(minWorkers)})");
             var settings = new CoordinatorSettings

@@ -23,6 +23,7 @@ public static class DevCommand
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
+            using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null); // children inherit OTEL_*
             int n = r.GetValue(workers);
             if (n < 1) throw new ConfigException($"--workers must be positive (got {n})");
             int perWorker = r.GetResult(workerThreads) is { Implicit: false } ? r.GetValue(workerThreads) : Math.Max(1, Environment.ProcessorCount / n);

@@ -42,7 +42,7 @@ public sealed class ProgressView
             if (eval != null) AnsiConsole.MarkupLine(Markup.Escape(eval));
             return;
         }
-        if (m.Step % 10 == 0 || m.Step == 1 || m.Step == maxIters) Console.WriteLine(line);
-        if (eval != null) Console.WriteLine(eval);
+        if (m.Step % 10 == 0 || m.Step == 1 || m.Step == maxIters) Telemetry.TraceLog.Line("progress", line);
+        if (eval != null) Telemetry.TraceLog.Line("progress", eval);
     }
 }

@@ -14,6 +14,7 @@ public static class TrainCommand
         options.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.Guard(() =>
         {
+            using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = options.ReadThreads(r);
             using var run = RunSetup.Create(options, r);
             var cfg = run.Model.Config;

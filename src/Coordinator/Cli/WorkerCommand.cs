@@ -34,8 +34,9 @@ public static class WorkerCommand
                 Threads = r.GetValue(threads), DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = TimeSpan.FromSeconds(r.GetValue(connectTimeout)), ExpectConfigHash = r.GetValue(expectConfig),
-                TlsCaPath = r.GetValue(tlsCa), Log = msg => Console.WriteLine($"[worker] {msg}"),
+                TlsCaPath = r.GetValue(tlsCa), Log = msg => Telemetry.TraceLog.Write("worker", msg),
             };
+            using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.WorkerService, options.Name);
             using var silo = new WorkerSilo.WorkerSilo(options);
             return await silo.RunAsync(cancel);
         }));

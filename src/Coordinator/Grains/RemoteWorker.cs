@@ -30,6 +30,7 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
         {
             Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
             // Not cancellable: a frame abandoned half-way would corrupt the stream. A dead link fails the write instead.
+            using (Telemetry.CoordinatorTelemetry.StartSendWeights(channel, name, rank))
             try { await channel.SendAsync(MessageKind.Compute, request, CancellationToken.None, NativeMemoryManager.Bytes(weights), windows); }
             catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
             {

@@ -3,6 +3,7 @@ using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using DistGpt.Contracts;
 using DistGpt.Coordinator.Grains;
+using DistGpt.Coordinator.Telemetry;
 using DistGpt.Model;
 using DistGpt.Model.Data;
 using DistGpt.Model.Engine;
@@ -53,19 +54,23 @@ public sealed class DistributedGradientSource(
                 for (int k = 0; k < a.Value.Count; k++)
                 {
                     var share = a.Value[k];
+                    using var call = WorkerCall.Start(worker, step, share.Index, share.First, share.Count);
                     try
                     {
-                        var request = new ComputeRequest(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count);
+                        var request = new ComputeRequest(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count,
+                            TraceParent: call.TraceParent, TraceState: call.TraceState);
                         var windows = worker is RemoteWorker { SendsWindows: true } ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
                         var reply = await worker.ComputeGradientsAsync(request, weights, windows, shareBuffers[share.Index], stop);
                         if (!GradientOps.AllFinite(shareBuffers[share.Index].Span) || !double.IsFinite(reply.LossSum))
                             throw new InvalidGradientsException(worker.Name, "NaN or Inf in the gradients");
                         replies[share.Index] = reply;
                         lock (computeMs) computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
+                        call.Completed(reply);
                     }
                     catch (Exception e) when (e is WorkerLostException or InvalidGradientsException
                                               || e is OperationCanceledException && !cancel.IsCancellationRequested)
                     {
+                        call.Failed(e);
                         return (worker, e, a.Value.Skip(k).ToList());
                     }
                 }
@@ -105,6 +110,7 @@ public sealed class DistributedGradientSource(
         }
         double wallMs = clock.Elapsed.TotalMilliseconds;
 
+        using var summing = TrainingTelemetry.Start("sum gradients", step);
         var grads = model.Parameters.Grads;
         shareBuffers[0].Span.CopyTo(grads.Span);
         for (int s = 1; s < shares.Count; s++) TensorPrimitives.Add(grads.Span, shareBuffers[s].Span, grads.Span);

@@ -31,11 +31,12 @@ public static class DistributedTraining
         var train = setup.Settings;
         if (train.BatchSize % settings.MinWorkers != 0)
             throw new ConfigException($"--batch-size {train.BatchSize} does not divide among {settings.MinWorkers} workers; use a multiple of {settings.MinWorkers}");
-        Action<string> log = msg => Console.WriteLine($"[coordinator] {msg}");
+        Action<string> log = msg => Telemetry.TraceLog.Write("coordinator", msg);
         var model = setup.Model;
         var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
             setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout);
         var grain = new CoordinatorGrain(run, log);
+        Telemetry.CoordinatorTelemetry.Watch(grain);
         await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey);
         try
         {

@@ -60,9 +60,9 @@ public sealed class GradientWorker : IDisposable
         graph.Step.DropoutKey = DropoutKey(seed, step);
         graph.Step.FirstSequence = first;
         phase?.Invoke("forward");
-        graph.Forward();
+        using (TrainingTelemetry.Start("run forward", step)) graph.Forward();
         phase?.Invoke("backward");
-        graph.Backward(1f);
+        using (TrainingTelemetry.Start("run backward", step)) graph.Backward(1f);
         return new GradientSum(graph.Loss.LossSum(), graph.Loss.Tokens);
     }
 

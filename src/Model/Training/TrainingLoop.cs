@@ -24,41 +24,78 @@ public sealed class TrainingLoop(
     public void Run(CancellationToken cancel = default)
     {
         using var log = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"), firstStep);
-        var schedule = settings.Schedule;
         while (Step < settings.MaxIters)
         {
             cancel.ThrowIfCancellationRequested();
             long step = Step + 1;
-            var clock = Stopwatch.StartNew();
-            float lr = schedule.At(step - 1);
-            var result = gradients.Compute(step, cancel);
-            var sum = result.Sum;
-            if (!double.IsFinite(sum.LossSum)) throw new TrainingDivergedException($"loss is {sum.LossSum} at step {step}; lower --learning-rate");
-            GradientOps.Scale(model.Parameters.Grads, 1f / sum.Tokens);
-            double norm = GradientOps.ClipByGlobalNorm(model.Parameters.Grads, settings.GradClip);
-            optimizer.Step(lr);
-            Step = step;
-            double ms = clock.Elapsed.TotalMilliseconds;
-
-            float? trainLoss = null, valLoss = null;
-            if (step % settings.EvalInterval == 0 || step == settings.MaxIters)
+            // One trace per step: this root span, its phases below, and the workers' spans (W3C context on each call).
+            using var span = TrainingTelemetry.StartStep(step, runId);
+            try { RunStep(step, span, log, cancel); }
+            catch (Exception e)
             {
-                using (OnPhase?.Invoke("evaluate", step)) (trainLoss, valLoss) = evaluator.Estimate(step);
-                LastValLoss = valLoss;
+                TrainingTelemetry.RecordError(span, e);
+                throw;
             }
-            if ((settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters)
-                using (OnPhase?.Invoke("checkpoint", step)) SaveCheckpoint();
-
-            var metrics = new StepMetrics
-            {
-                Step = step, Loss = sum.MeanLoss, Lr = lr, StepMs = Math.Round(ms, 3),
-                TokensPerS = Math.Round(sum.Tokens / (ms / 1000.0), 1), GradNorm = Math.Round(norm, 6),
-                TrainLoss = trainLoss, ValLoss = valLoss, Workers = result.Workers, CommMs = result.CommMs,
-                Extra = result.Extra?.ToDictionary(kv => kv.Key, kv => kv.Value),
-            };
-            log.Write(metrics);
-            OnStep?.Invoke(metrics);
         }
+    }
+
+    void RunStep(long step, Activity? span, MetricsLog log, CancellationToken cancel)
+    {
+        var clock = Stopwatch.StartNew();
+        float lr = settings.Schedule.At(step - 1);
+        span?.SetTag(TrainingTelemetry.Attr.LearningRate, (double)lr);
+        StepGradients result;
+        using (TrainingTelemetry.Start("gather gradients", step)) result = gradients.Compute(step, cancel);
+        var sum = result.Sum;
+        if (!double.IsFinite(sum.LossSum)) throw new TrainingDivergedException($"loss is {sum.LossSum} at step {step}; lower --learning-rate");
+        using (var averaging = TrainingTelemetry.Start("average gradients", step))
+        {
+            averaging?.SetTag(TrainingTelemetry.Attr.Tokens, sum.Tokens);
+            GradientOps.Scale(model.Parameters.Grads, 1f / sum.Tokens);
+        }
+        double norm;
+        using (var clipping = TrainingTelemetry.Start("clip gradients", step))
+        {
+            norm = GradientOps.ClipByGlobalNorm(model.Parameters.Grads, settings.GradClip);
+            clipping?.SetTag(TrainingTelemetry.Attr.GradNorm, norm).SetTag(TrainingTelemetry.Attr.GradClip, (double)settings.GradClip);
+        }
+        using (var update = TrainingTelemetry.Start("update weights", step))
+        {
+            update?.SetTag("distgpt.optimizer", "adamw").SetTag(TrainingTelemetry.Attr.LearningRate, (double)lr);
+            optimizer.Step(lr);
+        }
+        Step = step;
+        double ms = clock.Elapsed.TotalMilliseconds;
+
+        float? trainLoss = null, valLoss = null;
+        if (step % settings.EvalInterval == 0 || step == settings.MaxIters)
+        {
+            using (var evaluation = TrainingTelemetry.Start("evaluate model", step))
+            using (OnPhase?.Invoke("evaluate", step))
+            {
+                (trainLoss, valLoss) = evaluator.Estimate(step);
+                evaluation?.SetTag(TrainingTelemetry.Attr.TrainLoss, (double)trainLoss).SetTag(TrainingTelemetry.Attr.ValLoss, (double)valLoss)
+                    .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters);
+            }
+            LastValLoss = valLoss;
+        }
+        if ((settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters)
+        {
+            using var checkpoint = TrainingTelemetry.Start("save checkpoint", step);
+            checkpoint?.SetTag(TrainingTelemetry.Attr.CheckpointDir, outDir);
+            using (OnPhase?.Invoke("checkpoint", step)) SaveCheckpoint();
+        }
+
+        var metrics = new StepMetrics
+        {
+            Step = step, Loss = sum.MeanLoss, Lr = lr, StepMs = Math.Round(ms, 3),
+            TokensPerS = Math.Round(sum.Tokens / (ms / 1000.0), 1), GradNorm = Math.Round(norm, 6),
+            TrainLoss = trainLoss, ValLoss = valLoss, Workers = result.Workers, CommMs = result.CommMs,
+            Extra = result.Extra?.ToDictionary(kv => kv.Key, kv => kv.Value),
+        };
+        log.Write(metrics);
+        TrainingTelemetry.RecordStep(span, metrics, sum.Tokens);
+        OnStep?.Invoke(metrics);
     }
 
     public void SaveCheckpoint() =>

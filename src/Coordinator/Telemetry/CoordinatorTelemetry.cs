@@ -1,0 +1,112 @@
+using System.Diagnostics;
+using DistGpt.Contracts;
+using DistGpt.Contracts.Telemetry;
+using DistGpt.Contracts.Wire;
+using DistGpt.Coordinator.Grains;
+using DistGpt.Model.Training;
+using static DistGpt.Model.Training.TrainingTelemetry;
+
+namespace DistGpt.Coordinator.Telemetry;
+
+/// <summary>One coordinator→worker call for one share of a step: the `request gradients` client span (whose W3C context
+/// travels on the <see cref="ComputeRequest"/>, so the worker's `compute gradients` span is its child) and the per-worker
+/// metrics: compute time, communication time (round trip minus compute) and bytes each way.</summary>
+public sealed class WorkerCall : IDisposable
+{
+    readonly Activity? span;
+    readonly IWorkerGrain worker;
+    readonly FrameChannel? channel;
+    readonly long started = Stopwatch.GetTimestamp(), sent0, received0;
+    bool done;
+
+    WorkerCall(IWorkerGrain worker, Activity? span)
+    {
+        (this.worker, this.span) = (worker, span);
+        channel = (worker as RemoteWorker)?.Channel;
+        if (channel != null) (sent0, received0) = (channel.BytesSent, channel.BytesReceived);
+    }
+
+    public static WorkerCall Start(IWorkerGrain worker, long step, int shareIndex, long first, int sequences)
+    {
+        var span = Source.StartActivity("request gradients", ActivityKind.Client);
+        span?.SetTag(Attr.Step, step).SetTag(Attr.WorkerName, worker.Name).SetTag(Attr.WorkerRank, worker.Rank)
+            .SetTag(Attr.ShareIndex, shareIndex).SetTag(Attr.ShareFirst, first).SetTag(Attr.Sequences, sequences);
+        return new WorkerCall(worker, span);
+    }
+
+    /// <summary>This call's W3C traceparent for the request (null when not tracing).</summary>
+    public string? TraceParent => span == null ? null : TraceContext.TraceParent(span);
+    public string? TraceState => span?.TraceStateString;
+
+    public void Completed(GradientsReply reply)
+    {
+        double roundTrip = Stopwatch.GetElapsedTime(started).TotalSeconds, compute = reply.ComputeMs / 1000.0;
+        var tags = new TagList { { Attr.WorkerName, worker.Name } };
+        WorkerCompute.Record(compute, tags);
+        WorkerCommunication.Record(Math.Max(0, roundTrip - compute), tags);
+        span?.SetTag(Attr.ComputeMs, reply.ComputeMs).SetTag(Attr.Tokens, reply.Tokens)
+            .SetTag(Attr.Loss, reply.LossSum / Math.Max(1, reply.Tokens)).SetTag("distgpt.receive_ms", reply.ReceiveMs);
+    }
+
+    public void Failed(Exception e) => RecordError(span, e);
+
+    public void Dispose()
+    {
+        if (done) return;
+        done = true;
+        if (channel != null)
+        {
+            long sent = channel.BytesSent - sent0, received = channel.BytesReceived - received0;
+            WorkerNetworkIo.Add(sent, new TagList { { Attr.WorkerName, worker.Name }, { Attr.Direction, "transmit" } });
+            WorkerNetworkIo.Add(received, new TagList { { Attr.WorkerName, worker.Name }, { Attr.Direction, "receive" } });
+            span?.SetTag(Attr.BytesSent, sent).SetTag(Attr.BytesReceived, received);
+        }
+        span?.Dispose();
+    }
+}
+
+/// <summary>Coordinator spans outside the step loop's own: weights sent to one worker, workers joining and leaving.</summary>
+public static class CoordinatorTelemetry
+{
+    /// <summary>`send weights` over one worker's compute frame; distgpt.bytes is what went on the wire.</summary>
+    public static IDisposable? StartSendWeights(FrameChannel channel, string worker, int rank)
+    {
+        var span = Source.StartActivity("send weights", ActivityKind.Producer);
+        if (span == null) return null;
+        span.SetTag(Attr.WorkerName, worker).SetTag(Attr.WorkerRank, rank);
+        return new BytesScope(span, channel);
+    }
+
+    sealed class BytesScope(Activity span, FrameChannel channel) : IDisposable
+    {
+        readonly long start = channel.BytesSent;
+
+        public void Dispose()
+        {
+            span.SetTag(Attr.Bytes, channel.BytesSent - start);
+            span.Dispose();
+        }
+    }
+
+    /// <summary>Records membership changes: an `admit worker` / `remove worker` span each (a trace of its own) and the
+    /// active-workers gauge.</summary>
+    public static void Watch(CoordinatorGrain grain)
+    {
+        grain.Joined += w => Membership("admit worker", w, grain.Count, grain.Run.RunId, null);
+        grain.Left += (w, reason) => Membership("remove worker", w, grain.Count, grain.Run.RunId, reason);
+    }
+
+    static void Membership(string name, IWorkerGrain worker, int active, string runId, string? reason)
+    {
+        ActiveWorkers.Record(active);
+        if (!Tracing) return;
+        var previous = Activity.Current;
+        Activity.Current = null;
+        using (var span = Source.StartActivity(name, ActivityKind.Internal))
+        {
+            span?.SetTag(Attr.WorkerName, worker.Name).SetTag(Attr.WorkerRank, worker.Rank).SetTag(Attr.ActiveWorkers, active)
+                .SetTag(Attr.RunId, runId).SetTag(Attr.Reason, reason);
+        }
+        Activity.Current = previous;
+    }
+}
