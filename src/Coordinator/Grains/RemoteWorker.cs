@@ -29,9 +29,21 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
         try
         {
             Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
-            // Not cancellable: a frame abandoned half-way would corrupt the stream. A dead link fails the write instead.
+            // Not cancellable: a frame abandoned half-way would corrupt the stream. A dead link fails the write, or, when a
+            // cut cable stalls it (the frame is larger than the socket buffers), the worker's heartbeats stop: then the
+            // connection is aborted and the worker is lost, as when it goes silent while computing.
             using (Telemetry.CoordinatorTelemetry.StartSendWeights(channel, name, rank))
-            try { await channel.SendAsync(MessageKind.Compute, request, CancellationToken.None, NativeMemoryManager.Bytes(weights), windows); }
+            try
+            {
+                var send = channel.SendAsync(MessageKind.Compute, request, CancellationToken.None, NativeMemoryManager.Bytes(weights), windows);
+                while (await Task.WhenAny(send, Task.Delay(TimeSpan.FromMilliseconds(250), CancellationToken.None)) != send)
+                    if (SinceLastHeard > run.HeartbeatTimeout)
+                    {
+                        abort();
+                        throw new WorkerLostException(name, $"no heartbeat for {SinceLastHeard.TotalSeconds:F1} s while sending the weights (--heartbeat-timeout {run.HeartbeatTimeout.TotalSeconds:F0} s)");
+                    }
+                await send;
+            }
             catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
             {
                 throw new WorkerLostException(name, $"sending the weights failed ({e.Message})", e);
