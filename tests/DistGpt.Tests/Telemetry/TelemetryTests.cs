@@ -4,6 +4,7 @@ using DistGpt.Contracts.Telemetry;
 using DistGpt.Model.Training;
 using Xunit;
 using SpanKind = DistGpt.Tests.Otlp.Trace.Span.Types.SpanKind;
+using StatusCode = DistGpt.Tests.Otlp.Trace.Status.Types.StatusCode;
 
 namespace DistGpt.Tests.Telemetry;
 
@@ -151,6 +152,43 @@ public sealed class TelemetryTests
             Assert.Equal(("distgpt-worker", "worker-0"), (compute.Service, compute.Instance));
         }
         Assert.True(OtlpReceiver.WaitUntil(() => receiver.Metrics.Any(m => m.Name == "distgpt.step.duration"), TimeSpan.FromSeconds(10)));
+    }
+
+    [Fact]
+    public async Task RejectedGradientsMarkTheWorkersCallSpanAsAnErrorInThatStepsTrace()
+    {
+        await using var receiver = await OtlpReceiver.StartAsync();
+        using var tmp = new TempDirectory("otel-fault");
+        int port = DistributedTests.FreePort();
+        Dictionary<string, string> Env(string? fault = null)
+        {
+            var env = OtelEnv(receiver);
+            env["DISTGPT_CLUSTER_TOKEN"] = "otel-" + port;
+            if (fault != null) env["DISTGPT_TEST_FAULT"] = fault;
+            return env;
+        }
+        using var coordinator = CliRunner.Start(CliRunner.Split(
+            $"coordinator --listen http://127.0.0.1:{port} --min-workers 2 --tolerate-failures true {Model} --threads 1 --max-iters 3 --eval-interval 3 --out {tmp.Path}"), Env());
+        using var alpha = CliRunner.Start(CliRunner.Split($"worker --coordinator http://127.0.0.1:{port} --name alpha --threads 1"), Env());
+        using var beta = CliRunner.Start(CliRunner.Split($"worker --coordinator http://127.0.0.1:{port} --name beta --threads 1"), Env("nan:2"));
+        var r = coordinator.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        alpha.WaitForExit(TimeSpan.FromSeconds(30));
+        beta.WaitForExit(TimeSpan.FromSeconds(30));
+
+        ReceivedSpan? Rejected() => receiver.Spans.FirstOrDefault(s => s.Name == "request gradients" && s.Long("distgpt.step") == 2
+            && Equals(s["distgpt.worker.name"], "beta") && s.Span.Status?.Code == StatusCode.Error);
+        Assert.True(OtlpReceiver.WaitUntil(() => Rejected() != null && Roots(receiver).Count == 3, TimeSpan.FromSeconds(15)),
+            string.Join("\n", receiver.Spans) + "\n" + r);
+        var rejected = Rejected()!;
+        Assert.Contains("NaN", rejected.Span.Status.Message);
+        var exception = Assert.Single(rejected.Span.Events, e => e.Name == "exception");
+        Assert.Contains("InvalidGradientsException", Otlp.Get(exception.Attributes, "exception.type") as string);
+        // The same step's trace goes on: the rejected share is recomputed by alpha, under the same root.
+        var root = Roots(receiver).Single(s => s.Long("distgpt.step") == 2);
+        Assert.Equal(root.TraceId, rejected.TraceId);
+        var alphaCalls = receiver.Spans.Count(s => s.TraceId == root.TraceId && s.Name == "compute gradients" && s.Instance == "alpha");
+        Assert.Equal(2, alphaCalls);
     }
 
     [Fact]
