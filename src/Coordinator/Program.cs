@@ -10,6 +10,8 @@ var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT
     DevCommand.Create(),
     CoordinatorCommand.Create(),
     WorkerCommand.Create(),
+    ExchangeBenchCommand.Create(),
+    ExchangeBenchCommand.CreatePeer(),
 };
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)

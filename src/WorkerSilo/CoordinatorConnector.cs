@@ -15,7 +15,7 @@ public static class CoordinatorConnector
         var delay = TimeSpan.FromMilliseconds(200);
         for (int attempt = 1; ; attempt++)
         {
-            var client = new TcpClient { NoDelay = true };
+            var client = new TcpClient { NoDelay = true, SendBufferSize = 4 << 20, ReceiveBufferSize = 4 << 20 };
             try
             {
                 using var attemptTimeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);

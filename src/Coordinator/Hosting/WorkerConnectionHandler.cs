@@ -1,40 +1,40 @@
 using DistGpt.Contracts;
 using DistGpt.Contracts.Wire;
 using DistGpt.Coordinator.Grains;
-using Microsoft.AspNetCore.Connections;
+using System.Net;
 
 namespace DistGpt.Coordinator.Hosting;
 
-/// <summary>Kestrel connection handler: one persistent connection per worker silo (as Orleans' own networking).
+/// <summary>Serves one worker's persistent connection (as Orleans' own networking: one connection per silo).
 /// First frame must be a join; then the connection carries compute calls until either side leaves.</summary>
-public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log) : ConnectionHandler
+public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log)
 {
-    public override async Task OnConnectedAsync(ConnectionContext connection)
+    public async Task HandleAsync(Stream stream, EndPoint? remote, Action abort, CancellationToken closed)
     {
-        var channel = new FrameChannel(connection.Transport.Input.AsStream(), connection.Transport.Output.AsStream());
+        var channel = new FrameChannel(stream, stream);
         Frame? first;
         try
         {
-            using var joinTimeout = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed);
+            using var joinTimeout = CancellationTokenSource.CreateLinkedTokenSource(closed);
             joinTimeout.CancelAfter(TimeSpan.FromSeconds(15));
             first = await channel.ReceiveAsync(joinTimeout.Token);
         }
         catch (Exception e) when (e is OperationCanceledException or IOException or ProtocolException)
         {
-            log($"connection from {connection.RemoteEndPoint} closed before joining: {e.Message}");
+            log($"connection from {remote} closed before joining: {e.Message}");
             return;
         }
         if (first == null) return;
         if (first.Kind != MessageKind.Join)
         {
-            log($"connection from {connection.RemoteEndPoint} sent {first.Kind} before joining; closed");
+            log($"connection from {remote} sent {first.Kind} before joining; closed");
             return;
         }
         JoinRequest request;
         try { request = first.Read<JoinRequest>(); }
         catch (ProtocolException e)
         {
-            log($"connection from {connection.RemoteEndPoint}: {e.Message}");
+            log($"connection from {remote}: {e.Message}");
             return;
         }
         var decision = grain.Join(request);
@@ -43,14 +43,14 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
             await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused(decision.RefusedReason!));
             return;
         }
-        var worker = new RemoteWorker(channel, request.WorkerName, accepted.Rank, grain.Run, accepted.SendsWindows, connection.Abort);
+        var worker = new RemoteWorker(channel, request.WorkerName, accepted.Rank, grain.Run, accepted.SendsWindows, abort);
         try
         {
             await channel.SendAsync(MessageKind.JoinAccepted, accepted);
             grain.Admit(worker);
-            using var stopHeartbeats = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed);
+            using var stopHeartbeats = CancellationTokenSource.CreateLinkedTokenSource(closed);
             var heartbeats = worker.HeartbeatLoopAsync(stopHeartbeats.Token);
-            string reason = await worker.ReceiveLoopAsync(connection.ConnectionClosed);
+            string reason = await worker.ReceiveLoopAsync(closed);
             stopHeartbeats.Cancel();
             await heartbeats;
             grain.Leave(worker, reason);
