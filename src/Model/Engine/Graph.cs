@@ -59,6 +59,16 @@ public sealed unsafe class Graph : IDisposable
 
     public void Forward()
     {
+        if (OpProfiler.Enabled)
+        {
+            foreach (var op in ops)
+            {
+                long t0 = OpProfiler.Now();
+                op.Forward(Step);
+                OpProfiler.Record(op.GetType().Name + " fwd", t0);
+            }
+            return;
+        }
         foreach (var op in ops) op.Forward(Step);
     }
 
@@ -67,6 +77,19 @@ public sealed unsafe class Graph : IDisposable
     public void Backward()
     {
         if (!WithGrad) throw new InvalidOperationException("this graph was built for inference (no gradients)");
+        if (OpProfiler.Enabled)
+        {
+            long z = OpProfiler.Now();
+            foreach (var t in activations) t.GradSpan.Clear();
+            OpProfiler.Record("(zero activation grads)", z);
+            for (int i = ops.Count - 1; i >= 0; i--)
+            {
+                long t0 = OpProfiler.Now();
+                ops[i].Backward(Step);
+                OpProfiler.Record(ops[i].GetType().Name + " bwd", t0);
+            }
+            return;
+        }
         foreach (var t in activations) t.GradSpan.Clear();
         for (int i = ops.Count - 1; i >= 0; i--) ops[i].Backward(Step);
     }
