@@ -82,30 +82,25 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             try { channel.SendAsync(MessageKind.Heartbeat, new Heartbeat(run.RunId, Interlocked.Read(ref currentStep))).Wait(); }
             catch { /* a dead connection shows up in the receive loop */ }
         }, null, beat, beat);
-        // The coordinator heartbeats too: silence while this worker waits for work means the link or the coordinator is
-        // gone (a cut cable sends no FIN), so give up on the connection and rejoin.
-        using var silent = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-        long waitingSince = Stopwatch.GetTimestamp();
+        // The coordinator heartbeats too: silence while this worker waits for work or moves tensors means the link or the
+        // coordinator is gone (a cut cable sends no FIN), so give up on the connection and rejoin. Not armed while computing.
         var silence = TimeSpan.FromSeconds(run.HeartbeatSeconds);
-        await using var watchdog = new Timer(_ =>
-        {
-            long since = Interlocked.Read(ref waitingSince);
-            if (since != 0 && Stopwatch.GetElapsedTime(since) > silence) silent.Cancel();
-        }, null, beat, beat);
+        using var watch = new SilenceWatch(silence, cancel);
+        await using var watchdog = new Timer(_ => watch.Check(), null, beat, beat);
         try
         {
             while (true)
             {
-                Interlocked.Exchange(ref waitingSince, Stopwatch.GetTimestamp());
-                var next = await channel.ReceiveAsync(silent.Token);
-                Interlocked.Exchange(ref waitingSince, 0);
+                watch.Arm();
+                var next = await channel.ReceiveAsync(watch.Token);
                 if (next is not { } frame) break;
+                watch.Arm(); // a frame is progress: the payload transfer gets the full allowance
                 switch (frame.Kind)
                 {
                     case MessageKind.Compute:
                         var request = frame.Read<ComputeRequest>();
                         Interlocked.Exchange(ref currentStep, request.Step);
-                        await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, cancel));
+                        await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, watch));
                         break;
                     case MessageKind.Shutdown:
                         options.Log($"{options.Name}: run {run.RunId} finished ({frame.Read<Shutdown>().Reason})");
@@ -130,8 +125,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         return false;
     }
 
-    async Task ComputeAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, CancellationToken cancel)
+    async Task ComputeAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, SilenceWatch watch)
     {
+        var cancel = watch.Token; // armed since the frame header: covers the payload transfer
         var m = model!;
         if (request.RunId != run.RunId || request.ConfigHash != run.ConfigHash)
             throw new ProtocolException($"compute request for run {request.RunId}/{request.ConfigHash}, joined {run.RunId}/{run.ConfigHash}");
@@ -152,6 +148,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         double receiveMs = clock.Elapsed.TotalMilliseconds;
         receiving?.Dispose();
 
+        watch.Disarm();
         if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
         if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
         var worker = WorkerFor(request.Sequences, run.Seed);
@@ -165,6 +162,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
         var gradients = NativeMemoryManager.Bytes(m.Parameters.Grads);
         using var upload = WorkerTracing.StartUpload(reply, gradients.Length);
+        watch.Arm();
         if (faults?.At("nan", request.Step) == true) m.Parameters.Grads.Span[0] = float.NaN;
         if (faults?.At("short", request.Step) == true) gradients = gradients[..^4];
         if (faults?.At("stall-upload", request.Step) == true)
@@ -176,6 +174,25 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             return;
         }
         await channel.SendAsync(MessageKind.Gradients, reply, cancel, gradients);
+    }
+
+    /// <summary>Cancels its token when armed for longer than the allowed silence (a dead link or coordinator).</summary>
+    sealed class SilenceWatch(TimeSpan silence, CancellationToken outer) : IDisposable
+    {
+        readonly CancellationTokenSource cts = CancellationTokenSource.CreateLinkedTokenSource(outer);
+        long armedAt;
+
+        public CancellationToken Token => cts.Token;
+        public void Arm() => Interlocked.Exchange(ref armedAt, Stopwatch.GetTimestamp());
+        public void Disarm() => Interlocked.Exchange(ref armedAt, 0);
+
+        public void Check()
+        {
+            long since = Interlocked.Read(ref armedAt);
+            if (since != 0 && Stopwatch.GetElapsedTime(since) > silence) cts.Cancel();
+        }
+
+        public void Dispose() => cts.Dispose();
     }
 
     static string Sha256Of(string path)
