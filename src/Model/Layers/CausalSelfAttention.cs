@@ -1,5 +1,7 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using DistGpt.Model.Engine;
 using Tensor = DistGpt.Model.Engine.Tensor;
 
@@ -33,7 +35,195 @@ public sealed unsafe class CausalSelfAttention : Op
     float* P(int b, int h) => probs + ((long)b * heads + h) * time * time;
     float* Pd(int b, int h) => droppedProbs + ((long)b * heads + h) * time * time;
 
+    /// <summary>Sequences up to this length use the fused kernels (causal triangle only, no packing); longer ones the packed GEMMs.</summary>
+    public const int FusedMaxTime = 128;
+
     public override void Forward(StepContext step)
+    {
+        if (time <= FusedMaxTime) ForwardFused(step);
+        else ForwardGemm(step);
+    }
+
+    public override void Backward(StepContext step)
+    {
+        if (time <= FusedMaxTime) BackwardFused(step);
+        else BackwardGemm(step);
+    }
+
+    int PaddedTime => (time + 7) & ~7;
+
+    /// Per (b, h), row by row: scores of the causal prefix against K^T (transposed once into scratch), softmax,
+    /// dropout (the same stream as the GEMM path: T random draws per row, in row order), then y_t = sum_j w_tj v_j.
+    void ForwardFused(StepContext step)
+    {
+        float scale = 1f / MathF.Sqrt(hs);
+        bool drop = dropout > 0 && step.Training;
+        int tp = PaddedTime;
+        Compute.For(batch * heads, bh =>
+        {
+            int b = bh / heads, h = bh % heads;
+            float* q = qkv.Data + (long)b * time * 3 * c + h * hs;
+            float* k = q + c, v = q + 2 * c;
+            float* p = P(b, h);
+            float* kt = Scratch((long)hs * tp);
+            Transpose(k, 3 * c, time, hs, kt, tp);
+            float* weights = drop ? Pd(b, h) : p;
+            var rng = drop ? new RandomStream(Rng.Key(step.DropoutKey, (ulong)(step.FirstSequence + b), (ulong)site, (ulong)h)) : default;
+            float keepScale = drop ? 1f / (1f - dropout) : 1f;
+            float* yh = y.Data + (long)b * time * c + h * hs;
+            for (int t = 0; t < time; t++)
+            {
+                float* pr = p + (long)t * time;
+                Scores(q + (long)t * 3 * c, kt, tp, hs, t + 1, scale, pr);
+                var row = new Span<float>(pr, t + 1);
+                TensorPrimitives.SoftMax(row, row);
+                new Span<float>(pr + t + 1, time - t - 1).Clear();
+                if (drop)
+                {
+                    float* wr = weights + (long)t * time;
+                    for (int j = 0; j < time; j++) wr[j] = rng.NextFloat() >= dropout ? pr[j] * keepScale : 0f;
+                }
+                WeightedSum(weights + (long)t * time, 1, t + 1, v, 3 * c, hs, 1f, false, yh + (long)t * c);
+            }
+        });
+    }
+
+    void BackwardFused(StepContext step)
+    {
+        float scale = 1f / MathF.Sqrt(hs);
+        bool drop = dropout > 0 && step.Training;
+        float keepScale = drop ? 1f / (1f - dropout) : 1f;
+        int tp = PaddedTime;
+        Compute.For(batch * heads, bh =>
+        {
+            int b = bh / heads, h = bh % heads;
+            long qkvOffset = (long)b * time * 3 * c + h * hs;
+            float* q = qkv.Data + qkvOffset, k = q + c, v = q + 2 * c;
+            float* dq = qkv.Grad + qkvOffset, dk = dq + c, dv = dq + 2 * c;
+            float* dyh = y.Grad + (long)b * time * c + h * hs;
+            float* p = P(b, h);
+            float* weights = drop ? Pd(b, h) : p;
+            float* vt = Scratch((long)hs * tp + (long)time * time);
+            float* ds = vt + (long)hs * tp;
+            Transpose(v, 3 * c, time, hs, vt, tp);
+            for (int t = 0; t < time; t++)
+            {
+                // dW_t = dy_t V^T on the causal prefix, through dropout, then softmax backward: dS = P (dW - <P, dW>)
+                float* dr = ds + (long)t * time, pr = p + (long)t * time;
+                Scores(dyh + (long)t * c, vt, tp, hs, t + 1, 1f, dr);
+                if (drop)
+                {
+                    float* wr = weights + (long)t * time;
+                    for (int j = 0; j <= t; j++) dr[j] = wr[j] != 0f ? dr[j] * keepScale : 0f;
+                }
+                var prs = new ReadOnlySpan<float>(pr, t + 1);
+                var drs = new Span<float>(dr, t + 1);
+                float dot = TensorPrimitives.Dot(prs, drs);
+                TensorPrimitives.Subtract(drs, dot, drs);
+                TensorPrimitives.Multiply(drs, prs, drs);
+                WeightedSum(dr, 1, t + 1, k, 3 * c, hs, scale, true, dq + (long)t * 3 * c);   // dq_t += scale sum_j dS_tj k_j
+            }
+            for (int j = 0; j < time; j++)
+            {
+                WeightedSum(weights + (long)j * time + j, time, time - j, dyh + (long)j * c, c, hs, 1f, true, dv + (long)j * 3 * c);  // dv_j += sum_t w_tj dy_t
+                WeightedSum(ds + (long)j * time + j, time, time - j, q + (long)j * 3 * c, 3 * c, hs, scale, true, dk + (long)j * 3 * c); // dk_j += scale sum_t dS_tj q_t
+            }
+        });
+    }
+
+    /// dst (cols x ldd, row-major) = src^T for src (rows x cols, stride lds); columns rows..ldd of dst are zeroed.
+    static void Transpose(float* src, int lds, int rows, int cols, float* dst, int ldd)
+    {
+        for (int d = 0; d < cols; d++)
+        {
+            float* dr = dst + (long)d * ldd;
+            for (int j = 0; j < rows; j++) dr[j] = src[(long)j * lds + d];
+            for (int j = rows; j < ldd; j++) dr[j] = 0f;
+        }
+    }
+
+    /// dst[j] = alpha * sum_d a[d] * bt[d * ldt + j] for j in [0, count): a row against the columns of a transposed
+    /// matrix, 8 columns per register, 4 registers in flight; bt must have at least count rounded up to 8 columns.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Scores(float* a, float* bt, int ldt, int depth, int count, float alpha, float* dst)
+    {
+        var va = Vector256.Create(alpha);
+        int j = 0;
+        for (; j + 32 <= count; j += 32)
+        {
+            Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+            float* col = bt + j;
+            for (int d = 0; d < depth; d++, col += ldt)
+            {
+                var x = Vector256.Create(a[d]);
+                s0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col), s0);
+                s1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 8), s1);
+                s2 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 16), s2);
+                s3 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 24), s3);
+            }
+            (s0 * va).Store(dst + j);
+            (s1 * va).Store(dst + j + 8);
+            (s2 * va).Store(dst + j + 16);
+            (s3 * va).Store(dst + j + 24);
+        }
+        for (; j < count; j += 8)
+        {
+            Vector256<float> s0 = default;
+            float* col = bt + j;
+            for (int d = 0; d < depth; d++, col += ldt)
+                s0 = Vector256.FusedMultiplyAdd(Vector256.Create(a[d]), Vector256.Load(col), s0);
+            s0 *= va;
+            if (j + 8 <= count) s0.Store(dst + j);
+            else for (int i = 0; i < count - j; i++) dst[j + i] = s0.GetElement(i);
+        }
+    }
+
+    /// dst[0..n) (+)= alpha * sum_i w[i * ws] * rows[i * rs + 0..n): a weighted sum of count rows, 8 columns per register.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void WeightedSum(float* w, int ws, int count, float* rows, int rs, int n, float alpha, bool accumulate, float* dst)
+    {
+        int d = 0;
+        for (; d + 16 <= n; d += 16)
+        {
+            Vector256<float> a0 = default, a1 = default;
+            float* r = rows + d;
+            for (int i = 0; i < count; i++, r += rs)
+            {
+                var x = Vector256.Create(w[(long)i * ws]);
+                a0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(r), a0);
+                a1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(r + 8), a1);
+            }
+            var va = Vector256.Create(alpha);
+            if (accumulate)
+            {
+                Vector256.FusedMultiplyAdd(a0, va, Vector256.Load(dst + d)).Store(dst + d);
+                Vector256.FusedMultiplyAdd(a1, va, Vector256.Load(dst + d + 8)).Store(dst + d + 8);
+            }
+            else
+            {
+                (a0 * va).Store(dst + d);
+                (a1 * va).Store(dst + d + 8);
+            }
+        }
+        for (; d + 8 <= n; d += 8)
+        {
+            Vector256<float> a0 = default;
+            float* r = rows + d;
+            for (int i = 0; i < count; i++, r += rs)
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Create(w[(long)i * ws]), Vector256.Load(r), a0);
+            var va = Vector256.Create(alpha);
+            if (accumulate) Vector256.FusedMultiplyAdd(a0, va, Vector256.Load(dst + d)).Store(dst + d);
+            else (a0 * va).Store(dst + d);
+        }
+        for (; d < n; d++)
+        {
+            float sum = 0f;
+            for (int i = 0; i < count; i++) sum += w[(long)i * ws] * rows[(long)i * rs + d];
+            dst[d] = accumulate ? dst[d] + alpha * sum : alpha * sum;
+        }
+    }
+
+    void ForwardGemm(StepContext step)
     {
         float scale = 1f / MathF.Sqrt(hs);
         bool drop = dropout > 0 && step.Training;
@@ -64,7 +254,7 @@ public sealed unsafe class CausalSelfAttention : Op
         });
     }
 
-    public override void Backward(StepContext step)
+    void BackwardGemm(StepContext step)
     {
         float scale = 1f / MathF.Sqrt(hs);
         bool drop = dropout > 0 && step.Training;

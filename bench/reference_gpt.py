@@ -1,0 +1,182 @@
+#!/usr/bin/python3
+"""PyTorch reference trainer for `bench/compare-pytorch.sh`: nanoGPT's model.py architecture (pre-LN blocks, manual
+causal attention as PyTorch 1.13 has no flash attention, nn.GELU, tied lm_head, dropout) and train.py's step
+(get_batch with torch.randint windows, forward, backward, clip_grad_norm_ 1.0, AdamW with nanoGPT's two parameter
+groups and default foreach, zero_grad(set_to_none=True)), float32 on the CPU. A benchmark, not a test: the project
+never depends on PyTorch. Prints per-step times, then one JSON line like `distgpt bench`.
+
+usage: /usr/bin/python3 bench/reference_gpt.py --config tiny|cpu|shakespeare --steps N --warmup N --threads N --data FILE
+(set OMP_WAIT_POLICY=PASSIVE for more than one thread, as nanoGPT's baselines on this machine were measured)
+"""
+import argparse, json, math, resource, sys, time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+PRESETS = {  # n_layer, n_head, n_embd, block_size, batch_size, dropout (bias False, as distgpt bench)
+    "tiny": (4, 4, 64, 32, 16, 0.0),
+    "cpu": (4, 4, 128, 64, 12, 0.0),
+    "shakespeare": (6, 6, 384, 256, 64, 0.2),
+}
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd, n_head, block_size, dropout, bias):
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head, self.n_embd = n_head, n_embd
+        self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        att = self.attn_dropout(att)
+        y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd, dropout, bias):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, n_head, block_size, dropout, bias):
+        super().__init__()
+        self.ln_1 = LayerNorm(n_embd, bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, block_size, dropout, bias)
+        self.ln_2 = LayerNorm(n_embd, bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab_size, n_layer, n_head, n_embd, block_size, dropout, bias=False):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd),
+            wpe=nn.Embedding(block_size, n_embd),
+            drop=nn.Dropout(dropout),
+            h=nn.ModuleList([Block(n_embd, n_head, block_size, dropout, bias) for _ in range(n_layer)]),
+            ln_f=LayerNorm(n_embd, bias),
+        ))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets):
+        b, t = idx.size()
+        pos = torch.arange(0, t, dtype=torch.long).unsqueeze(0)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas):
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        nodecay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": nodecay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="cpu", choices=sorted(PRESETS))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1337)
+
+    text = open(args.data, encoding="utf-8").read()
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = np.array([stoi[c] for c in text], dtype=np.uint16)
+    train = data[: int(0.9 * len(data))]
+
+    n_layer, n_head, n_embd, block_size, batch_size, dropout = PRESETS[args.config]
+    model = GPT(len(chars), n_layer, n_head, n_embd, block_size, dropout)
+    model.train()
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
+
+    def get_batch():  # nanoGPT's train.py
+        ix = torch.randint(len(train) - block_size, (batch_size,))
+        x = torch.stack([torch.from_numpy(train[i:i + block_size].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(train[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+        return x, y
+
+    times = []
+    for s in range(1, args.warmup + args.steps + 1):
+        t0 = time.perf_counter()
+        x, y = get_batch()
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ms = (time.perf_counter() - t0) * 1000
+        if s > args.warmup:
+            times.append(ms)
+        print(f"step {s}{' (warm-up)' if s <= args.warmup else ''}: loss {loss.item():.4f}, {ms:.1f} ms", flush=True)
+
+    times.sort()
+    n = len(times)
+    median = times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+    tokens = batch_size * block_size
+    params = sum(p.numel() for p in model.parameters())
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"config": args.config, "impl": "pytorch " + torch.__version__, "params": params,
+                      "tokens_per_step": tokens, "ms_per_step": round(median, 2),
+                      "tokens_per_s": round(tokens / (median / 1000), 1), "threads": args.threads,
+                      "peak_rss_mb": round(rss_mb, 1)}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
