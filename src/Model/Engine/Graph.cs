@@ -24,6 +24,7 @@ public sealed unsafe class Graph : IDisposable
     readonly List<Op> ops = new();
     readonly List<NativeBuffer> buffers = new();
     readonly List<Tensor> activations = new();
+    int profiledPasses;
 
     public Graph(bool withGrad) => WithGrad = withGrad;
 
@@ -59,7 +60,7 @@ public sealed unsafe class Graph : IDisposable
 
     public void Forward()
     {
-        if (OpProfiler.Enabled)
+        if (OpProfiler.Enabled && ++profiledPasses > OpProfiler.SkipPasses)
         {
             foreach (var op in ops)
             {
@@ -77,7 +78,7 @@ public sealed unsafe class Graph : IDisposable
     public void Backward()
     {
         if (!WithGrad) throw new InvalidOperationException("this graph was built for inference (no gradients)");
-        if (OpProfiler.Enabled)
+        if (OpProfiler.Enabled && profiledPasses > OpProfiler.SkipPasses)
         {
             long z = OpProfiler.Now();
             foreach (var t in activations) t.GradSpan.Clear();

@@ -3,9 +3,12 @@ using System.Diagnostics;
 namespace DistGpt.Model.Engine;
 
 /// <summary>Opt-in per-op-type timing (DISTGPT_PROFILE=1): Graph times every op's forward and backward with a
-/// Stopwatch and the table of totals is printed to stderr when the process exits. Off by default (no cost).</summary>
+/// Stopwatch (after each graph's first SkipPasses passes) and the table of totals is printed to stderr when the process exits. Off by default (no cost).</summary>
 public static class OpProfiler
 {
+    /// <summary>Forward/backward passes of each graph left out of the table (JIT and first-touch warm-up).</summary>
+    public const int SkipPasses = 3;
+
     public static readonly bool Enabled = Environment.GetEnvironmentVariable("DISTGPT_PROFILE") is "1" or "true";
 
     static readonly Dictionary<string, (long Ticks, long Calls)> totals = new();

@@ -75,8 +75,7 @@ public sealed unsafe class CausalSelfAttention : Op
             {
                 float* pr = p + (long)t * time;
                 Scores(q + (long)t * 3 * c, kt, tp, hs, t + 1, scale, pr);
-                var row = new Span<float>(pr, t + 1);
-                TensorPrimitives.SoftMax(row, row);
+                VectorMath.Softmax(pr, t + 1);
                 new Span<float>(pr + t + 1, time - t - 1).Clear();
                 if (drop)
                 {
@@ -116,11 +115,7 @@ public sealed unsafe class CausalSelfAttention : Op
                     float* wr = weights + (long)t * time;
                     for (int j = 0; j <= t; j++) dr[j] = wr[j] != 0f ? dr[j] * keepScale : 0f;
                 }
-                var prs = new ReadOnlySpan<float>(pr, t + 1);
-                var drs = new Span<float>(dr, t + 1);
-                float dot = TensorPrimitives.Dot(prs, drs);
-                TensorPrimitives.Subtract(drs, dot, drs);
-                TensorPrimitives.Multiply(drs, prs, drs);
+                VectorMath.SoftmaxBackward(pr, dr, t + 1);
                 WeightedSum(dr, 1, t + 1, k, 3 * c, hs, scale, true, dq + (long)t * 3 * c);   // dq_t += scale sum_j dS_tj k_j
             }
             for (int j = 0; j < time; j++)

@@ -1,4 +1,4 @@
-using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using DistGpt.Model.Engine;
 using Tensor = DistGpt.Model.Engine.Tensor;
 
@@ -6,13 +6,14 @@ namespace DistGpt.Model.Layers;
 
 /// <summary>Fused log-softmax + negative log-likelihood over rows of logits (N, V).
 /// Forward leaves the per-token losses; backward seeds dlogits = (softmax - onehot) * LossScale,
-/// where LossScale is 1/N for a mean loss or 1 for a gradient sum that a coordinator averages later.</summary>
+/// where LossScale is 1/N for a mean loss or 1 for a gradient sum that a coordinator averages later.
+/// Rows are independent, so both passes run row-parallel with 8-wide exp.</summary>
 public sealed unsafe class CrossEntropy : Op
 {
     readonly Tensor logits;
     readonly int[] targets;
     readonly float* lse, losses;
-    readonly int n, v;
+    readonly int n, v, chunks;
 
     public CrossEntropy(Graph g, Tensor logits, int[] targets)
     {
@@ -21,6 +22,7 @@ public sealed unsafe class CrossEntropy : Op
         v = logits.LastDim;
         lse = g.Allocate(n).Pointer;
         losses = g.Allocate(n).Pointer;
+        chunks = RowChunks.Count(n, 32);
     }
 
     public float LossScale { get; set; } = 1f;
@@ -35,29 +37,44 @@ public sealed unsafe class CrossEntropy : Op
 
     public int Tokens => n;
 
-    public override void Forward(StepContext step)
+    public override void Forward(StepContext step) => Compute.For(chunks, chunk =>
     {
-        for (int r = 0; r < n; r++)
+        var (start, end) = RowChunks.Range(chunk, chunks, n);
+        int full = v & ~7;
+        for (int r = start; r < end; r++)
         {
-            var row = new ReadOnlySpan<float>(logits.Data + (long)r * v, v);
-            float max = TensorPrimitives.Max(row);
-            double sum = 0;
-            for (int j = 0; j < v; j++) sum += MathF.Exp(row[j] - max);
-            float l = max + (float)Math.Log(sum);
+            float* row = logits.Data + (long)r * v;
+            float max = System.Numerics.Tensors.TensorPrimitives.Max(new ReadOnlySpan<float>(row, v));
+            var vm = Vector256.Create(max);
+            var acc = Vector256<float>.Zero;
+            int j = 0;
+            for (; j < full; j += 8) acc += VectorMath.Exp(Vector256.Load(row + j) - vm);
+            float sum = Vector256.Sum(acc);
+            for (; j < v; j++) sum += MathF.Exp(row[j] - max);
+            float l = max + MathF.Log(sum);
             lse[r] = l;
             losses[r] = l - row[targets[r]];
         }
-    }
+    });
 
     public override void Backward(StepContext step)
     {
         float scale = LossScale;
-        for (int r = 0; r < n; r++)
+        Compute.For(chunks, chunk =>
         {
-            float* row = logits.Data + (long)r * v, d = logits.Grad + (long)r * v;
-            float l = lse[r];
-            for (int j = 0; j < v; j++) d[j] += MathF.Exp(row[j] - l) * scale;
-            d[targets[r]] -= scale;
-        }
+            var (start, end) = RowChunks.Range(chunk, chunks, n);
+            var vs = Vector256.Create(scale);
+            for (int r = start; r < end; r++)
+            {
+                float* row = logits.Data + (long)r * v, d = logits.Grad + (long)r * v;
+                float l = lse[r];
+                var vl = Vector256.Create(l);
+                int j = 0;
+                for (; j + 8 <= v; j += 8)
+                    Vector256.FusedMultiplyAdd(VectorMath.Exp(Vector256.Load(row + j) - vl), vs, Vector256.Load(d + j)).Store(d + j);
+                for (; j < v; j++) d[j] += MathF.Exp(row[j] - l) * scale;
+                d[targets[r]] -= scale;
+            }
+        });
     }
 }

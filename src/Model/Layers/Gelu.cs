@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using DistGpt.Model.Engine;
 
@@ -12,14 +11,7 @@ public sealed unsafe class Gelu(Tensor x, Tensor y) : Op
     const float K = 0.044715f;
     readonly int chunks = RowChunks.Count(x.Length, 4096);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Tanh(Vector256<float> u)
-    {
-        // Clamp so exp never overflows; tanh(±10) is ±1 in float.
-        u = Vector256.Min(Vector256.Max(u, Vector256.Create(-10f)), Vector256.Create(10f));
-        var e = Vector256.Exp(u + u);
-        return Vector256<float>.One - Vector256.Create(2f) / (e + Vector256<float>.One);
-    }
+    static Vector256<float> Tanh(Vector256<float> u) => VectorMath.Tanh(u);
 
     public override void Forward(StepContext step) => Compute.For(chunks, chunk =>
     {

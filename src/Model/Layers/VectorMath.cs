@@ -1,0 +1,119 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace DistGpt.Model.Layers;
+
+/// <summary>8-wide float kernels shared by the layers: exp (Cephes' expf polynomial, ~1 ulp on the range the
+/// layers use), and softmax / row reductions over short rows with masked tails instead of scalar remainders.</summary>
+public static unsafe class VectorMath
+{
+    /// <summary>e^x for each lane; inputs below -87.3 give ~1e-38 rather than 0, above 88.7 are clamped.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Exp(Vector256<float> x)
+    {
+        x = Vector256.Min(Vector256.Max(x, Vector256.Create(-87.33654f)), Vector256.Create(88.72283f));
+        var fx = Vector256.Floor(Vector256.FusedMultiplyAdd(x, Vector256.Create(1.44269504088896341f), Vector256.Create(0.5f)));
+        x = Vector256.FusedMultiplyAdd(fx, Vector256.Create(-0.693359375f), x);
+        x = Vector256.FusedMultiplyAdd(fx, Vector256.Create(2.12194440e-4f), x);
+        var y = Vector256.Create(1.9875691500e-4f);
+        y = Vector256.FusedMultiplyAdd(y, x, Vector256.Create(1.3981999507e-3f));
+        y = Vector256.FusedMultiplyAdd(y, x, Vector256.Create(8.3334519073e-3f));
+        y = Vector256.FusedMultiplyAdd(y, x, Vector256.Create(4.1665795894e-2f));
+        y = Vector256.FusedMultiplyAdd(y, x, Vector256.Create(1.6666665459e-1f));
+        y = Vector256.FusedMultiplyAdd(y, x, Vector256.Create(5.0000001201e-1f));
+        y = Vector256.FusedMultiplyAdd(y, x * x, x + Vector256<float>.One);
+        var pow2n = Vector256.ShiftLeft(Vector256.ConvertToInt32(fx) + Vector256.Create(127), 23).AsSingle();
+        return y * pow2n;
+    }
+
+    /// <summary>tanh(u) = 1 - 2 / (e^{2u} + 1), with u clamped to ±10 (tanh is ±1 in float there).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Tanh(Vector256<float> u)
+    {
+        u = Vector256.Min(Vector256.Max(u, Vector256.Create(-10f)), Vector256.Create(10f));
+        var e = Exp(u + u);
+        return Vector256<float>.One - Vector256.Create(2f) / (e + Vector256<float>.One);
+    }
+
+    static readonly int[] maskSource = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// <summary>A mask with the first n (0..8) lanes set.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> FirstLanes(int n)
+    {
+        fixed (int* m = maskSource) return Vector256.Load(m + 8 - n).AsSingle();
+    }
+
+    /// <summary>In-place softmax of row[0..n), max-subtracted.</summary>
+    public static void Softmax(float* row, int n)
+    {
+        int full = n & ~7, rest = n - full;
+        var mask = FirstLanes(rest);
+        var vmax = Vector256.Create(float.NegativeInfinity);
+        int i = 0;
+        for (; i < full; i += 8) vmax = Vector256.Max(vmax, Vector256.Load(row + i));
+        if (rest > 0)
+        {
+            var tail = Vector256.ConditionalSelect(mask, LoadTail(row + i, rest), Vector256.Create(float.NegativeInfinity));
+            vmax = Vector256.Max(vmax, tail);
+        }
+        float max = HorizontalMax(vmax);
+        var vm = Vector256.Create(max);
+        var vsum = Vector256<float>.Zero;
+        for (i = 0; i < full; i += 8)
+        {
+            var e = Exp(Vector256.Load(row + i) - vm);
+            e.Store(row + i);
+            vsum += e;
+        }
+        Vector256<float> tailExp = default;
+        if (rest > 0)
+        {
+            tailExp = Exp(LoadTail(row + i, rest) - vm) & mask;
+            vsum += tailExp;
+        }
+        var inv = Vector256.Create(1f / Vector256.Sum(vsum));
+        for (i = 0; i < full; i += 8) (Vector256.Load(row + i) * inv).Store(row + i);
+        if (rest > 0) StoreTail(tailExp * inv, row + i, rest);
+    }
+
+    /// <summary>Softmax backward in place on a row: d = p * (d - sum(p * d)).</summary>
+    public static void SoftmaxBackward(float* p, float* d, int n)
+    {
+        int full = n & ~7, rest = n - full;
+        var acc = Vector256<float>.Zero;
+        int i = 0;
+        for (; i < full; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(p + i), Vector256.Load(d + i), acc);
+        float dot = Vector256.Sum(acc);
+        for (int j = full; j < n; j++) dot += p[j] * d[j];
+        var vdot = Vector256.Create(dot);
+        for (i = 0; i < full; i += 8) (Vector256.Load(p + i) * (Vector256.Load(d + i) - vdot)).Store(d + i);
+        for (int j = full; j < n; j++) d[j] = p[j] * (d[j] - dot);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float HorizontalMax(Vector256<float> v)
+    {
+        var m = Vector128.Max(v.GetLower(), v.GetUpper());
+        m = Vector128.Max(m, Vector128.Shuffle(m, Vector128.Create(2, 3, 0, 1)));
+        m = Vector128.Max(m, Vector128.Shuffle(m, Vector128.Create(1, 0, 3, 2)));
+        return m.ToScalar();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> LoadTail(float* src, int n)
+    {
+        var buffer = stackalloc float[8];
+        for (int i = 0; i < n; i++) buffer[i] = src[i];
+        for (int i = n; i < 8; i++) buffer[i] = 0f;
+        return Vector256.Load(buffer);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void StoreTail(Vector256<float> v, float* dst, int n)
+    {
+        var buffer = stackalloc float[8];
+        v.Store(buffer);
+        for (int i = 0; i < n; i++) dst[i] = buffer[i];
+    }
+}
