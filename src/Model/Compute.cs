@@ -34,7 +34,10 @@ public static class Compute
 
     /// <summary>A persistent pool of helper threads for <see cref="For"/>: the caller works too, and helpers spin briefly
     /// after each job before blocking (like OpenMP's ACTIVE-then-PASSIVE wait), so the back-to-back fork/joins of a
-    /// training step cost ~1 us instead of Parallel.For's ~10 us. One caller at a time; others fall back to Parallel.For.</summary>
+    /// training step cost ~1 us instead of Parallel.For's ~10 us. The caller waits only for items that were claimed, never
+    /// for a helper to check in: a helper that is late (descheduled on a busy machine) finds nothing left and the caller
+    /// has already moved on. Items are claimed with a CAS on (generation, index), so a late helper can never run an item
+    /// of a newer job with an older body. One caller at a time; others fall back to Parallel.For.</summary>
     static class WorkerPool
     {
         static readonly long SpinTicks = Stopwatch.Frequency / 5000; // 200 us of spinning before blocking
@@ -42,10 +45,10 @@ public static class Compute
         static Helper[] helpers = [];
         static int busy;
 
-        // The current job; published by bumping generation.
+        // The current job. 'next' holds (generation << 32) | next index; 'state' (generation << 16) | helpers wanted.
         static Action<int>? job;
-        static int jobCount, next, remaining;
-        static long state; // (generation << 16) | helpers needed, published atomically so a helper never mixes two jobs
+        static int jobCount, done;
+        static long next, state, generation;
         static Exception? failure;
 
         [ThreadStatic] static bool onWorker;
@@ -62,38 +65,42 @@ public static class Compute
             if (Interlocked.CompareExchange(ref busy, 1, 0) != 0) return false;
             try
             {
-                int needed = participants - 1;
-                if (helpers.Length < needed) Grow(needed);
-                job = body;
+                int wanted = participants - 1;
+                if (helpers.Length < wanted) Grow(wanted);
+                long gen = ++generation;
+                Interlocked.Exchange(ref next, gen << 32);        // invalidates claims on the previous job first
+                Volatile.Write(ref job, body);
                 jobCount = count;
                 failure = null;
-                Volatile.Write(ref next, 0);
-                Volatile.Write(ref remaining, needed);
-                Interlocked.Exchange(ref state, ((state >> 16) + 1) << 16 | (long)needed); // full fence: publishes the job before the Sleeping checks
-                for (int h = 0; h < needed; h++)
+                Volatile.Write(ref done, 0);
+                Interlocked.Exchange(ref state, gen << 16 | (long)wanted); // full fence: publishes the job before the Sleeping checks
+                for (int h = 0; h < wanted; h++)
                     if (Volatile.Read(ref helpers[h].Sleeping) != 0) helpers[h].Wake.Release();
-                Work();
+                Work(gen);
                 var spin = new SpinWait();
-                while (Volatile.Read(ref remaining) != 0) spin.SpinOnce(-1);
-                job = null;
+                while (Volatile.Read(ref done) != count) spin.SpinOnce(-1);
+                Volatile.Write(ref job, null);
                 if (failure != null) throw new AggregateException(failure);
                 return true;
             }
             finally { Volatile.Write(ref busy, 0); }
         }
 
-        static void Work()
+        /// Claims and runs items of job 'gen' until none is left or a newer job has replaced it.
+        static void Work(long gen)
         {
-            var body = job!;
+            var body = Volatile.Read(ref job);
             int count = jobCount;
-            try
+            while (true)
             {
-                for (int i = Interlocked.Increment(ref next) - 1; i < count; i = Interlocked.Increment(ref next) - 1) body(i);
-            }
-            catch (Exception e)
-            {
-                Interlocked.CompareExchange(ref failure, e, null);
-                Volatile.Write(ref next, count);
+                long claim = Volatile.Read(ref next);
+                if (claim >> 32 != gen) return;
+                int i = (int)claim;
+                if (i >= count) return;
+                if (Interlocked.CompareExchange(ref next, claim + 1, claim) != claim) continue;
+                try { body!(i); }
+                catch (Exception e) { Interlocked.CompareExchange(ref failure, e, null); }
+                Interlocked.Increment(ref done);
             }
         }
 
@@ -124,16 +131,14 @@ public static class Compute
                 while (Volatile.Read(ref state) == seen)
                 {
                     if (++spins < 64 || Stopwatch.GetTimestamp() - start < SpinTicks) { Thread.SpinWait(20); continue; }
-                    Interlocked.Exchange(ref self.Sleeping, 1); // full fence before re-checking the generation
+                    Interlocked.Exchange(ref self.Sleeping, 1); // full fence before re-checking the state
                     if (Volatile.Read(ref state) == seen) self.Wake.Wait();
                     Volatile.Write(ref self.Sleeping, 0);
                     start = Stopwatch.GetTimestamp();
                     spins = 0;
                 }
                 seen = Volatile.Read(ref state);
-                if (id >= (int)(seen & 0xFFFF)) continue; // not needed for this job
-                Work();
-                Interlocked.Decrement(ref remaining);
+                if (id < (int)(seen & 0xFFFF)) Work(seen >> 16);
             }
         }
     }

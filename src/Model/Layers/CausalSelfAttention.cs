@@ -50,7 +50,7 @@ public sealed unsafe class CausalSelfAttention : Op
         else BackwardGemm(step);
     }
 
-    int PaddedTime => (time + 7) & ~7;
+    int PaddedTime => (time + 31) & ~31;
 
     /// Per (b, h), row by row: scores of the causal prefix against K^T (transposed once into scratch), softmax,
     /// dropout (the same stream as the GEMM path: T random draws per row, in row order), then y_t = sum_j w_tj v_j.
@@ -138,13 +138,13 @@ public sealed unsafe class CausalSelfAttention : Op
     }
 
     /// dst[j] = alpha * sum_d a[d] * bt[d * ldt + j] for j in [0, count): a row against the columns of a transposed
-    /// matrix, 8 columns per register, 4 registers in flight; bt must have at least count rounded up to 8 columns.
+    /// matrix, 32 columns per pass in 4 independent registers; bt must have count rounded up to 32 columns (zero padded).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Scores(float* a, float* bt, int ldt, int depth, int count, float alpha, float* dst)
     {
         var va = Vector256.Create(alpha);
-        int j = 0;
-        for (; j + 32 <= count; j += 32)
+        var tail = stackalloc float[32];
+        for (int j = 0; j < count; j += 32)
         {
             Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
             float* col = bt + j;
@@ -156,20 +156,13 @@ public sealed unsafe class CausalSelfAttention : Op
                 s2 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 16), s2);
                 s3 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 24), s3);
             }
-            (s0 * va).Store(dst + j);
-            (s1 * va).Store(dst + j + 8);
-            (s2 * va).Store(dst + j + 16);
-            (s3 * va).Store(dst + j + 24);
-        }
-        for (; j < count; j += 8)
-        {
-            Vector256<float> s0 = default;
-            float* col = bt + j;
-            for (int d = 0; d < depth; d++, col += ldt)
-                s0 = Vector256.FusedMultiplyAdd(Vector256.Create(a[d]), Vector256.Load(col), s0);
-            s0 *= va;
-            if (j + 8 <= count) s0.Store(dst + j);
-            else for (int i = 0; i < count - j; i++) dst[j + i] = s0.GetElement(i);
+            int n = Math.Min(32, count - j);
+            float* o = n == 32 ? dst + j : tail;
+            (s0 * va).Store(o);
+            (s1 * va).Store(o + 8);
+            (s2 * va).Store(o + 16);
+            (s3 * va).Store(o + 24);
+            if (n < 32) new ReadOnlySpan<float>(tail, n).CopyTo(new Span<float>(dst + j, n));
         }
     }
 
@@ -180,14 +173,26 @@ public sealed unsafe class CausalSelfAttention : Op
         int d = 0;
         for (; d + 16 <= n; d += 16)
         {
-            Vector256<float> a0 = default, a1 = default;
+            Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default;
             float* r = rows + d;
-            for (int i = 0; i < count; i++, r += rs)
+            int i = 0;
+            for (; i + 2 <= count; i += 2, r += 2 * (long)rs)
+            {
+                var x = Vector256.Create(w[(long)i * ws]);
+                var y = Vector256.Create(w[(long)(i + 1) * ws]);
+                a0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(r), a0);
+                a1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(r + 8), a1);
+                b0 = Vector256.FusedMultiplyAdd(y, Vector256.Load(r + rs), b0);
+                b1 = Vector256.FusedMultiplyAdd(y, Vector256.Load(r + rs + 8), b1);
+            }
+            if (i < count)
             {
                 var x = Vector256.Create(w[(long)i * ws]);
                 a0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(r), a0);
                 a1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(r + 8), a1);
             }
+            a0 += b0;
+            a1 += b1;
             var va = Vector256.Create(alpha);
             if (accumulate)
             {
@@ -202,10 +207,16 @@ public sealed unsafe class CausalSelfAttention : Op
         }
         for (; d + 8 <= n; d += 8)
         {
-            Vector256<float> a0 = default;
+            Vector256<float> a0 = default, b0 = default;
             float* r = rows + d;
-            for (int i = 0; i < count; i++, r += rs)
+            int i = 0;
+            for (; i + 2 <= count; i += 2, r += 2 * (long)rs)
+            {
                 a0 = Vector256.FusedMultiplyAdd(Vector256.Create(w[(long)i * ws]), Vector256.Load(r), a0);
+                b0 = Vector256.FusedMultiplyAdd(Vector256.Create(w[(long)(i + 1) * ws]), Vector256.Load(r + rs), b0);
+            }
+            if (i < count) a0 = Vector256.FusedMultiplyAdd(Vector256.Create(w[(long)i * ws]), Vector256.Load(r), a0);
+            a0 += b0;
             var va = Vector256.Create(alpha);
             if (accumulate) Vector256.FusedMultiplyAdd(a0, va, Vector256.Load(dst + d)).Store(dst + d);
             else (a0 * va).Store(dst + d);
