@@ -81,7 +81,7 @@ public sealed unsafe class Graph : IDisposable
         if (OpProfiler.Enabled && profiledPasses > OpProfiler.SkipPasses)
         {
             long z = OpProfiler.Now();
-            foreach (var t in activations) t.GradSpan.Clear();
+            ClearActivationGrads();
             OpProfiler.Record("(zero activation grads)", z);
             for (int i = ops.Count - 1; i >= 0; i--)
             {
@@ -91,8 +91,31 @@ public sealed unsafe class Graph : IDisposable
             }
             return;
         }
-        foreach (var t in activations) t.GradSpan.Clear();
+        ClearActivationGrads();
         for (int i = ops.Count - 1; i >= 0; i--) ops[i].Backward(Step);
+    }
+
+    long[]? gradOffsets; // prefix sums of the activation lengths, as one virtual array split evenly between cores
+
+    void ClearActivationGrads()
+    {
+        if (gradOffsets == null || gradOffsets.Length != activations.Count + 1)
+        {
+            gradOffsets = new long[activations.Count + 1];
+            for (int i = 0; i < activations.Count; i++) gradOffsets[i + 1] = gradOffsets[i] + activations[i].Length;
+        }
+        long total = gradOffsets[^1];
+        int chunks = (int)Math.Clamp(total / (1 << 16), 1, Compute.Threads);
+        Compute.For(chunks, chunk =>
+        {
+            long start = total * chunk / chunks, end = total * (chunk + 1) / chunks;
+            var offsets = gradOffsets;
+            for (int i = 0; i < activations.Count; i++)
+            {
+                long lo = Math.Max(start, offsets[i]), hi = Math.Min(end, offsets[i + 1]);
+                if (lo < hi) new Span<float>(activations[i].Grad + (lo - offsets[i]), (int)(hi - lo)).Clear();
+            }
+        });
     }
 
     public long ActivationBytes => buffers.Sum(b => b.Length) * sizeof(float);
