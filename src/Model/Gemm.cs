@@ -54,7 +54,8 @@ public static unsafe class Gemm
         bool splitM = m >= n;
         int tile = splitM ? MR : NR, size = splitM ? m : n;
         int tiles = (size + tile - 1) / tile;
-        int tasks = Math.Min(threads, tiles);
+        // Several slabs per thread, claimed dynamically: a thread that starts late (or is descheduled) costs less.
+        int tasks = Math.Min(threads * 4, tiles);
         int tilesPerTask = (tiles + tasks - 1) / tasks;
         tasks = (tiles + tilesPerTask - 1) / tilesPerTask;
         int chunk = tilesPerTask * tile;
@@ -184,12 +185,24 @@ public static unsafe class Gemm
             {
                 // op(A) rows are A columns: each source row p contributes MR contiguous values.
                 float* src = a + ir;
-                for (int p = 0; p < kc; p++, src += lda)
+                if (mr == MR)
                 {
-                    float* d = dst + p * MR;
-                    int i = 0;
-                    for (; i < mr; i++) d[i] = src[i];
-                    for (; i < MR; i++) d[i] = 0;
+                    for (int p = 0; p < kc; p++, src += lda)
+                    {
+                        float* d = dst + p * MR;
+                        Sse.Store(d, Sse.LoadVector128(src));
+                        Sse.StoreLow(d + 4, Sse.LoadLow(Vector128<float>.Zero, src + 4));
+                    }
+                }
+                else
+                {
+                    for (int p = 0; p < kc; p++, src += lda)
+                    {
+                        float* d = dst + p * MR;
+                        int i = 0;
+                        for (; i < mr; i++) d[i] = src[i];
+                        for (; i < MR; i++) d[i] = 0;
+                    }
                 }
             }
             else if (mr == MR)
