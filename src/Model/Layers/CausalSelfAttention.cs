@@ -65,7 +65,8 @@ public sealed unsafe class CausalSelfAttention : Op
             float* q = qkv.Data + (long)b * time * 3 * c + h * hs;
             float* k = q + c, v = q + 2 * c;
             float* p = P(b, h);
-            float* kt = Scratch((long)hs * tp);
+            float* kt = Scratch((long)hs * tp + tp);
+            float* srow = kt + (long)hs * tp; // one padded score row
             Transpose(k, 3 * c, time, hs, kt, tp);
             float* weights = drop ? Pd(b, h) : p;
             var rng = drop ? new RandomStream(Rng.Key(step.DropoutKey, (ulong)(step.FirstSequence + b), (ulong)site, (ulong)h)) : default;
@@ -74,8 +75,9 @@ public sealed unsafe class CausalSelfAttention : Op
             for (int t = 0; t < time; t++)
             {
                 float* pr = p + (long)t * time;
-                Scores(q + (long)t * 3 * c, kt, tp, hs, t + 1, scale, pr);
-                VectorMath.Softmax(pr, t + 1);
+                Scores(q + (long)t * 3 * c, kt, tp, hs, t + 1, scale, srow, padded: true);
+                VectorMath.SoftmaxPadded(srow, t + 1);
+                new ReadOnlySpan<float>(srow, t + 1).CopyTo(new Span<float>(pr, t + 1));
                 new Span<float>(pr + t + 1, time - t - 1).Clear();
                 if (drop)
                 {
@@ -102,14 +104,14 @@ public sealed unsafe class CausalSelfAttention : Op
             float* dyh = y.Grad + (long)b * time * c + h * hs;
             float* p = P(b, h);
             float* weights = drop ? Pd(b, h) : p;
-            float* vt = Scratch((long)hs * tp + (long)time * time);
+            float* vt = Scratch((long)hs * tp + (long)time * time + 32); // + 32: a padded Scores row may run past the last row
             float* ds = vt + (long)hs * tp;
             Transpose(v, 3 * c, time, hs, vt, tp);
             for (int t = 0; t < time; t++)
             {
                 // dW_t = dy_t V^T on the causal prefix, through dropout, then softmax backward: dS = P (dW - <P, dW>)
                 float* dr = ds + (long)t * time, pr = p + (long)t * time;
-                Scores(dyh + (long)t * c, vt, tp, hs, t + 1, 1f, dr);
+                Scores(dyh + (long)t * c, vt, tp, hs, t + 1, 1f, dr, padded: true); // spills only into rows not yet computed
                 if (drop)
                 {
                     float* wr = weights + (long)t * time;
@@ -139,8 +141,9 @@ public sealed unsafe class CausalSelfAttention : Op
 
     /// dst[j] = alpha * sum_d a[d] * bt[d * ldt + j] for j in [0, count): a row against the columns of a transposed
     /// matrix, 32 columns per pass in 4 independent registers; bt must have count rounded up to 32 columns (zero padded).
+    /// With padded, dst has room for count rounded up to 32 and the whole last block is stored.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Scores(float* a, float* bt, int ldt, int depth, int count, float alpha, float* dst)
+    static void Scores(float* a, float* bt, int ldt, int depth, int count, float alpha, float* dst, bool padded = false)
     {
         var va = Vector256.Create(alpha);
         var tail = stackalloc float[32];
@@ -157,12 +160,12 @@ public sealed unsafe class CausalSelfAttention : Op
                 s3 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 24), s3);
             }
             int n = Math.Min(32, count - j);
-            float* o = n == 32 ? dst + j : tail;
+            float* o = n == 32 || padded ? dst + j : tail;
             (s0 * va).Store(o);
             (s1 * va).Store(o + 8);
             (s2 * va).Store(o + 16);
             (s3 * va).Store(o + 24);
-            if (n < 32) new ReadOnlySpan<float>(tail, n).CopyTo(new Span<float>(dst + j, n));
+            if (n < 32 && !padded) new ReadOnlySpan<float>(tail, n).CopyTo(new Span<float>(dst + j, n));
         }
     }
 

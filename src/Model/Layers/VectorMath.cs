@@ -77,6 +77,31 @@ public static unsafe class VectorMath
         if (rest > 0) StoreTail(tailExp * inv, row + i, rest);
     }
 
+    /// <summary>Softmax of row[0..n) in place, for a row padded to whole vectors: lanes [n, round8(n)) are read (any
+    /// value) and written as zeros, so no scalar or stack-buffered tail is needed.</summary>
+    public static void SoftmaxPadded(float* row, int n)
+    {
+        int vectors = (n + 7) >> 3, last = (vectors - 1) << 3;
+        var mask = FirstLanes(n - last);
+        var ninf = Vector256.Create(float.NegativeInfinity);
+        var lastVec = Vector256.ConditionalSelect(mask, Vector256.Load(row + last), ninf);
+        var vmax = lastVec;
+        for (int i = 0; i < last; i += 8) vmax = Vector256.Max(vmax, Vector256.Load(row + i));
+        var vm = Vector256.Create(HorizontalMax(vmax));
+        var vsum = Vector256<float>.Zero;
+        for (int i = 0; i < last; i += 8)
+        {
+            var e = Exp(Vector256.Load(row + i) - vm);
+            e.Store(row + i);
+            vsum += e;
+        }
+        var tailExp = Exp(lastVec - vm) & mask;
+        vsum += tailExp;
+        var inv = Vector256.Create(1f / Vector256.Sum(vsum));
+        for (int i = 0; i < last; i += 8) (Vector256.Load(row + i) * inv).Store(row + i);
+        (tailExp * inv).Store(row + last);
+    }
+
     /// <summary>Softmax backward in place on a row: d = p * (d - sum(p * d)).</summary>
     public static void SoftmaxBackward(float* p, float* d, int n)
     {
