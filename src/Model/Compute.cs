@@ -37,7 +37,7 @@ public static class Compute
     /// training step cost ~1 us instead of Parallel.For's ~10 us. The caller waits only for items that were claimed, never
     /// for a helper to check in: a helper that is late (descheduled on a busy machine) finds nothing left and the caller
     /// has already moved on. Items are claimed with a CAS on (generation, index), so a late helper can never run an item
-    /// of a newer job with an older body. One caller at a time; others fall back to Parallel.For.</summary>
+    /// of a newer job with an older body (nor read a stale count: the counters are checked before the job's fields matter). One caller at a time; others fall back to Parallel.For.</summary>
     static class WorkerPool
     {
         static readonly long SpinTicks = Stopwatch.Frequency / 5000; // 200 us of spinning before blocking
@@ -45,10 +45,15 @@ public static class Compute
         static Helper[] helpers = [];
         static int busy;
 
-        // The current job. 'next' holds (generation << 32) | next index; 'state' (generation << 16) | helpers wanted.
+        // The current job. Items are split into one contiguous range per participant (the caller is participant 0,
+        // helper h is h + 1), so that consecutive ops touch the same rows from the same core (cache affinity, as an
+        // OpenMP static schedule); a participant that finishes its range steals from the others'. Each range has its
+        // own claim counter, (generation << 32) | next index, spaced a cache line apart.
+        const int Stride = 16;
+        static long[] next = new long[Stride];
         static Action<int>? job;
-        static int jobCount, done;
-        static long next, state, generation;
+        static int jobCount, jobParticipants, done;
+        static long state, generation;
         static Exception? failure;
 
         [ThreadStatic] static bool onWorker;
@@ -60,6 +65,8 @@ public static class Compute
             public int Sleeping;
         }
 
+        static int RangeStart(int participant, int count, int participants) => (int)((long)count * participant / participants);
+
         public static bool TryRun(int count, Action<int> body, int participants)
         {
             if (Interlocked.CompareExchange(ref busy, 1, 0) != 0) return false;
@@ -67,16 +74,19 @@ public static class Compute
             {
                 int wanted = participants - 1;
                 if (helpers.Length < wanted) Grow(wanted);
+                if (next.Length < participants * Stride) next = new long[participants * Stride];
                 long gen = ++generation;
-                Interlocked.Exchange(ref next, gen << 32);        // invalidates claims on the previous job first
+                for (int p = 0; p < next.Length / Stride; p++)   // invalidates claims on the previous job first
+                    Interlocked.Exchange(ref next[p * Stride], gen << 32 | (long)(p < participants ? RangeStart(p, count, participants) : 0));
                 Volatile.Write(ref job, body);
                 jobCount = count;
+                jobParticipants = participants;
                 failure = null;
                 Volatile.Write(ref done, 0);
                 Interlocked.Exchange(ref state, gen << 16 | (long)wanted); // full fence: publishes the job before the Sleeping checks
                 for (int h = 0; h < wanted; h++)
                     if (Volatile.Read(ref helpers[h].Sleeping) != 0) helpers[h].Wake.Release();
-                Work(gen);
+                Work(gen, 0);
                 var spin = new SpinWait();
                 while (Volatile.Read(ref done) != count) spin.SpinOnce(-1);
                 Volatile.Write(ref job, null);
@@ -86,21 +96,29 @@ public static class Compute
             finally { Volatile.Write(ref busy, 0); }
         }
 
-        /// Claims and runs items of job 'gen' until none is left or a newer job has replaced it.
-        static void Work(long gen)
+        /// Runs items of job 'gen': its own range first, then steals from the others; stops if a newer job replaced it.
+        static void Work(long gen, int self)
         {
             var body = Volatile.Read(ref job);
-            int count = jobCount;
-            while (true)
+            int count = jobCount, participants = jobParticipants;
+            var counters = next;
+            if (self >= participants || counters.Length < participants * Stride) return;
+            for (int k = 0; k < participants; k++)
             {
-                long claim = Volatile.Read(ref next);
-                if (claim >> 32 != gen) return;
-                int i = (int)claim;
-                if (i >= count) return;
-                if (Interlocked.CompareExchange(ref next, claim + 1, claim) != claim) continue;
-                try { body!(i); }
-                catch (Exception e) { Interlocked.CompareExchange(ref failure, e, null); }
-                Interlocked.Increment(ref done);
+                int owner = (self + k) % participants;
+                int end = RangeStart(owner + 1, count, participants);
+                ref long counter = ref counters[owner * Stride];
+                while (true)
+                {
+                    long claim = Volatile.Read(ref counter);
+                    if (claim >> 32 != gen) return;
+                    int i = (int)claim;
+                    if (i >= end) break;
+                    if (Interlocked.CompareExchange(ref counter, claim + 1, claim) != claim) continue;
+                    try { body!(i); }
+                    catch (Exception e) { Interlocked.CompareExchange(ref failure, e, null); }
+                    Interlocked.Increment(ref done);
+                }
             }
         }
 
@@ -138,7 +156,7 @@ public static class Compute
                     spins = 0;
                 }
                 seen = Volatile.Read(ref state);
-                if (id < (int)(seen & 0xFFFF)) Work(seen >> 16);
+                if (id < (int)(seen & 0xFFFF)) Work(seen >> 16, id + 1);
             }
         }
     }

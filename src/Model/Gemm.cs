@@ -49,9 +49,15 @@ public static unsafe class Gemm
             return;
         }
 
+        bool splitM = m >= n;
+        if (simd && splitM)
+        {
+            SharedB(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+            return;
+        }
+
         // Split the larger of m and n into tile-aligned slabs, one per thread; each thread packs its
         // own panels, so the only shared state is the disjoint slab of C it writes.
-        bool splitM = m >= n;
         int tile = splitM ? MR : NR, size = splitM ? m : n;
         int tiles = (size + tile - 1) / tile;
         // Several slabs per thread, claimed dynamically: a thread that starts late (or is descheduled) costs less.
@@ -77,6 +83,74 @@ public static unsafe class Gemm
                 Serial(simd, transA, transB, m, len, k, alpha, ta, lda, tb, ldb, beta, tc, ldc);
             }
         });
+    }
+
+    /// Parallel over row slabs of C with op(B) packed once per (jc, pc) block and shared: the panels of B are packed by
+    /// all threads together, then each slab packs its own A and runs the same kernels as the serial path (so results do
+    /// not depend on the split). For the short-k shapes of small models, packing B per slab would cost as much as the math.
+    static void SharedB(bool transA, bool transB, int m, int n, int k, float alpha,
+        float* a, int lda, float* b, int ldb, float beta, float* c, int ldc, int threads)
+    {
+        int ncMax = Math.Min(NC, RoundUp(n, NR)), kcMax = Math.Min(KC, k);
+        nint packB = (nint)Scratch.Current.B((nuint)(ncMax * kcMax));
+        int tiles = (m + MR - 1) / MR;
+        int tasks = Math.Min(threads * 4, tiles);
+        int tilesPerTask = (tiles + tasks - 1) / tasks;
+        tasks = (tiles + tilesPerTask - 1) / tilesPerTask;
+        int rowsPerTask = tilesPerTask * MR;
+        nint pa = (nint)a, pb = (nint)b, pcc = (nint)c;
+
+        for (int jc = 0; jc < n; jc += NC)
+        {
+            int nc = Math.Min(NC, n - jc);
+            int panels = (nc + NR - 1) / NR;
+            int packTasks = Math.Min(threads, panels);
+            int panelsPerTask = (panels + packTasks - 1) / packTasks;
+            packTasks = (panels + panelsPerTask - 1) / panelsPerTask;
+            for (int pc = 0; pc < k; pc += KC)
+            {
+                int kc = Math.Min(KC, k - pc);
+                float betaBlock = pc == 0 ? beta : 1f;
+                int jc0 = jc, pc0 = pc;
+                Compute.For(packTasks, t =>
+                {
+                    int j0 = t * panelsPerTask * NR, width = Math.Min(panelsPerTask * NR, nc - j0);
+                    float* src = (float*)pb + (transB ? (nint)(jc0 + j0) * ldb + pc0 : (nint)pc0 * ldb + jc0 + j0);
+                    PackB(transB, kc, width, src, ldb, (float*)packB + (nint)j0 * kc);
+                });
+                Compute.For(tasks, t =>
+                {
+                    int start = t * rowsPerTask, end = Math.Min(m, start + rowsPerTask);
+                    var scratch = Scratch.Current;
+                    float* packA = scratch.A((nuint)(Math.Min(MC, RoundUp(m, MR)) * kcMax + MR * NR));
+                    float* edge = packA + Math.Min(MC, RoundUp(m, MR)) * kcMax;
+                    for (int ic = start; ic < end; ic += MC)
+                    {
+                        int mc = Math.Min(MC, end - ic);
+                        float* aSrc = (float*)pa + (transA ? (nint)pc0 * lda + ic : (nint)ic * lda + pc0);
+                        PackA(transA, mc, kc, aSrc, lda, packA);
+                        for (int jr = 0; jr < nc; jr += NR)
+                        {
+                            int nr = Math.Min(NR, nc - jr);
+                            float* bp = (float*)packB + jr * kc;
+                            for (int ir = 0; ir < mc; ir += MR)
+                            {
+                                int mr = Math.Min(MR, mc - ir);
+                                float* ap = packA + ir * kc;
+                                float* ct = (float*)pcc + (nint)(ic + ir) * ldc + jc0 + jr;
+                                if (mr == MR && nr == NR)
+                                    Kernel(kc, ap, bp, ct, ldc, alpha, betaBlock);
+                                else
+                                {
+                                    Kernel(kc, ap, bp, edge, NR, 1f, 0f);
+                                    StoreEdge(edge, ct, ldc, mr, nr, alpha, betaBlock);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
     }
 
     /// Naive triple loop with a double accumulator; same contract as <see cref="Sgemm"/>.
