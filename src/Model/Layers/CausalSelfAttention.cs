@@ -65,26 +65,32 @@ public sealed unsafe class CausalSelfAttention : Op
             float* q = qkv.Data + (long)b * time * 3 * c + h * hs;
             float* k = q + c, v = q + 2 * c;
             float* p = P(b, h);
-            float* kt = Scratch((long)hs * tp + tp);
-            float* srow = kt + (long)hs * tp; // one padded score row
+            float* kt = Scratch((long)hs * tp + 2 * tp);
+            float* srow = kt + (long)hs * tp, srow2 = srow + tp; // two padded score rows
             Transpose(k, 3 * c, time, hs, kt, tp);
             float* weights = drop ? Pd(b, h) : p;
             var rng = drop ? new RandomStream(Rng.Key(step.DropoutKey, (ulong)(step.FirstSequence + b), (ulong)site, (ulong)h)) : default;
             float keepScale = drop ? 1f / (1f - dropout) : 1f;
             float* yh = y.Data + (long)b * time * c + h * hs;
-            for (int t = 0; t < time; t++)
+            for (int t = 0; t < time; t += 2)
             {
-                float* pr = p + (long)t * time;
-                Scores(q + (long)t * 3 * c, kt, tp, hs, t + 1, scale, srow, padded: true);
-                VectorMath.SoftmaxPadded(srow, t + 1);
-                new ReadOnlySpan<float>(srow, t + 1).CopyTo(new Span<float>(pr, t + 1));
-                new Span<float>(pr + t + 1, time - t - 1).Clear();
-                if (drop)
+                // rows t and t + 1 together: the K^T loads are shared and 8 accumulators are in flight
+                bool pair = t + 1 < time;
+                if (pair) Scores2(q + (long)t * 3 * c, q + (long)(t + 1) * 3 * c, kt, tp, hs, t + 2, scale, srow, srow2);
+                else Scores(q + (long)t * 3 * c, kt, tp, hs, t + 1, scale, srow, padded: true);
+                for (int u = t; u < t + (pair ? 2 : 1); u++)
                 {
-                    float* wr = weights + (long)t * time;
-                    for (int j = 0; j < time; j++) wr[j] = rng.NextFloat() >= dropout ? pr[j] * keepScale : 0f;
+                    float* sr = u == t ? srow : srow2, pr = p + (long)u * time;
+                    VectorMath.SoftmaxPadded(sr, u + 1);
+                    new ReadOnlySpan<float>(sr, u + 1).CopyTo(new Span<float>(pr, u + 1));
+                    new Span<float>(pr + u + 1, time - u - 1).Clear();
+                    if (drop)
+                    {
+                        float* wr = weights + (long)u * time;
+                        for (int j = 0; j < time; j++) wr[j] = rng.NextFloat() >= dropout ? pr[j] * keepScale : 0f;
+                    }
+                    WeightedSum(weights + (long)u * time, 1, u + 1, v, 3 * c, hs, 1f, false, yh + (long)u * c);
                 }
-                WeightedSum(weights + (long)t * time, 1, t + 1, v, 3 * c, hs, 1f, false, yh + (long)t * c);
             }
         });
     }
@@ -104,26 +110,32 @@ public sealed unsafe class CausalSelfAttention : Op
             float* dyh = y.Grad + (long)b * time * c + h * hs;
             float* p = P(b, h);
             float* weights = drop ? Pd(b, h) : p;
-            float* vt = Scratch((long)hs * tp + (long)time * time + 32); // + 32: a padded Scores row may run past the last row
-            float* ds = vt + (long)hs * tp;
+            float* vt = Scratch((long)hs * tp + (long)time * tp);
+            float* ds = vt + (long)hs * tp; // dS, rows padded to tp so the padded score writes never spill
             Transpose(v, 3 * c, time, hs, vt, tp);
-            for (int t = 0; t < time; t++)
+            for (int t = 0; t < time; t += 2)
             {
-                // dW_t = dy_t V^T on the causal prefix, through dropout, then softmax backward: dS = P (dW - <P, dW>)
-                float* dr = ds + (long)t * time, pr = p + (long)t * time;
-                Scores(dyh + (long)t * c, vt, tp, hs, t + 1, 1f, dr, padded: true); // spills only into rows not yet computed
-                if (drop)
+                // dW_t = dy_t V^T on the causal prefix (rows t, t + 1 together), through dropout, then softmax backward:
+                // dS = P (dW - <P, dW>)
+                bool pair = t + 1 < time;
+                if (pair) Scores2(dyh + (long)t * c, dyh + (long)(t + 1) * c, vt, tp, hs, t + 2, 1f, ds + (long)t * tp, ds + (long)(t + 1) * tp);
+                else Scores(dyh + (long)t * c, vt, tp, hs, t + 1, 1f, ds + (long)t * tp, padded: true);
+                for (int u = t; u < t + (pair ? 2 : 1); u++)
                 {
-                    float* wr = weights + (long)t * time;
-                    for (int j = 0; j <= t; j++) dr[j] = wr[j] != 0f ? dr[j] * keepScale : 0f;
+                    float* dr = ds + (long)u * tp, pr = p + (long)u * time;
+                    if (drop)
+                    {
+                        float* wr = weights + (long)u * time;
+                        for (int j = 0; j <= u; j++) dr[j] = wr[j] != 0f ? dr[j] * keepScale : 0f;
+                    }
+                    VectorMath.SoftmaxBackward(pr, dr, u + 1);
+                    WeightedSum(dr, 1, u + 1, k, 3 * c, hs, scale, true, dq + (long)u * 3 * c);   // dq_u += scale sum_j dS_uj k_j
                 }
-                VectorMath.SoftmaxBackward(pr, dr, t + 1);
-                WeightedSum(dr, 1, t + 1, k, 3 * c, hs, scale, true, dq + (long)t * 3 * c);   // dq_t += scale sum_j dS_tj k_j
             }
             for (int j = 0; j < time; j++)
             {
                 WeightedSum(weights + (long)j * time + j, time, time - j, dyh + (long)j * c, c, hs, 1f, true, dv + (long)j * 3 * c);  // dv_j += sum_t w_tj dy_t
-                WeightedSum(ds + (long)j * time + j, time, time - j, q + (long)j * 3 * c, 3 * c, hs, scale, true, dk + (long)j * 3 * c); // dk_j += scale sum_t dS_tj q_t
+                WeightedSum(ds + (long)j * tp + j, tp, time - j, q + (long)j * 3 * c, 3 * c, hs, scale, true, dk + (long)j * 3 * c); // dk_j += scale sum_t dS_tj q_t
             }
         });
     }
@@ -166,6 +178,45 @@ public sealed unsafe class CausalSelfAttention : Op
             (s2 * va).Store(o + 16);
             (s3 * va).Store(o + 24);
             if (n < 32 && !padded) new ReadOnlySpan<float>(tail, n).CopyTo(new Span<float>(dst + j, n));
+        }
+    }
+
+    /// Scores for two rows at once (count columns for both; the first row's extra column is computed but unused):
+    /// dst0 and dst1 have room for count rounded up to 32 and whole blocks are stored.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Scores2(float* a0, float* a1, float* bt, int ldt, int depth, int count, float alpha, float* dst0, float* dst1)
+    {
+        var va = Vector256.Create(alpha);
+        for (int j = 0; j < count; j += 32)
+        {
+            Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+            Vector256<float> r0 = default, r1 = default, r2 = default, r3 = default;
+            float* col = bt + j;
+            for (int d = 0; d < depth; d++, col += ldt)
+            {
+                var x = Vector256.Create(a0[d]);
+                var y = Vector256.Create(a1[d]);
+                var b0 = Vector256.Load(col);
+                var b1 = Vector256.Load(col + 8);
+                var b2 = Vector256.Load(col + 16);
+                var b3 = Vector256.Load(col + 24);
+                s0 = Vector256.FusedMultiplyAdd(x, b0, s0);
+                s1 = Vector256.FusedMultiplyAdd(x, b1, s1);
+                s2 = Vector256.FusedMultiplyAdd(x, b2, s2);
+                s3 = Vector256.FusedMultiplyAdd(x, b3, s3);
+                r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
+                r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
+                r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
+                r3 = Vector256.FusedMultiplyAdd(y, b3, r3);
+            }
+            (s0 * va).Store(dst0 + j);
+            (s1 * va).Store(dst0 + j + 8);
+            (s2 * va).Store(dst0 + j + 16);
+            (s3 * va).Store(dst0 + j + 24);
+            (r0 * va).Store(dst1 + j);
+            (r1 * va).Store(dst1 + j + 8);
+            (r2 * va).Store(dst1 + j + 16);
+            (r3 * va).Store(dst1 + j + 24);
         }
     }
 
