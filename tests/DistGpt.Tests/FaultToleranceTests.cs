@@ -75,17 +75,18 @@ public sealed class FaultToleranceTests
     public void SilentWorkerIsDroppedAfterTheHeartbeatTimeoutAndARestartedWorkerRejoins()
     {
         using var c = new Cluster();
-        var coordinator = c.StartCoordinator("--min-workers 2 --max-iters 40 --eval-interval 40 --heartbeat-timeout 2");
+        var coordinator = c.StartCoordinator("--min-workers 2 --max-iters 400 --eval-interval 400 --heartbeat-timeout 2");
         c.StartWorker("alpha");
         var hung = c.StartWorker("beta", "hang:6");
         Assert.True(coordinator.WaitForOutput(o => o.Contains("worker 'beta' lost"), Timeout), coordinator.StdOut);
         Assert.Contains("no heartbeat", coordinator.StdOut);
         hung.Kill();
         c.StartWorker("beta"); // the same node comes back
+        Assert.True(coordinator.WaitForOutput(o => o.Split("worker 'beta' joined").Length == 3, Timeout), coordinator.StdOut);
         var r = coordinator.WaitForExit(Timeout);
         Assert.True(r.ExitCode == 0, r.ToString());
         var metrics = c.Metrics;
-        AssertContiguous(metrics, 40);
+        AssertContiguous(metrics, 400);
         double slow = metrics[5].GetProperty("step_ms").GetDouble();
         Assert.InRange(slow, 1_500, 10_000);
         Assert.Equal(2, metrics[^1].GetProperty("workers").GetInt32());
@@ -119,48 +120,53 @@ public sealed class FaultToleranceTests
     [Fact]
     public void CoordinatorKilledAndResumedGivesTheUninterruptedLossesAndWorkersReconnectByThemselves()
     {
+        const string Run = "--min-workers 2 --max-iters 300 --eval-interval 300 --checkpoint-interval 8";
         using var reference = new Cluster();
-        reference.StartCoordinator("--min-workers 2 --max-iters 24 --eval-interval 24 --checkpoint-interval 8");
+        reference.StartCoordinator(Run);
         reference.StartWorker("alpha");
         reference.StartWorker("beta");
         Assert.Equal(0, reference.Coordinator!.WaitForExit(Timeout).ExitCode);
 
         using var c = new Cluster();
-        var first = c.StartCoordinator("--min-workers 2 --max-iters 24 --eval-interval 24 --checkpoint-interval 8");
+        var first = c.StartCoordinator(Run);
         var alpha = c.StartWorker("alpha");
         var beta = c.StartWorker("beta");
-        Assert.True(first.WaitForOutput(o => o.Contains("step 10:") || o.Contains("step 10 "), Timeout) || File.ReadAllLines(Path.Combine(c.Dir.Path, "metrics.jsonl")).Length >= 10,
-            first.StdOut);
-        WaitFor(() => File.Exists(Path.Combine(c.Dir.Path, "metrics.jsonl")) && File.ReadAllLines(Path.Combine(c.Dir.Path, "metrics.jsonl")).Length >= 10);
+        string metricsPath = Path.Combine(c.Dir.Path, "metrics.jsonl");
+        WaitFor(() => File.Exists(metricsPath) && File.ReadAllLines(metricsPath).Length >= 20);
         Process.GetProcessById(first.Id).Kill(); // SIGKILL: no final checkpoint, no goodbye to the workers
         first.WaitForExit(TimeSpan.FromSeconds(10));
+        int killedAfter = File.ReadAllLines(metricsPath).Length;
+        Assert.True(killedAfter < 300, "the first coordinator finished before it could be killed; lengthen the run");
 
-        var resumed = c.StartCoordinator("--min-workers 2 --max-iters 24 --eval-interval 24 --checkpoint-interval 8 --resume");
+        var resumed = c.StartCoordinator(Run + " --resume");
         var r = resumed.WaitForExit(Timeout);
         Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Contains("resuming from step 8", r.StdOut);
+        var match = System.Text.RegularExpressions.Regex.Match(r.StdOut, @"resuming from step (\d+)");
+        Assert.True(match.Success, r.StdOut);
+        int from = int.Parse(match.Groups[1].Value);
+        Assert.True(from >= 16 && from % 8 == 0 && from <= killedAfter, $"resumed from step {from}, killed after {killedAfter}");
         Assert.Equal(0, alpha.WaitForExit(TimeSpan.FromSeconds(30)).ExitCode);
         Assert.Equal(0, beta.WaitForExit(TimeSpan.FromSeconds(30)).ExitCode);
         Assert.Contains("rejoined", alpha.StdOut);
         var metrics = c.Metrics;
-        AssertContiguous(metrics, 24);
+        AssertContiguous(metrics, 300);
         var expected = Losses(reference.Metrics);
         var actual = Losses(metrics);
-        for (int i = 8; i < 24; i++) Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-6, $"step {i + 1}: {expected[i]} vs {actual[i]}");
+        for (int i = from; i < 300; i++) Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-6, $"step {i + 1}: {expected[i]} vs {actual[i]}");
     }
 
     [Fact]
     public void DevModeRestartsAKilledWorkerAndFinishes()
     {
         using var tmp = new TempDirectory("devrestart");
-        using var dev = CliRunner.Start(CliRunner.Split($"dev --workers 2 --worker-threads 1 {Model} --max-iters 40 --eval-interval 40 --out {tmp.Path}"),
+        using var dev = CliRunner.Start(CliRunner.Split($"dev --workers 2 --worker-threads 1 {Model} --max-iters 400 --eval-interval 400 --out {tmp.Path}"),
             new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath() });
         Assert.True(dev.WaitForOutput(o => o.Contains("step 10:"), Timeout), dev.StdOut + dev.StdErr);
         Process.GetProcessById(DistributedTests.WorkerPids(dev.Id).First()).Kill();
         var r = dev.WaitForExit(Timeout);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Contains("restarting it", r.StdOut);
-        AssertContiguous(DistributedTests.Metrics(tmp.Path), 40);
+        AssertContiguous(DistributedTests.Metrics(tmp.Path), 400);
     }
 
     static void WaitFor(Func<bool> condition)
