@@ -35,8 +35,9 @@ public sealed unsafe class CausalSelfAttention : Op
     float* P(int b, int h) => probs + ((long)b * heads + h) * time * time;
     float* Pd(int b, int h) => droppedProbs + ((long)b * heads + h) * time * time;
 
-    /// <summary>Sequences up to this length use the fused kernels (causal triangle only, no packing); longer ones the packed GEMMs.</summary>
-    public const int FusedMaxTime = 128;
+    /// <summary>Sequences up to this length use the fused kernels (causal triangle only, no packing); longer ones the packed
+    /// GEMMs. Settable so tests and benchmarks can run either path.</summary>
+    public static int FusedMaxTime { get; set; } = 128;
 
     public override void Forward(StepContext step)
     {
