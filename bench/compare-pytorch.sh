@@ -6,6 +6,7 @@
 # usage: bench/compare-pytorch.sh [config ...]            (default: tiny cpu; shakespeare takes ~15 s per step)
 # env:   ROUNDS (3 A/B rounds), STEPS (per config: tiny 60, cpu 40, shakespeare 3), WARMUP (3; shakespeare 1),
 #        THREADS (distgpt --threads, default all cores), PYTHON (/usr/bin/python3, Debian's python3-torch 1.13),
+#        DISTGPT_BIN (the distgpt executable to time; default ./distgpt, built once),
 #        OPENBLAS_DIR (a directory holding OpenBLAS's libblas.so.3; default Debian's libopenblas0-pthread location).
 # PyTorch 1.13 from Debian calls whatever libblas.so.3 the system links; with the netlib reference BLAS its matmuls are
 # ~10x slower, so the script puts OpenBLAS first on LD_LIBRARY_PATH (`apt-get install libopenblas0-pthread`, or
@@ -27,7 +28,8 @@ else
   echo "warning: no OpenBLAS at $OPENBLAS_DIR; PyTorch will use the system libblas.so.3 (netlib's reference BLAS is ~10x slower)" >&2
 fi
 
-./distgpt --help >/dev/null  # build once, outside the timed runs
+DISTGPT_BIN="${DISTGPT_BIN:-./distgpt}"
+"$DISTGPT_BIN" --help >/dev/null  # build once, outside the timed runs
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -53,7 +55,7 @@ for config in "${configs[@]}"; do
     *) echo "unknown config $config (tiny, cpu, shakespeare)" >&2; exit 2 ;;
   esac
   for round in $(seq 1 "$ROUNDS"); do
-    run distgpt ./distgpt bench --config "$config" --steps "$steps" --warmup "$warmup" --threads "$THREADS" | tee -a "$results"
+    run distgpt "$DISTGPT_BIN" bench --config "$config" --steps "$steps" --warmup "$warmup" --threads "$THREADS" | tee -a "$results"
     run pytorch-1t env OMP_NUM_THREADS=1 "$PYTHON" bench/reference_gpt.py --config "$config" --steps "$steps" --warmup "$warmup" \
       --threads 1 --data "$DISTGPT_DATA" | tee -a "$results"
     run pytorch-2t env OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE "$PYTHON" bench/reference_gpt.py --config "$config" --steps "$steps" \
