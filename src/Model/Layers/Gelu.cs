@@ -9,7 +9,7 @@ public sealed unsafe class Gelu(Tensor x, Tensor y) : Op
 {
     const float S = 0.7978845608028654f; // sqrt(2/pi)
     const float K = 0.044715f;
-    readonly int chunks = RowChunks.Count(x.Length, 4096);
+    readonly int chunks = Math.Max(1, Math.Min(x.Length / 8192, Compute.Threads * 4)); // several per core: a late core costs less
 
     static Vector256<float> Tanh(Vector256<float> u) => VectorMath.Tanh(u);
 
