@@ -80,10 +80,17 @@ for config in dict.fromkeys(r["config"] for r in rows):
         rss[run] = max(r.get("peak_rss_mb", 0) for r in rs)
     best = max(("pytorch-1t", "pytorch-2t"), key=lambda k: med[k])
     ratio = med["distgpt"] / med[best]
+    # Also the median of per-round ratios (each round's DistGpt run against that round's better PyTorch run): less
+    # sensitive to a burst of load that hits one side of a round.
+    runs = {run: [r for r in rows if r["config"] == config and r["run"] == run] for run in ("distgpt", "pytorch-1t", "pytorch-2t")}
+    per_round = [d["tokens_per_s"] / max(p1["tokens_per_s"], p2["tokens_per_s"])
+                 for d, p1, p2 in zip(runs["distgpt"], runs["pytorch-1t"], runs["pytorch-2t"])]
+    round_ratio = statistics.median(per_round)
     print(f"| {config} | {med['distgpt']:,.0f} | {med[best]:,.0f} ({best[-2]} thread{'s' if best[-2] != '1' else ''}) | "
-          f"{ratio:.2f}x | {rss['distgpt']:.0f} MB | {rss[best]:.0f} MB | {machine} |")
+          f"{ratio:.2f}x (per-round median {round_ratio:.2f}x) | {rss['distgpt']:.0f} MB | {rss[best]:.0f} MB | {machine} |")
     summary.append({"config": config, "distgpt_tokens_per_s": med["distgpt"], "pytorch_1t_tokens_per_s": med["pytorch-1t"],
                     "pytorch_2t_tokens_per_s": med["pytorch-2t"], "ratio_vs_best": round(ratio, 3),
+                    "median_round_ratio": round(round_ratio, 3), "rounds": len(per_round),
                     "distgpt_peak_rss_mb": rss["distgpt"], "pytorch_peak_rss_mb": rss[best], "machine": machine})
 print(json.dumps(summary))
 EOF
