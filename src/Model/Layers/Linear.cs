@@ -23,10 +23,23 @@ public sealed unsafe class Linear(Tensor x, Tensor weight, Tensor? bias, Tensor 
 
     public override void Backward(StepContext step)
     {
-        if (x.HasGrad) // dx += dy W
-            Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, 1f, x.Grad, inF);
-        // dW += dy^T x
-        Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF);
+        if (x.HasGrad && Compute.Threads == 2)
+        {
+            // dx and dW take the same number of multiply-adds: on two cores, one each (one fork/join, no shared panels).
+            // Each product is computed exactly as the serial kernel would, so results do not change.
+            Compute.For(2, i =>
+            {
+                if (i == 0) Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, 1f, x.Grad, inF, parallel: false);
+                else Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF, parallel: false);
+            });
+        }
+        else
+        {
+            if (x.HasGrad) // dx += dy W
+                Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, 1f, x.Grad, inF);
+            // dW += dy^T x
+            Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF);
+        }
         if (bias == null) return;
         var db = new Span<float>(bias.Grad, outF);
         for (int r = 0; r < n; r++) TensorPrimitives.Add(db, new ReadOnlySpan<float>(y.Grad + (long)r * outF, outF), db);
