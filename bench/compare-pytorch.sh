@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side training throughput: `distgpt bench` against a PyTorch nanoGPT reference (bench/reference_gpt.py) on the
 # same config and corpus, run in alternation (A B A B ...) so that machine noise hits both, and compared as ratios of
-# medians. PyTorch runs with 1 and 2 threads (2 with OMP_WAIT_POLICY=PASSIVE) and its best is taken.
+# medians. PyTorch runs with 1 and 2 threads (torch.set_num_threads, OMP_NUM_THREADS and OPENBLAS_NUM_THREADS alike, as
+# OpenBLAS's pthread build otherwise starts its own pool on every core; 2 with OMP_WAIT_POLICY=PASSIVE) and its best is taken.
 #
 # usage: bench/compare-pytorch.sh [config ...]            (default: tiny cpu; shakespeare takes ~15 s per step)
 # env:   ROUNDS (3 A/B rounds), STEPS (per config: tiny 60, cpu 40, shakespeare 3), WARMUP (3; shakespeare 1),
@@ -56,9 +57,9 @@ for config in "${configs[@]}"; do
   esac
   for round in $(seq 1 "$ROUNDS"); do
     run distgpt "$DISTGPT_BIN" bench --config "$config" --steps "$steps" --warmup "$warmup" --threads "$THREADS" | tee -a "$results"
-    run pytorch-1t env OMP_NUM_THREADS=1 "$PYTHON" bench/reference_gpt.py --config "$config" --steps "$steps" --warmup "$warmup" \
+    run pytorch-1t env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "$PYTHON" bench/reference_gpt.py --config "$config" --steps "$steps" --warmup "$warmup" \
       --threads 1 --data "$DISTGPT_DATA" | tee -a "$results"
-    run pytorch-2t env OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE "$PYTHON" bench/reference_gpt.py --config "$config" --steps "$steps" \
+    run pytorch-2t env OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE "$PYTHON" bench/reference_gpt.py --config "$config" --steps "$steps" \
       --warmup "$warmup" --threads 2 --data "$DISTGPT_DATA" | tee -a "$results"
   done
 done
