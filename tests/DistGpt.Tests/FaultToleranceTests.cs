@@ -129,8 +129,9 @@ public sealed class FaultToleranceTests
 
         using var c = new Cluster();
         var first = c.StartCoordinator(Run);
-        var alpha = c.StartWorker("alpha");
-        var beta = c.StartWorker("beta");
+        // Generous reconnect window: on a loaded 2-core machine the resumed coordinator can take a while to start.
+        var alpha = c.StartWorker("alpha", flags: "--connect-timeout 150");
+        var beta = c.StartWorker("beta", flags: "--connect-timeout 150");
         string metricsPath = Path.Combine(c.Dir.Path, "metrics.jsonl");
         WaitFor(() => File.Exists(metricsPath) && File.ReadAllLines(metricsPath).Length >= 20);
         Process.GetProcessById(first.Id).Kill(); // SIGKILL: no final checkpoint, no goodbye to the workers
@@ -138,9 +139,9 @@ public sealed class FaultToleranceTests
         int killedAfter = File.ReadAllLines(metricsPath).Length;
         Assert.True(killedAfter < 300, "the first coordinator finished before it could be killed; lengthen the run");
 
-        var resumed = c.StartCoordinator(Run + " --resume");
+        var resumed = c.StartCoordinator(Run + " --resume --join-timeout 120");
         var r = resumed.WaitForExit(Timeout);
-        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.True(r.ExitCode == 0, $"{r}\n--- alpha ---\n{alpha.StdOut}{alpha.StdErr}\n--- beta ---\n{beta.StdOut}{beta.StdErr}");
         var match = System.Text.RegularExpressions.Regex.Match(r.StdOut, @"resuming from step (\d+)");
         Assert.True(match.Success, r.StdOut);
         int from = int.Parse(match.Groups[1].Value);

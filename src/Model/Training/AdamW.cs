@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using DistGpt.Model.Engine;
 
 namespace DistGpt.Model.Training;
@@ -8,6 +9,7 @@ public sealed unsafe class AdamW : IDisposable
 {
     readonly FlatParameters parameters;
     readonly (long Offset, long Length, bool Decay)[] ranges;
+    readonly (long Offset, long Length, bool Decay)[] chunks; // ranges cut into pieces of at most 32K values
 
     public float Beta1 { get; }
     public float Beta2 { get; }
@@ -25,29 +27,49 @@ public sealed unsafe class AdamW : IDisposable
         ExpAvg = new NativeBuffer(parameters.Count);
         ExpAvgSq = new NativeBuffer(parameters.Count);
         ranges = parameters.Slots.Select(s => (s.Offset, s.Length, s.Decay)).ToArray();
+        const long Chunk = 1 << 15;
+        chunks = ranges.SelectMany(r => Enumerable.Range(0, (int)((r.Length + Chunk - 1) / Chunk))
+            .Select(c => (r.Offset + c * Chunk, Math.Min(Chunk, r.Length - c * Chunk), r.Decay))).ToArray();
     }
 
-    /// <summary>One update from the gradients currently in the flat gradient buffer.</summary>
+    /// <summary>One update from the gradients currently in the flat gradient buffer. Elementwise, so it runs 8 wide and
+    /// split into chunks between cores (the result does not depend on the split).</summary>
     public void Step(float lr)
     {
         StepCount++;
         double bc1 = 1 - Math.Pow(Beta1, StepCount);
-        double bc2Sqrt = Math.Sqrt(1 - Math.Pow(Beta2, StepCount));
+        float bc2Sqrt = (float)Math.Sqrt(1 - Math.Pow(Beta2, StepCount)); // a float scalar, as torch divides a float tensor by it
         float stepSize = (float)(lr / bc1);
-        float b1 = Beta1, b2 = Beta2, eps = Eps;
+        float b1 = Beta1, b2 = Beta2, eps = Eps, wd = WeightDecay;
         float* p = parameters.Values.Pointer, g = parameters.Grads.Pointer, m = ExpAvg.Pointer, v = ExpAvgSq.Pointer;
-        foreach (var (offset, length, decay) in ranges)
+        Compute.For(chunks.Length, k =>
         {
-            float shrink = decay ? 1f - lr * WeightDecay : 1f;
-            for (long i = offset; i < offset + length; i++)
+            var (offset, length, decay) = chunks[k];
+            float shrink = decay ? 1f - lr * wd : 1f;
+            var vb1 = Vector256.Create(b1); var vb1c = Vector256.Create(1 - b1);
+            var vb2 = Vector256.Create(b2); var vb2c = Vector256.Create(1 - b2);
+            var vbc2 = Vector256.Create(bc2Sqrt); var veps = Vector256.Create(eps);
+            var vshrink = Vector256.Create(shrink); var vstep = Vector256.Create(stepSize);
+            long i = offset, end = offset + length;
+            for (; i + 8 <= end; i += 8)
+            {
+                var gi = Vector256.Load(g + i);
+                var mi = vb1 * Vector256.Load(m + i) + vb1c * gi;
+                var vi = vb2 * Vector256.Load(v + i) + vb2c * gi * gi;
+                mi.Store(m + i);
+                vi.Store(v + i);
+                var denom = Vector256.Sqrt(vi) / vbc2 + veps;
+                (Vector256.Load(p + i) * vshrink - vstep * mi / denom).Store(p + i);
+            }
+            for (; i < end; i++)
             {
                 float gi = g[i];
                 float mi = m[i] = b1 * m[i] + (1 - b1) * gi;
                 float vi = v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-                float denom = (float)(MathF.Sqrt(vi) / bc2Sqrt) + eps;
+                float denom = MathF.Sqrt(vi) / bc2Sqrt + eps;
                 p[i] = p[i] * shrink - stepSize * mi / denom;
             }
-        }
+        });
     }
 
     public void Dispose()
