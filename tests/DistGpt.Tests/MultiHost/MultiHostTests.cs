@@ -94,6 +94,9 @@ public sealed class MultiHostTests(ITestOutputHelper output)
         double dropSeconds = sinceCut.Elapsed.TotalSeconds;
         Log($"coordinator after {dropSeconds:F1} s: {FirstLine(c2.StdOut, "worker 'w2' lost")}");
         Assert.True(dropSeconds < 10, $"the coordinator took {dropSeconds:F1} s to drop the cut worker (--heartbeat-timeout 3)");
+        // Let at least one step run on w1 alone before the cable goes back in (else w2 may rejoin before the next step).
+        Assert.True(WaitFor(() => File.ReadAllLines(metricsPath).Skip(cutAt + 1).Any(l => System.Text.RegularExpressions.Regex.IsMatch(l, "\"workers\":1[,}]")),
+            TimeSpan.FromSeconds(30)), "no step ran on w1 alone after the cut");
         net["w2"].SetLink(up: true);
         Log("restored w2's link");
         Assert.True(w2.WaitForOutput(o => o.Contains("rejoined run"), TimeSpan.FromSeconds(60)), w2.StdOut + w2.StdErr);
