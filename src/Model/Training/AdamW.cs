@@ -8,8 +8,7 @@ namespace DistGpt.Model.Training;
 public sealed unsafe class AdamW : IDisposable
 {
     readonly FlatParameters parameters;
-    readonly (long Offset, long Length, bool Decay)[] ranges;
-    readonly (long Offset, long Length, bool Decay)[] chunks; // ranges cut into pieces of at most 32K values
+    readonly (long Offset, long Length, bool Decay)[] chunks; // parameter tensors cut into pieces of at most 32K values
 
     public float Beta1 { get; }
     public float Beta2 { get; }
@@ -26,7 +25,7 @@ public sealed unsafe class AdamW : IDisposable
         (Beta1, Beta2, WeightDecay, Eps) = (beta1, beta2, weightDecay, eps);
         ExpAvg = new NativeBuffer(parameters.Count);
         ExpAvgSq = new NativeBuffer(parameters.Count);
-        ranges = parameters.Slots.Select(s => (s.Offset, s.Length, s.Decay)).ToArray();
+        var ranges = parameters.Slots.Select(s => (s.Offset, s.Length, s.Decay));
         const long Chunk = 1 << 15;
         chunks = ranges.SelectMany(r => Enumerable.Range(0, (int)((r.Length + Chunk - 1) / Chunk))
             .Select(c => (r.Offset + c * Chunk, Math.Min(Chunk, r.Length - c * Chunk), r.Decay))).ToArray();
