@@ -6,6 +6,9 @@ groups and default foreach, zero_grad(set_to_none=True)), float32 on the CPU. A 
 never depends on PyTorch. Prints per-step times, then one JSON line like `distgpt bench`.
 
 usage: /usr/bin/python3 bench/reference_gpt.py --config tiny|cpu|shakespeare --steps N --warmup N --threads N --data FILE
+       /usr/bin/python3 bench/reference_gpt.py --recipe --seed S [--gelu tanh] --threads N --data FILE
+         (--recipe: nanoGPT's whole CPU recipe instead of timing: 2000 iters, get_lr warmup 100 + cosine 1e-3 -> 1e-4,
+          estimate_loss with 20 eval iters at iter 2000; prints one JSON line with train_loss and val_loss)
 (set OMP_WAIT_POLICY=PASSIVE for more than one thread, as nanoGPT's baselines on this machine were measured)
 """
 import argparse, json, math, resource, sys, time
@@ -57,11 +60,14 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+GELU_APPROXIMATE = "none"  # nanoGPT's nn.GELU() is the exact erf form; --gelu tanh matches DistGpt (GPT-2's)
+
+
 class MLP(nn.Module):
     def __init__(self, n_embd, dropout, bias):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=GELU_APPROXIMATE)
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -131,9 +137,16 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--recipe", action="store_true", help="train nanoGPT's CPU recipe to iter 2000 and report losses")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--gelu", choices=["none", "tanh"], default="none")
     args = ap.parse_args()
+    global GELU_APPROXIMATE
+    GELU_APPROXIMATE = args.gelu
     torch.set_num_threads(args.threads)
-    torch.manual_seed(1337)
+    torch.manual_seed(args.seed)
+    if args.recipe:
+        return train_recipe(args)
 
     text = open(args.data, encoding="utf-8").read()
     chars = sorted(set(text))
@@ -176,6 +189,64 @@ def main():
                       "tokens_per_step": tokens, "ms_per_step": round(median, 2),
                       "tokens_per_s": round(tokens / (median / 1000), 1), "threads": args.threads,
                       "peak_rss_mb": round(rss_mb, 1)}))
+
+
+def train_recipe(args):
+    """nanoGPT's train.py loop for the README's CPU recipe (config/train_shakespeare_char.py + the CPU overrides)."""
+    max_iters, eval_interval, eval_iters = 2000, 250, 20
+    learning_rate, min_lr, warmup_iters, lr_decay_iters = 1e-3, 1e-4, 100, 2000
+    n_layer, n_head, n_embd, block_size, batch_size, dropout = PRESETS["cpu"]
+    text = open(args.data, encoding="utf-8").read()
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(0.9 * len(data))
+    splits = {"train": data[:n], "val": data[n:]}
+
+    def get_batch(split):
+        d = splits[split]
+        ix = torch.randint(len(d) - block_size, (batch_size,))
+        x = torch.stack([torch.from_numpy(d[i:i + block_size].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(d[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+        return x, y
+
+    def get_lr(it):
+        if it < warmup_iters:
+            return learning_rate * (it + 1) / (warmup_iters + 1)
+        if it > lr_decay_iters:
+            return min_lr
+        ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+    @torch.no_grad()
+    def estimate_loss():
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            out[split] = float(np.mean([model(*get_batch(split)).item() for _ in range(eval_iters)]))
+        model.train()
+        return out
+
+    model = GPT(len(chars), n_layer, n_head, n_embd, block_size, dropout)
+    optimizer = model.configure_optimizers(0.1, learning_rate, (0.9, 0.99))
+    t0 = time.perf_counter()
+    for it in range(max_iters + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(it)
+        if it % eval_interval == 0:
+            losses = estimate_loss()
+            print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+            if it == max_iters:
+                break
+        x, y = get_batch("train")
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    print(json.dumps({"impl": "pytorch " + torch.__version__, "recipe": "cpu", "seed": args.seed, "gelu": args.gelu,
+                      "step": max_iters, "train_loss": round(losses["train"], 4), "val_loss": round(losses["val"], 4),
+                      "seconds": round(time.perf_counter() - t0, 1)}))
 
 
 if __name__ == "__main__":
