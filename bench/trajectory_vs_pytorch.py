@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_gpt
-from reference_gpt import GPT
+from reference_gpt import GPT, full_split_loss
 
 M64 = (1 << 64) - 1
 
@@ -65,12 +65,14 @@ def main():
     lr_max, min_lr, warmup, decay_iters = 1e-3, 1e-4, 100, 2000
 
     tmp = tempfile.mkdtemp()
-    common = ["--seed", str(args.seed), "--data", args.data, "--eval-interval", "100000", "--threads", "1"]
-    subprocess.run([args.distgpt, "train", *common, "--max-iters", "1", "--learning-rate", "1e-30", "--min-lr", "1e-31",
+    common = ["--seed", str(args.seed), "--data", args.data, "--threads", "1"]
+    subprocess.run([args.distgpt, "train", *common, "--max-iters", "1", "--eval-interval", "100000", "--learning-rate", "1e-30", "--min-lr", "1e-31",
                     "--out", f"{tmp}/init"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([args.distgpt, "train", *common, "--max-iters", str(args.steps), "--out", f"{tmp}/run"], check=True,
+    subprocess.run([args.distgpt, "train", *common, "--max-iters", str(args.steps), "--lr-decay-iters", "2000",
+                    "--eval-interval", str(args.steps), "--out", f"{tmp}/run"], check=True,
                    stdout=subprocess.DEVNULL)
     ours = [json.loads(l) for l in open(f"{tmp}/run/metrics.jsonl")]
+    ours = [o for o in ours if "loss" in o]
 
     text = open(args.data, encoding="utf-8").read()
     chars = sorted(set(text))
@@ -109,6 +111,15 @@ def main():
                   f"{o.get('grad_norm', float('nan')):9.4f} {norm:9.4f}  mean diff of last {len(window)}: "
                   f"{np.mean(window):+.5f}", flush=True)
             window = []
+
+    # Both final models on the whole validation split (non-overlapping windows): no eval-sampling noise.
+    val = np.array([stoi[c] for c in text[int(0.9 * len(text)):]], dtype=np.int64)
+    ours_final = GPT(len(chars), n_layer, n_head, n_embd, block, 0.0)
+    ours_final.load_state_dict(load_safetensors(f"{tmp}/run/ckpt/model.safetensors"), strict=False)
+    print(json.dumps({"steps": args.steps, "seed": args.seed, "gelu": args.gelu,
+                      "distgpt_full_val_loss": round(full_split_loss(ours_final, val, block), 4),
+                      "pytorch_full_val_loss": round(full_split_loss(model, val, block), 4),
+                      "distgpt_metrics_val_loss": ours[-1].get("val_loss")}))
 
 
 if __name__ == "__main__":
