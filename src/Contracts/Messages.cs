@@ -1,10 +1,12 @@
+using System.Text.Json.Serialization;
 using DistGpt.Model;
 
 namespace DistGpt.Contracts;
 
 // Wire messages. Each travels as a frame: a JSON header (these records) and an optional raw payload of
-// little-endian float32 tensors (weights down, gradient sums up). Every message after the join names the run,
-// the step and the model-config hash, so a frame from another run or a stale step is refused, never applied.
+// little-endian float32 tensors (weights down, gradient sums up; with --wire-dtype bf16 the gradient sums travel as
+// bfloat16). Every message after the join names the run, the step and the model-config hash, so a frame from another
+// run or a stale step is refused, never applied.
 
 public enum MessageKind : byte
 {
@@ -16,10 +18,11 @@ public sealed record JoinRequest(
     string WorkerName, string BuildVersion, int ProtocolVersion, int Threads,
     string? DataSha256, string? ExpectedConfigHash, string? ClusterToken);
 
-/// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches.</summary>
+/// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches, and the
+/// element type the worker sends its gradient sums in (the weights always come as float32).</summary>
 public sealed record JoinAccepted(
     string RunId, int Rank, GptConfig Config, string ConfigHash, string Vocabulary, ulong Seed,
-    long ParameterCount, bool SendsWindows, double HeartbeatSeconds);
+    long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32);
 
 public sealed record JoinRefused(string Reason);
 
@@ -42,3 +45,27 @@ public sealed record Shutdown(string RunId, string Reason);
 
 /// <summary>Either side: an unrecoverable problem, with a message for the other side's log.</summary>
 public sealed record Failed(string Reason);
+
+/// <summary>The element type of gradient payloads on the wire (weights always travel as float32).</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<WireDType>))]
+public enum WireDType
+{
+    [JsonStringEnumMemberName("fp32")] Fp32,
+    [JsonStringEnumMemberName("bf16")] Bf16,
+}
+
+public static class WireDTypes
+{
+    /// <summary>Bytes per element on the wire.</summary>
+    public static int Size(this WireDType dtype) => dtype == WireDType.Bf16 ? sizeof(ushort) : sizeof(float);
+
+    public static string Name(this WireDType dtype) => dtype == WireDType.Bf16 ? "bf16" : "fp32";
+
+    /// <summary>Parses a --wire-dtype value (fp32 | bf16); null when it is neither.</summary>
+    public static WireDType? Parse(string? value) => value?.ToLowerInvariant() switch
+    {
+        "fp32" or "float32" => WireDType.Fp32,
+        "bf16" or "bfloat16" => WireDType.Bf16,
+        _ => null,
+    };
+}

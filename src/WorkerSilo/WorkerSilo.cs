@@ -5,6 +5,7 @@ using DistGpt.Contracts.Telemetry;
 using DistGpt.Contracts.Wire;
 using DistGpt.Model;
 using DistGpt.Model.Data;
+using DistGpt.Model.Engine;
 using DistGpt.Model.Training;
 
 namespace DistGpt.WorkerSilo;
@@ -31,7 +32,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             var deadline = DateTime.UtcNow + options.ConnectTimeout;
             await using var channel = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
             var accepted = await WorkerTracing.TraceJoinAsync(options.Name, () => JoinAsync(channel, dataSha, cancel));
-            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)})");
+            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()})");
             joinedBefore = true;
             Prepare(accepted);
             if (await ServeAsync(channel, accepted, cancel)) return 0;
@@ -160,10 +161,10 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         double computeMs = compute.Elapsed.TotalMilliseconds;
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
-        var gradients = NativeMemoryManager.Bytes(m.Parameters.Grads);
+        if (faults?.At("nan", request.Step) == true) m.Parameters.Grads.Span[0] = float.NaN;
+        var gradients = Encode(m.Parameters.Grads, run.GradientDType);
         using var upload = WorkerTracing.StartUpload(reply, gradients.Length);
         watch.Arm();
-        if (faults?.At("nan", request.Step) == true) m.Parameters.Grads.Span[0] = float.NaN;
         if (faults?.At("short", request.Step) == true) gradients = gradients[..^4];
         if (faults?.At("stall-upload", request.Step) == true)
         {
@@ -175,6 +176,19 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         }
         await channel.SendAsync(MessageKind.Gradients, reply, cancel, gradients);
     }
+
+    /// <summary>The gradient payload in the run's wire dtype: the float32 buffer itself, or its bfloat16 narrowing in a
+    /// buffer kept for the next step.</summary>
+    ReadOnlyMemory<byte> Encode(NativeBuffer grads, WireDType dtype)
+    {
+        if (dtype == WireDType.Fp32) return NativeMemoryManager.Bytes(grads);
+        int bytes = checked((int)grads.Length * sizeof(ushort));
+        if (narrowed?.Length != bytes) narrowed = GC.AllocateUninitializedArray<byte>(bytes, pinned: true);
+        BFloat16.Narrow(grads.Span, MemoryMarshal.Cast<byte, ushort>(narrowed.AsSpan()));
+        return narrowed;
+    }
+
+    byte[]? narrowed;
 
     /// <summary>Cancels its token when armed for longer than the allowed silence (a dead link or coordinator).</summary>
     sealed class SilenceWatch(TimeSpan silence, CancellationToken outer) : IDisposable

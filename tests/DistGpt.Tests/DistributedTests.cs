@@ -56,6 +56,48 @@ public sealed class DistributedTests
     }
 
     [Fact]
+    public void DevModeWithBf16GradientsTrainsCloseToFp32AndReceivesHalfTheGradientBytes()
+    {
+        using var tmp = new TempDirectory("bf16");
+        const int steps = 30;
+        string run = $"dev --workers 2 --worker-threads 1 {Model} --max-iters {steps} --warmup-iters 2 --eval-interval {steps}";
+        var bad = CliRunner.Run($"{run} --out {tmp.Subdirectory("bad")} --wire-dtype fp16", Env(), Timeout);
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--wire-dtype", bad.StdErr);
+
+        string fp32 = tmp.Subdirectory("fp32"), bf16 = tmp.Subdirectory("bf16");
+        var a = CliRunner.Run($"{run} --out {fp32}", Env(), Timeout); // fp32 is the default
+        Assert.True(a.ExitCode == 0, a.ToString());
+        var b = CliRunner.Run($"{run} --out {bf16} --wire-dtype bf16", Env(), Timeout);
+        Assert.True(b.ExitCode == 0, b.ToString());
+        Assert.Contains("gradients on the wire as bf16", b.StdOut);
+        Assert.Contains("gradients as bf16", b.StdOut); // the workers' join lines: told by the coordinator, no worker flag
+
+        var ma = Metrics(fp32);
+        var mb = Metrics(bf16);
+        Assert.Equal(Enumerable.Range(1, steps), mb.Select(m => m.GetProperty("step").GetInt32()));
+        double[] la = ma.Select(m => m.GetProperty("loss").GetDouble()).ToArray(), lb = mb.Select(m => m.GetProperty("loss").GetDouble()).ToArray();
+        Assert.All(lb, l => Assert.True(double.IsFinite(l)));
+        Assert.True(lb[^5..].Average() < lb[0] - 0.3, $"bf16 run does not train: {string.Join(", ", lb)}");
+        for (int i = 0; i < steps; i++)
+            Assert.True(Math.Abs(la[i] - lb[i]) <= 0.02, $"step {i + 1}: fp32 loss {la[i]}, bf16 loss {lb[i]}");
+        // Step 1 is computed at the same initial weights; after that bf16-rounded gradients change the updates.
+        Assert.Equal(la[0], lb[0]);
+        int differing = Enumerable.Range(0, steps).Count(i => la[i] != lb[i]);
+        Assert.True(differing >= steps / 2, $"only {differing} of {steps} losses differ from the fp32 run: were the gradients really sent as bf16?");
+        Assert.True(double.IsFinite(mb[^1].GetProperty("val_loss").GetDouble()));
+
+        for (int i = 0; i < steps; i++)
+        {
+            JsonElement wa = ma[i].GetProperty("wire_bytes"), wb = mb[i].GetProperty("wire_bytes");
+            long sentA = wa.GetProperty("sent").GetInt64(), sentB = wb.GetProperty("sent").GetInt64();
+            long gotA = wa.GetProperty("received").GetInt64(), gotB = wb.GetProperty("received").GetInt64();
+            Assert.True(Math.Abs(sentA - sentB) <= sentA / 100, $"step {i + 1}: weights sent {sentA} (fp32 run) vs {sentB} (bf16 run): they stay fp32");
+            Assert.True(Math.Abs((double)gotB / gotA - 0.5) < 0.01, $"step {i + 1}: received {gotB} bytes with bf16, {gotA} with fp32");
+        }
+    }
+
+    [Fact]
     public void ClusterModeWithTwoSeparatelyStartedWorkersFinishesAndAllExitZero()
     {
         using var tmp = new TempDirectory("cluster");

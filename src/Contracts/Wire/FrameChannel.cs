@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using DistGpt.Model.IO;
 
@@ -88,6 +89,27 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
             await ReadExactlyAsync(destination.Slice(o, Math.Min(ChunkBytes, destination.Length - o)), cancel);
         BytesReceived += destination.Length;
     }
+
+    /// <summary>Reads a bfloat16 payload of destination.Length / 2 bytes and widens it, chunk by chunk as it arrives,
+    /// into destination (float32 bytes), through one reusable chunk buffer.</summary>
+    public async Task ReadBFloat16PayloadAsync(Memory<byte> destination, CancellationToken cancel = default)
+    {
+        if (destination.Length % sizeof(float) != 0) throw new ArgumentException($"destination of {destination.Length} bytes is not float32s");
+        var chunk = wideningChunk ??= new byte[ChunkBytes];
+        int elements = destination.Length / sizeof(float), perChunk = ChunkBytes / sizeof(ushort);
+        for (int e = 0; e < elements; e += perChunk)
+        {
+            int n = Math.Min(perChunk, elements - e);
+            await ReadExactlyAsync(chunk.AsMemory(0, n * sizeof(ushort)), cancel);
+            Widen(chunk.AsSpan(0, n * sizeof(ushort)), destination.Span.Slice(e * sizeof(float), n * sizeof(float)));
+        }
+        BytesReceived += (long)elements * sizeof(ushort);
+    }
+
+    static void Widen(ReadOnlySpan<byte> bf16, Span<byte> fp32) =>
+        BFloat16.Widen(MemoryMarshal.Cast<byte, ushort>(bf16), MemoryMarshal.Cast<byte, float>(fp32));
+
+    byte[]? wideningChunk;
 
     public async Task SkipPayloadAsync(long length, CancellationToken cancel = default)
     {

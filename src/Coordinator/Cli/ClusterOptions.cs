@@ -14,6 +14,7 @@ public sealed class ClusterOptions
 
     public readonly Option<string> StragglerPolicy = new("--straggler-policy") { Description = "wait: every step waits for every worker; drop: a worker still busy --straggler-timeout s after the first one finished is skipped for the step and its share recomputed", DefaultValueFactory = _ => "wait" };
     public readonly Option<double> StragglerTimeout = new("--straggler-timeout") { Description = "seconds of patience for the drop policy", DefaultValueFactory = _ => 5 };
+    public readonly Option<string> WireDType = new("--wire-dtype") { Description = "element type of the gradient sums workers send: fp32, or bf16 (half the bytes; rounded to nearest even, widened back to fp32 before summing). Weights always go as fp32", DefaultValueFactory = _ => "fp32" };
     public readonly Option<int> MaxRejections = new("--max-rejections") { Description = "invalid gradient payloads (NaN/Inf, wrong size) before a worker is dropped", DefaultValueFactory = _ => 3 };
 
     public void AddTo(Command command)
@@ -24,7 +25,11 @@ public sealed class ClusterOptions
         command.Options.Add(ClusterToken);
         command.Options.Add(HeartbeatTimeout);
         command.Options.Add(JoinTimeout);
+        command.Options.Add(WireDType);
     }
+
+    public Contracts.WireDType GradientDType(ParseResult r) =>
+        Contracts.WireDTypes.Parse(r.GetValue(WireDType)) ?? throw new ConfigException($"--wire-dtype must be fp32 or bf16 (got '{r.GetValue(WireDType)}')");
 
     public TimeSpan? Straggler(ParseResult r) => r.GetValue(StragglerPolicy) switch
     {

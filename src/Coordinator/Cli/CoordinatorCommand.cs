@@ -28,7 +28,8 @@ public static class CoordinatorCommand
             {
                 Listen = ParseUri(r.GetValue(listen)!, "--listen"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
-                TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
+                TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
+                GradientDType = cluster.GradientDType(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
             };
             using var setup = RunSetup.Create(train, r);
             PrintModel(setup);

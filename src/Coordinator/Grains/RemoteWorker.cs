@@ -108,7 +108,7 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
     {
         var reply = frame.Read<GradientsReply>();
         var call = pending;
-        long expected = run.ParameterCount * sizeof(float);
+        long expected = run.ParameterCount * run.GradientDType.Size();
         if (call == null || reply.Step < call.Request.Step)
         {
             // A straggler's late answer for a step that was already completed without it: not an error, just ignored.
@@ -118,7 +118,7 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
         string? problem = reply.RunId != run.RunId ? $"run {reply.RunId} is not this run"
             : reply.ConfigHash != run.ConfigHash ? $"config {reply.ConfigHash} is not this run's {run.ConfigHash}"
             : reply.Step != call.Request.Step || reply.WeightsVersion != call.Request.WeightsVersion ? $"stale reply for step {reply.Step} (version {reply.WeightsVersion}), expected step {call.Request.Step}"
-            : frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected}"
+            : frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected} ({run.GradientDType.Name()})"
             : null;
         if (problem != null)
         {
@@ -126,7 +126,8 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
             call?.Done.TrySetException(new InvalidGradientsException(name, problem));
             return;
         }
-        await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
+        if (run.GradientDType == WireDType.Bf16) await channel.ReadBFloat16PayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
+        else await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
         call.Done.TrySetResult(reply);
     }
 }

@@ -1,11 +1,12 @@
+using DistGpt.Contracts;
 using DistGpt.Model;
 
 namespace DistGpt.Coordinator.Grains;
 
-/// <summary>What every worker of a run must agree on.</summary>
+/// <summary>What every worker of a run must agree on (GradientDType: how workers send gradient sums, told at the join).</summary>
 public sealed record RunDescription(
     string RunId, GptConfig Config, string Vocabulary, ulong Seed, long ParameterCount, string DataSha256,
-    string? ClusterToken, TimeSpan HeartbeatTimeout)
+    string? ClusterToken, TimeSpan HeartbeatTimeout, WireDType GradientDType = WireDType.Fp32)
 {
     public string ConfigHash => Config.Hash();
 }

@@ -16,22 +16,24 @@ public sealed class WorkerCall : IDisposable
     readonly Activity? span;
     readonly IWorkerGrain worker;
     readonly FrameChannel? channel;
+    readonly WireTraffic? traffic;
     readonly long started = Stopwatch.GetTimestamp(), sent0, received0;
     bool done;
 
-    WorkerCall(IWorkerGrain worker, Activity? span)
+    WorkerCall(IWorkerGrain worker, Activity? span, WireTraffic? traffic)
     {
-        (this.worker, this.span) = (worker, span);
+        (this.worker, this.span, this.traffic) = (worker, span, traffic);
         channel = (worker as RemoteWorker)?.Channel;
         if (channel != null) (sent0, received0) = (channel.BytesSent, channel.BytesReceived);
     }
 
-    public static WorkerCall Start(IWorkerGrain worker, long step, int shareIndex, long first, int sequences)
+    /// <summary>Starts the call's span; <paramref name="traffic"/>, when given, receives the bytes the call moved.</summary>
+    public static WorkerCall Start(IWorkerGrain worker, long step, int shareIndex, long first, int sequences, WireTraffic? traffic = null)
     {
         var span = Source.StartActivity("request gradients", ActivityKind.Client);
         span?.SetTag(Attr.Step, step).SetTag(Attr.WorkerName, worker.Name).SetTag(Attr.WorkerRank, worker.Rank)
             .SetTag(Attr.ShareIndex, shareIndex).SetTag(Attr.ShareFirst, first).SetTag(Attr.Sequences, sequences);
-        return new WorkerCall(worker, span);
+        return new WorkerCall(worker, span, traffic);
     }
 
     /// <summary>This call's W3C traceparent for the request (null when not tracing).</summary>
@@ -60,8 +62,25 @@ public sealed class WorkerCall : IDisposable
             WorkerNetworkIo.Add(sent, new TagList { { Attr.WorkerName, worker.Name }, { Attr.Direction, "transmit" } });
             WorkerNetworkIo.Add(received, new TagList { { Attr.WorkerName, worker.Name }, { Attr.Direction, "receive" } });
             span?.SetTag(Attr.BytesSent, sent).SetTag(Attr.BytesReceived, received);
+            traffic?.Add(sent, received);
         }
         span?.Dispose();
+    }
+}
+
+/// <summary>Bytes the coordinator sent to and received from its workers (frames on their connections, heartbeats that
+/// crossed during a call included), summed over a step's calls.</summary>
+public sealed class WireTraffic
+{
+    long sent, received;
+
+    public long Sent => Interlocked.Read(ref sent);
+    public long Received => Interlocked.Read(ref received);
+
+    public void Add(long sentBytes, long receivedBytes)
+    {
+        Interlocked.Add(ref sent, sentBytes);
+        Interlocked.Add(ref received, receivedBytes);
     }
 }
 

@@ -39,6 +39,7 @@ public sealed class DistributedGradientSource(
         var alive = members.ToList();
         var stragglers = new List<string>();
         var lost = new List<string>();
+        var traffic = new WireTraffic();
         while (todo.Count > 0)
         {
             if (alive.Count == 0) alive = (await MembersAsync(cancel)).ToList();
@@ -54,7 +55,7 @@ public sealed class DistributedGradientSource(
                 for (int k = 0; k < a.Value.Count; k++)
                 {
                     var share = a.Value[k];
-                    using var call = WorkerCall.Start(worker, step, share.Index, share.First, share.Count);
+                    using var call = WorkerCall.Start(worker, step, share.Index, share.First, share.Count, traffic);
                     try
                     {
                         var request = new ComputeRequest(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count,
@@ -123,6 +124,7 @@ public sealed class DistributedGradientSource(
             ["compute_ms"] = Math.Round(slowest, 3),
             ["straggler_lag_ms"] = Math.Round(slowest - fastest, 3),
             ["worker_compute_ms"] = computeMs.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
+            ["wire_bytes"] = new Dictionary<string, long> { ["sent"] = traffic.Sent, ["received"] = traffic.Received },
         };
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;

@@ -18,6 +18,8 @@ public sealed record CoordinatorSettings
     public bool TolerateFailures { get; init; }
     public TimeSpan? StragglerTimeout { get; init; }
     public int MaxRejections { get; init; } = 3;
+    /// <summary>Element type of the workers' gradient payloads (--wire-dtype).</summary>
+    public WireDType GradientDType { get; init; } = WireDType.Fp32;
     public string? TlsCert { get; init; }
     public string? TlsKey { get; init; }
 }
@@ -34,14 +36,14 @@ public static class DistributedTraining
         Action<string> log = msg => Telemetry.TraceLog.Write("coordinator", msg);
         var model = setup.Model;
         var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
-            setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout);
+            setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType);
         var grain = new CoordinatorGrain(run, log);
         Telemetry.CoordinatorTelemetry.Watch(grain);
         await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey);
         try
         {
             if (onListening != null) await onListening(host.Address);
-            log($"run {run.RunId}: waiting for {settings.MinWorkers} worker(s)");
+            log($"run {run.RunId}: waiting for {settings.MinWorkers} worker(s); gradients on the wire as {run.GradientDType.Name()}");
             await grain.WaitForAsync(settings.MinWorkers, settings.JoinTimeout, cancel);
 
             using var source = new DistributedGradientSource(grain, model, setup.Corpus, train, run,
