@@ -27,11 +27,22 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         Compute.Threads = options.Threads;
         string? dataSha = options.DataPath == null ? null : Sha256Of(options.DataPath);
         bool joinedBefore = false;
+        DateTime? joinRetryUntil = null;
         while (true)
         {
             var deadline = DateTime.UtcNow + options.ConnectTimeout;
             await using var channel = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
-            var accepted = await WorkerTracing.TraceJoinAsync(options.Name, () => JoinAsync(channel, dataSha, cancel));
+            JoinAccepted accepted;
+            try { accepted = await WorkerTracing.TraceJoinAsync(options.Name, () => JoinAsync(channel, dataSha, cancel)); }
+            catch (IOException e) when (!cancel.IsCancellationRequested && DateTime.UtcNow < (joinRetryUntil ??= deadline))
+            {
+                // The connection was reset before the coordinator answered: typically a coordinator being killed, whose
+                // listening socket still completed this connect (the kernel's accept queue) just before it closed.
+                options.Log($"{options.Name}: the connection dropped during the join ({e.Message}); reconnecting");
+                await Task.Delay(TimeSpan.FromMilliseconds(500), cancel);
+                continue;
+            }
+            joinRetryUntil = null;
             options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()})");
             joinedBefore = true;
             Prepare(accepted);
