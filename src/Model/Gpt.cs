@@ -96,11 +96,11 @@ public sealed class Gpt : IDisposable
             var ln1 = g.Activation(p + "ln_1", batch, time, c);
             g.Add(new LayerNorm(g, x, P(p + "ln_1.weight"), Bias(p + "ln_1.bias"), ln1));
             var qkv = g.Activation(p + "qkv", batch, time, 3 * c);
-            g.Add(new Linear(ln1, P(p + "attn.c_attn.weight"), Bias(p + "attn.c_attn.bias"), qkv));
+            g.Add(new Linear(ln1, P(p + "attn.c_attn.weight"), Bias(p + "attn.c_attn.bias"), qkv, soleConsumer: true));
             var att = g.Activation(p + "att", batch, time, c);
             g.Add(new CausalSelfAttention(g, qkv, att, batch, time, cfg.NHead, cfg.Dropout, site++));
             var proj = g.Activation(p + "attn.proj", batch, time, c);
-            g.Add(new Linear(att, P(p + "attn.c_proj.weight"), Bias(p + "attn.c_proj.bias"), proj));
+            g.Add(new Linear(att, P(p + "attn.c_proj.weight"), Bias(p + "attn.c_proj.bias"), proj, soleConsumer: true));
             proj = MaybeDropout(proj, p + "attn.drop");
             var x1 = g.Activation(p + "res1", batch, time, c);
             g.Add(new Residual(x, proj, x1));
@@ -108,11 +108,11 @@ public sealed class Gpt : IDisposable
             var ln2 = g.Activation(p + "ln_2", batch, time, c);
             g.Add(new LayerNorm(g, x1, P(p + "ln_2.weight"), Bias(p + "ln_2.bias"), ln2));
             var fc = g.Activation(p + "fc", batch, time, 4 * c);
-            g.Add(new Linear(ln2, P(p + "mlp.c_fc.weight"), Bias(p + "mlp.c_fc.bias"), fc));
+            g.Add(new Linear(ln2, P(p + "mlp.c_fc.weight"), Bias(p + "mlp.c_fc.bias"), fc, soleConsumer: true));
             var gelu = g.Activation(p + "gelu", batch, time, 4 * c);
-            g.Add(new Gelu(fc, gelu));
+            g.Add(new Gelu(fc, gelu, soleConsumer: true));
             var mlp = g.Activation(p + "mlp.proj", batch, time, c);
-            g.Add(new Linear(gelu, P(p + "mlp.c_proj.weight"), Bias(p + "mlp.c_proj.bias"), mlp));
+            g.Add(new Linear(gelu, P(p + "mlp.c_proj.weight"), Bias(p + "mlp.c_proj.bias"), mlp, soleConsumer: true));
             mlp = MaybeDropout(mlp, p + "mlp.drop");
             x = g.Activation(p + "res2", batch, time, c);
             g.Add(new Residual(x1, mlp, x));
@@ -120,7 +120,7 @@ public sealed class Gpt : IDisposable
         var lnf = g.Activation("ln_f", batch, time, c);
         g.Add(new LayerNorm(g, x, P("transformer.ln_f.weight"), Bias("transformer.ln_f.bias"), lnf));
         var logits = g.Activation("logits", batch, time, cfg.VocabSize);
-        g.Add(new Linear(lnf, P("transformer.wte.weight"), null, logits)); // lm_head shares wte
+        g.Add(new Linear(lnf, P("transformer.wte.weight"), null, logits, soleConsumer: true)); // lm_head shares wte
         CrossEntropy? loss = withLoss ? g.Add(new CrossEntropy(g, logits, targets)) : null;
         return new GptGraph(g, batch, time, tokens, targets, logits, loss);
     }

@@ -90,6 +90,45 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(100, run.Optimizer.StepCount);
     }
 
+    [Fact]
+    public void TheLastStepAlsoMeasuresTheWholeValidationSplitWindowByWindow()
+    {
+        var settings = new TrainSettings
+        {
+            BatchSize = 8, MaxIters = 20, LearningRate = 1e-3f, MinLr = 1e-4f, WarmupIters = 5, LrDecayIters = 20,
+            EvalInterval = 10, EvalIters = 2, CheckpointInterval = 0, Seed = 7,
+        };
+        string dir = temp.Subdirectory("whole-split");
+        var config = Config(layers: 1, embd: 32, heads: 2, block: 16);
+        using var run = NewRun(config, settings, dir);
+        run.Loop.Run();
+        var m = Metrics(dir);
+        Assert.Null(m[9].ValLossFull);
+        Assert.NotNull(m[9].ValLoss);
+        float full = Assert.NotNull(m[19].ValLossFull);
+        Assert.Equal(full, run.Loop.FinalValLossFull);
+
+        // Independently: every non-overlapping window of the val split, one at a time, through a batch-1 graph.
+        var val = TestData.Corpus.Val;
+        int t = config.BlockSize;
+        long windows = (val.Length - 1) / t;
+        using var single = run.Model.Build(1, t, withGrad: false);
+        double sum = 0;
+        for (long w = 0; w < windows; w++)
+        {
+            for (int i = 0; i < t; i++)
+            {
+                single.Tokens[i] = val[w * t + i];
+                single.Targets[i] = val[w * t + i + 1];
+            }
+            sum += single.Forward() * t;
+        }
+        double expected = sum / (windows * t);
+        output.WriteLine($"whole val split {full:F6} (window by window {expected:F6}), sampled val loss {m[19].ValLoss:F6}");
+        Assert.Equal(expected, full, 4e-5);
+        Assert.NotEqual(m[19].ValLoss, full); // the sampled estimate is a different number
+    }
+
     // ---------------------------------------------------------------- (b) checkpoint round trip
 
     [Fact]

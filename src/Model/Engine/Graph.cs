@@ -73,7 +73,7 @@ public sealed unsafe class Graph : IDisposable
         foreach (var op in ops) op.Forward(Step);
     }
 
-    /// <summary>Zeroes activation gradients, then runs the tape backwards. The caller seeds the loss gradient
+    /// <summary>Zeroes activation gradients (except those their only consumer assigns), then runs the tape backwards. The caller seeds the loss gradient
     /// through the loss op and owns zeroing of parameter gradients (so several graphs could accumulate).</summary>
     public void Backward()
     {
@@ -95,25 +95,30 @@ public sealed unsafe class Graph : IDisposable
         for (int i = ops.Count - 1; i >= 0; i--) ops[i].Backward(Step);
     }
 
-    long[]? gradOffsets; // prefix sums of the activation lengths, as one virtual array split evenly between cores
+    long[]? gradOffsets; // prefix sums of the zeroed activations' lengths, as one virtual array split evenly between cores
+    Tensor[] zeroed = [];
+    int zeroedFrom = -1;
 
     void ClearActivationGrads()
     {
-        if (gradOffsets == null || gradOffsets.Length != activations.Count + 1)
+        if (zeroedFrom != activations.Count)
         {
-            gradOffsets = new long[activations.Count + 1];
-            for (int i = 0; i < activations.Count; i++) gradOffsets[i + 1] = gradOffsets[i] + activations[i].Length;
+            zeroed = activations.Where(a => !a.GradAssignedByConsumer).ToArray();
+            zeroedFrom = activations.Count;
+            gradOffsets = new long[zeroed.Length + 1];
+            for (int i = 0; i < zeroed.Length; i++) gradOffsets[i + 1] = gradOffsets[i] + zeroed[i].Length;
         }
-        long total = gradOffsets[^1];
+        var tensors = zeroed;
+        var offsets = gradOffsets!;
+        long total = offsets[^1];
         int chunks = (int)Math.Clamp(total / (1 << 16), 1, Compute.Threads);
         Compute.For(chunks, chunk =>
         {
             long start = total * chunk / chunks, end = total * (chunk + 1) / chunks;
-            var offsets = gradOffsets;
-            for (int i = 0; i < activations.Count; i++)
+            for (int i = 0; i < tensors.Length; i++)
             {
                 long lo = Math.Max(start, offsets[i]), hi = Math.Min(end, offsets[i + 1]);
-                if (lo < hi) new Span<float>(activations[i].Grad + (lo - offsets[i]), (int)(hi - lo)).Clear();
+                if (lo < hi) new Span<float>(tensors[i].Grad + (lo - offsets[i]), (int)(hi - lo)).Clear();
             }
         });
     }

@@ -22,6 +22,10 @@ public sealed unsafe class Tensor
     }
 
     public bool HasGrad => Grad != null;
+
+    /// <summary>Set by the tensor's only consumer when its backward assigns (=) this gradient rather than adding to it;
+    /// the graph then skips zeroing it before backward. Never set on a tensor that feeds more than one op.</summary>
+    public bool GradAssignedByConsumer { get; set; }
     public int LastDim => Shape[^1];
     public int Rows => Length / LastDim;
     public Span<float> DataSpan => new(Data, Length);

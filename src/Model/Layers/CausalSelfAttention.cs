@@ -155,7 +155,7 @@ public sealed unsafe class CausalSelfAttention : Op
     /// dst[j] = alpha * sum_d a[d] * bt[d * ldt + j] for j in [0, count): a row against the columns of a transposed
     /// matrix, 32 columns per pass in 4 independent registers; bt must have count rounded up to 32 columns (zero padded).
     /// With padded, dst has room for count rounded up to 32 and the whole last block is stored.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Scores(float* a, float* bt, int ldt, int depth, int count, float alpha, float* dst, bool padded = false)
     {
         var va = Vector256.Create(alpha);
@@ -184,7 +184,7 @@ public sealed unsafe class CausalSelfAttention : Op
 
     /// Scores for two rows at once (count columns for both; the first row's extra column is computed but unused):
     /// dst0 and dst1 have room for count rounded up to 32 and whole blocks are stored.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Scores2(float* a0, float* a1, float* bt, int ldt, int depth, int count, float alpha, float* dst0, float* dst1)
     {
         var va = Vector256.Create(alpha);
@@ -222,7 +222,7 @@ public sealed unsafe class CausalSelfAttention : Op
     }
 
     /// dst[0..n) (+)= alpha * sum_i w[i * ws] * rows[i * rs + 0..n): a weighted sum of count rows, 8 columns per register.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void WeightedSum(float* w, int ws, int count, float* rows, int rs, int n, float alpha, bool accumulate, float* dst)
     {
         int d = 0;

@@ -28,10 +28,13 @@ public sealed unsafe class CrossEntropy : Op
     public float LossScale { get; set; } = 1f;
 
     /// <summary>Sum of the per-token losses of the last forward, accumulated in double.</summary>
-    public double LossSum()
+    public double LossSum() => LossSum(n);
+
+    /// <summary>Sum of the per-token losses of the first <paramref name="rows"/> tokens of the last forward.</summary>
+    public double LossSum(int rows)
     {
         double s = 0;
-        for (int i = 0; i < n; i++) s += losses[i];
+        for (int i = 0; i < rows; i++) s += losses[i];
         return s;
     }
 

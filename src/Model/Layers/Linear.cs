@@ -4,10 +4,22 @@ using Tensor = DistGpt.Model.Engine.Tensor;
 
 namespace DistGpt.Model.Layers;
 
-/// <summary>y = x W^T + b, W stored (out, in) as PyTorch's nn.Linear.   (N, in) -> (N, out)</summary>
-public sealed unsafe class Linear(Tensor x, Tensor weight, Tensor? bias, Tensor y) : Op
+/// <summary>y = x W^T + b, W stored (out, in) as PyTorch's nn.Linear.   (N, in) -> (N, out)
+/// With <c>soleConsumer</c> this op is x's only consumer and assigns dx instead of adding to it (no zeroing pass).</summary>
+public sealed unsafe class Linear : Op
 {
-    readonly int n = x.Rows, inF = x.LastDim, outF = weight.Shape[0];
+    readonly Tensor x, weight, y;
+    readonly Tensor? bias;
+    readonly int n, inF, outF;
+    readonly float dxBeta;
+
+    public Linear(Tensor x, Tensor weight, Tensor? bias, Tensor y, bool soleConsumer = false)
+    {
+        (this.x, this.weight, this.bias, this.y) = (x, weight, bias, y);
+        (n, inF, outF) = (x.Rows, x.LastDim, weight.Shape[0]);
+        if (soleConsumer) x.GradAssignedByConsumer = true;
+        dxBeta = soleConsumer ? 0f : 1f;
+    }
 
     public override void Forward(StepContext step)
     {
@@ -29,14 +41,14 @@ public sealed unsafe class Linear(Tensor x, Tensor weight, Tensor? bias, Tensor 
             // Each product is computed exactly as the serial kernel would, so results do not change.
             Compute.For(2, i =>
             {
-                if (i == 0) Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, 1f, x.Grad, inF, parallel: false);
+                if (i == 0) Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, dxBeta, x.Grad, inF, parallel: false);
                 else Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF, parallel: false);
             });
         }
         else
         {
-            if (x.HasGrad) // dx += dy W
-                Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, 1f, x.Grad, inF);
+            if (x.HasGrad) // dx += dy W (dx = dy W as sole consumer)
+                Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, dxBeta, x.Grad, inF);
             // dW += dy^T x
             Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF);
         }

@@ -103,6 +103,7 @@ public static unsafe class VectorMath
     }
 
     /// <summary>Softmax backward in place on a row: d = p * (d - sum(p * d)).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void SoftmaxBackward(float* p, float* d, int n)
     {
         int full = n & ~7, rest = n - full;

@@ -7,6 +7,33 @@ public sealed class Evaluator(GptGraph graph, TextCorpus corpus, ulong seed, int
 {
     public (float Train, float Val) Estimate(long step) => (Mean(DataSplit.Train, step), Mean(DataSplit.Val, step));
 
+    /// <summary>The exact mean loss over every non-overlapping block of the split (no sampling noise; the last
+    /// partial batch is padded with a repeated window whose losses are left out).</summary>
+    public float WholeSplit(DataSplit split)
+    {
+        var data = corpus.Split(split);
+        int batch = graph.Batch, time = graph.Time;
+        long windows = (data.Length - 1) / time;
+        double sum = 0;
+        graph.Step.Training = false;
+        for (long first = 0; first < windows; first += batch)
+        {
+            int count = (int)Math.Min(batch, windows - first);
+            for (int row = 0; row < batch; row++)
+            {
+                long start = (first + Math.Min(row, count - 1)) * time;
+                for (int t = 0; t < time; t++)
+                {
+                    graph.Tokens[row * time + t] = data[start + t];
+                    graph.Targets[row * time + t] = data[start + t + 1];
+                }
+            }
+            graph.Forward();
+            sum += graph.Loss.LossSum(count * time);
+        }
+        return (float)(sum / (windows * time));
+    }
+
     float Mean(DataSplit split, long step)
     {
         double sum = 0;

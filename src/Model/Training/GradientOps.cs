@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using DistGpt.Model.Engine;
 
 namespace DistGpt.Model.Training;
@@ -43,8 +45,20 @@ public static unsafe class GradientOps
     /// <summary>True when every value is finite.</summary>
     public static bool AllFinite(ReadOnlySpan<float> values)
     {
-        foreach (float v in values)
-            if (!float.IsFinite(v)) return false;
+        // x - x is 0 for finite x and NaN for ±Inf or NaN, so the lanes' sums stay 0 exactly when every value is finite.
+        ref float first = ref MemoryMarshal.GetReference(values);
+        Vector256<float> a = default, b = default;
+        int i = 0;
+        for (; i + 16 <= values.Length; i += 16)
+        {
+            var x = Vector256.LoadUnsafe(ref first, (nuint)i);
+            var y = Vector256.LoadUnsafe(ref first, (nuint)i + 8);
+            a += x - x;
+            b += y - y;
+        }
+        if (!Vector256.EqualsAll(a + b, Vector256<float>.Zero)) return false;
+        for (; i < values.Length; i++)
+            if (!float.IsFinite(values[i])) return false;
         return true;
     }
 }

@@ -15,6 +15,8 @@ public sealed record StepMetrics
     public double GradNorm { get; init; }
     public float? TrainLoss { get; init; }
     public float? ValLoss { get; init; }
+    /// <summary>Last step only: the loss over the whole validation split (ValLoss samples eval_iters batches).</summary>
+    public float? ValLossFull { get; init; }
     public int? Workers { get; init; }
     public double? CommMs { get; init; }
     [JsonExtensionData] public Dictionary<string, object>? Extra { get; init; }

@@ -21,6 +21,9 @@ public sealed class TrainingLoop(
 
     public float? LastValLoss { get; private set; }
 
+    /// <summary>The whole validation split's loss, measured once after the last step.</summary>
+    public float? FinalValLossFull { get; private set; }
+
     public void Run(CancellationToken cancel = default)
     {
         using var log = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"), firstStep);
@@ -74,8 +77,9 @@ public sealed class TrainingLoop(
             using (OnPhase?.Invoke("evaluate", step))
             {
                 (trainLoss, valLoss) = evaluator.Estimate(step);
+                if (step == settings.MaxIters) FinalValLossFull = evaluator.WholeSplit(DataSplit.Val);
                 evaluation?.SetTag(TrainingTelemetry.Attr.TrainLoss, (double)trainLoss).SetTag(TrainingTelemetry.Attr.ValLoss, (double)valLoss)
-                    .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters);
+                    .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters).SetTag(TrainingTelemetry.Attr.ValLossFull, (double?)FinalValLossFull);
             }
             LastValLoss = valLoss;
         }
@@ -90,7 +94,7 @@ public sealed class TrainingLoop(
         {
             Step = step, Loss = sum.MeanLoss, Lr = lr, StepMs = Math.Round(ms, 3),
             TokensPerS = Math.Round(sum.Tokens / (ms / 1000.0), 1), GradNorm = Math.Round(norm, 6),
-            TrainLoss = trainLoss, ValLoss = valLoss, Workers = result.Workers, CommMs = result.CommMs,
+            TrainLoss = trainLoss, ValLoss = valLoss, ValLossFull = step == settings.MaxIters ? FinalValLossFull : null, Workers = result.Workers, CommMs = result.CommMs,
             Extra = result.Extra?.ToDictionary(kv => kv.Key, kv => kv.Value),
         };
         log.Write(metrics);

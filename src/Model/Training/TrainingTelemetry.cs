@@ -20,7 +20,7 @@ public static class TrainingTelemetry
     {
         public const string RunId = "distgpt.run.id", Step = "distgpt.step", Loss = "distgpt.loss", LearningRate = "distgpt.learning_rate",
             Tokens = "distgpt.tokens", WorldSize = "distgpt.world_size", GradNorm = "distgpt.grad_norm", GradClip = "distgpt.grad_clip",
-            StepMs = "distgpt.step_ms", TrainLoss = "distgpt.eval.train_loss", ValLoss = "distgpt.eval.val_loss", EvalIters = "distgpt.eval.iters",
+            StepMs = "distgpt.step_ms", TrainLoss = "distgpt.eval.train_loss", ValLoss = "distgpt.eval.val_loss", ValLossFull = "distgpt.eval.val_loss_full", EvalIters = "distgpt.eval.iters",
             CheckpointDir = "distgpt.checkpoint.dir", WorkerName = "distgpt.worker.name", WorkerRank = "distgpt.worker.rank",
             Bytes = "distgpt.bytes", BytesSent = "distgpt.bytes.sent", BytesReceived = "distgpt.bytes.received",
             ShareIndex = "distgpt.share.index", ShareFirst = "distgpt.share.first", Sequences = "distgpt.sequences",
