@@ -7,6 +7,7 @@ var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT
     TrainCommand.Create(),
     SampleCommand.Create(),
     BenchCommand.Create(),
+    BenchCommand.CreateGemm(),
     DevCommand.Create(),
     CoordinatorCommand.Create(),
     WorkerCommand.Create(),

@@ -24,6 +24,21 @@ public static class BenchCommand
     public static Preset Find(string name) => Presets.FirstOrDefault(p => p.Name == name)
         ?? throw new ConfigException($"unknown --config '{name}' (choose {string.Join(", ", Presets.Select(p => p.Name))})");
 
+    /// <summary>`distgpt bench-gemm`: the matmul kernel on every Linear shape of the presets, against this core's peak.</summary>
+    public static Command CreateGemm()
+    {
+        var threads = new Option<int>("--threads") { Description = "compute threads (default: all cores)", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var portable = new Option<bool>("--portable") { Description = "also time the portable (non-SIMD) path" };
+        var command = new Command("bench-gemm", "Time the matmul kernel on the models' Linear shapes, as GFLOPS and % of the measured peak.") { threads, portable };
+        command.SetAction((r, _) => ExitCodes.Guard(() =>
+        {
+            if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
+            Console.Write(GemmBenchmark.Run(r.GetValue(threads), r.GetValue(portable)));
+            return 0;
+        }));
+        return command;
+    }
+
     public static Command Create()
     {
         var config = new Option<string>("--config") { Description = "tiny | cpu | shakespeare", DefaultValueFactory = _ => "cpu" };
