@@ -9,13 +9,12 @@ usage: /usr/bin/python3 bench/reference_ddp.py --config cpu --world 2 --steps N 
 """
 import argparse, json, os, resource, socket, sys, time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from reference_gpt import GPT, PRESETS
+from reference_gpt import GPT, PRESETS, load_splits, random_batch, train_step
 
 
 def free_port():
@@ -29,16 +28,12 @@ def rank_main(rank, args, port, results):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=args.world)
     torch.manual_seed(1337)  # same initial weights on every rank, as DDP broadcasts them anyway
-    text = open(args.data, encoding="utf-8").read()
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = np.array([stoi[c] for c in text], dtype=np.uint16)
-    train = data[: int(0.9 * len(data))]
+    vocab, train, _ = load_splits(args.data)
     n_layer, n_head, n_embd, block_size, batch_size, dropout = PRESETS[args.config]
     if batch_size % args.world:
         sys.exit(f"global batch {batch_size} does not split over {args.world} ranks")
     local_batch = batch_size // args.world
-    model = GPT(len(chars), n_layer, n_head, n_embd, block_size, dropout)
+    model = GPT(vocab, n_layer, n_head, n_embd, block_size, dropout)
     model.train()
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
     ddp = DistributedDataParallel(model)
@@ -47,14 +42,7 @@ def rank_main(rank, args, port, results):
     times = []
     for s in range(1, args.warmup + args.steps + 1):
         t0 = time.perf_counter()
-        ix = torch.randint(len(train) - block_size, (local_batch,))
-        x = torch.stack([torch.from_numpy(train[i:i + block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(train[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-        loss = ddp(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _ = train_step(ddp, optimizer, *random_batch(train, block_size, local_batch))
         ms = (time.perf_counter() - t0) * 1000
         if s > args.warmup:
             times.append(ms)

@@ -130,6 +130,37 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
+def load_splits(path):
+    """nanoGPT's prepare.py for Tiny Shakespeare: vocabulary of sorted characters, 90/10 train/val split."""
+    text = open(path, encoding="utf-8").read()
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(0.9 * len(data))
+    return len(chars), data[:n], data[n:]
+
+
+def windows(data, starts, block):
+    """(x, y) for sequences starting at `starts`: y is x shifted by one token."""
+    x = torch.stack([torch.from_numpy(data[i:i + block].astype(np.int64)) for i in starts])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block].astype(np.int64)) for i in starts])
+    return x, y
+
+
+def random_batch(data, block, batch):  # nanoGPT's get_batch
+    return windows(data, torch.randint(len(data) - block, (batch,)), block)
+
+
+def train_step(model, optimizer, x, y):
+    """nanoGPT's step: forward, backward, clip the global norm to 1.0, AdamW, zero_grad. Returns (loss, norm)."""
+    loss = model(x, y)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, float(norm)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="cpu", choices=sorted(PRESETS))
@@ -148,32 +179,16 @@ def main():
     if args.recipe:
         return train_recipe(args)
 
-    text = open(args.data, encoding="utf-8").read()
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = np.array([stoi[c] for c in text], dtype=np.uint16)
-    train = data[: int(0.9 * len(data))]
-
+    vocab, train, _ = load_splits(args.data)
     n_layer, n_head, n_embd, block_size, batch_size, dropout = PRESETS[args.config]
-    model = GPT(len(chars), n_layer, n_head, n_embd, block_size, dropout)
+    model = GPT(vocab, n_layer, n_head, n_embd, block_size, dropout)
     model.train()
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
-
-    def get_batch():  # nanoGPT's train.py
-        ix = torch.randint(len(train) - block_size, (batch_size,))
-        x = torch.stack([torch.from_numpy(train[i:i + block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(train[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-        return x, y
 
     times = []
     for s in range(1, args.warmup + args.steps + 1):
         t0 = time.perf_counter()
-        x, y = get_batch()
-        loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _ = train_step(model, optimizer, *random_batch(train, block_size, batch_size))
         ms = (time.perf_counter() - t0) * 1000
         if s > args.warmup:
             times.append(ms)
@@ -199,9 +214,7 @@ def full_split_loss(model, data, block, batch=64):
     total = 0.0
     for b0 in range(0, n, batch):
         idx = range(b0, min(n, b0 + batch))
-        x = torch.stack([torch.from_numpy(data[i * block:(i + 1) * block]) for i in idx])
-        y = torch.stack([torch.from_numpy(data[i * block + 1:(i + 1) * block + 1]) for i in idx])
-        total += model(x, y).item() * len(idx)
+        total += model(*windows(data, [i * block for i in idx], block)).item() * len(idx)
     model.train()
     return total / n
 
@@ -211,19 +224,11 @@ def train_recipe(args):
     max_iters, eval_interval, eval_iters = 2000, 250, 20
     learning_rate, min_lr, warmup_iters, lr_decay_iters = 1e-3, 1e-4, 100, 2000
     n_layer, n_head, n_embd, block_size, batch_size, dropout = PRESETS["cpu"]
-    text = open(args.data, encoding="utf-8").read()
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = np.array([stoi[c] for c in text], dtype=np.uint16)
-    n = int(0.9 * len(data))
-    splits = {"train": data[:n], "val": data[n:]}
+    vocab, train, val = load_splits(args.data)
+    splits = {"train": train, "val": val}
 
     def get_batch(split):
-        d = splits[split]
-        ix = torch.randint(len(d) - block_size, (batch_size,))
-        x = torch.stack([torch.from_numpy(d[i:i + block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(d[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-        return x, y
+        return random_batch(splits[split], block_size, batch_size)
 
     def get_lr(it):
         if it < warmup_iters:
@@ -242,7 +247,7 @@ def train_recipe(args):
         model.train()
         return out
 
-    model = GPT(len(chars), n_layer, n_head, n_embd, block_size, dropout)
+    model = GPT(vocab, n_layer, n_head, n_embd, block_size, dropout)
     optimizer = model.configure_optimizers(0.1, learning_rate, (0.9, 0.99))
     t0 = time.perf_counter()
     for it in range(max_iters + 1):
@@ -253,15 +258,10 @@ def train_recipe(args):
             print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
             if it == max_iters:
                 break
-        x, y = get_batch("train")
-        loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, *get_batch("train"))
     print(json.dumps({"impl": "pytorch " + torch.__version__, "recipe": "cpu", "seed": args.seed, "gelu": args.gelu,
                       "step": max_iters, "train_loss": round(losses["train"], 4), "val_loss": round(losses["val"], 4),
-                      "full_val_loss": round(full_split_loss(model, splits["val"].astype(np.int64), block_size), 4),
+                      "full_val_loss": round(full_split_loss(model, val, block_size), 4),
                       "seconds": round(time.perf_counter() - t0, 1)}))
 
 

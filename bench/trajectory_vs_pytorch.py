@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_gpt
-from reference_gpt import GPT, full_split_loss
+from reference_gpt import GPT, full_split_loss, load_splits, train_step, windows
 
 M64 = (1 << 64) - 1
 
@@ -74,11 +74,8 @@ def main():
     ours = [json.loads(l) for l in open(f"{tmp}/run/metrics.jsonl")]
     ours = [o for o in ours if "loss" in o]
 
-    text = open(args.data, encoding="utf-8").read()
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    train = np.array([stoi[c] for c in text[: int(0.9 * len(text))]], dtype=np.int64)
-    model = GPT(len(chars), n_layer, n_head, n_embd, block, 0.0)
+    vocab, train, val = load_splits(args.data)
+    model = GPT(vocab, n_layer, n_head, n_embd, block, 0.0)
     state = load_safetensors(f"{tmp}/init/ckpt/model.safetensors")
     missing = model.load_state_dict(state, strict=False)
     print(f"loaded {len(state)} tensors; not in checkpoint: {missing.missing_keys}", file=sys.stderr)
@@ -95,15 +92,9 @@ def main():
     window = []
     for s in range(1, args.steps + 1):
         starts = batch_starts(args.seed, s, batch, len(train), block)
-        x = torch.stack([torch.from_numpy(train[a:a + block]) for a in starts])
-        y = torch.stack([torch.from_numpy(train[a + 1:a + 1 + block]) for a in starts])
         for g in optimizer.param_groups:
             g["lr"] = get_lr(s - 1)
-        loss = model(x, y)
-        loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, norm = train_step(model, optimizer, *windows(train, starts, block))
         o = ours[s - 1]
         window.append(o["loss"] - loss.item())
         if s <= 10 or s % 25 == 0:
@@ -113,8 +104,7 @@ def main():
             window = []
 
     # Both final models on the whole validation split (non-overlapping windows): no eval-sampling noise.
-    val = np.array([stoi[c] for c in text[int(0.9 * len(text)):]], dtype=np.int64)
-    ours_final = GPT(len(chars), n_layer, n_head, n_embd, block, 0.0)
+    ours_final = GPT(vocab, n_layer, n_head, n_embd, block, 0.0)
     ours_final.load_state_dict(load_safetensors(f"{tmp}/run/ckpt/model.safetensors"), strict=False)
     print(json.dumps({"steps": args.steps, "seed": args.seed, "gelu": args.gelu,
                       "distgpt_full_val_loss": round(full_split_loss(ours_final, val, block), 4),
