@@ -7,14 +7,14 @@ PyTorch. Prints rank 0's per-step times, then one JSON line with the global toke
 
 usage: /usr/bin/python3 bench/reference_ddp.py --config cpu --world 2 --steps N --warmup N --data FILE
 """
-import argparse, json, os, resource, socket, sys, time
+import argparse, json, os, resource, socket, sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from reference_gpt import GPT, PRESETS, load_splits, random_batch, train_step
+from reference_gpt import GPT, PRESETS, load_splits, random_batch, timed_steps, train_step
 
 
 def free_port():
@@ -39,16 +39,9 @@ def rank_main(rank, args, port, results):
     ddp = DistributedDataParallel(model)
     torch.manual_seed(1337 + rank)  # each rank draws its own batches
 
-    times = []
-    for s in range(1, args.warmup + args.steps + 1):
-        t0 = time.perf_counter()
-        loss, _ = train_step(ddp, optimizer, *random_batch(train, block_size, local_batch))
-        ms = (time.perf_counter() - t0) * 1000
-        if s > args.warmup:
-            times.append(ms)
-        if rank == 0:
-            print(f"step {s}{' (warm-up)' if s <= args.warmup else ''}: loss {loss.item():.4f}, {ms:.1f} ms", flush=True)
-    results[rank] = (sorted(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    median = timed_steps(lambda: train_step(ddp, optimizer, *random_batch(train, block_size, local_batch))[0],
+                         args.warmup, args.steps, echo=rank == 0)
+    results[rank] = (median, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      sum(p.numel() for p in model.parameters()), batch_size * block_size)
     dist.destroy_process_group()
 
@@ -63,9 +56,7 @@ def main():
     args = ap.parse_args()
     results = mp.Manager().dict()
     mp.spawn(rank_main, args=(args, free_port(), results), nprocs=args.world, join=True)
-    times, _, params, tokens = results[0]
-    n = len(times)
-    median = times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+    median, _, params, tokens = results[0]
     print(json.dumps({"config": args.config, "impl": f"pytorch {torch.__version__} DDP gloo {args.world}x1 thread",
                       "params": params, "tokens_per_step": tokens, "ms_per_step": round(median, 2),
                       "tokens_per_s": round(tokens / (median / 1000), 1), "world": args.world,

@@ -161,6 +161,22 @@ def train_step(model, optimizer, x, y):
     return loss, float(norm)
 
 
+def timed_steps(step, warmup, steps, echo=True):
+    """Runs warmup + steps calls of step() (which returns the loss); returns the median ms of the timed ones."""
+    times = []
+    for s in range(1, warmup + steps + 1):
+        t0 = time.perf_counter()
+        loss = step()
+        ms = (time.perf_counter() - t0) * 1000
+        if s > warmup:
+            times.append(ms)
+        if echo:
+            print(f"step {s}{' (warm-up)' if s <= warmup else ''}: loss {loss.item():.4f}, {ms:.1f} ms", flush=True)
+    times.sort()
+    n = len(times)
+    return times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="cpu", choices=sorted(PRESETS))
@@ -185,18 +201,8 @@ def main():
     model.train()
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
 
-    times = []
-    for s in range(1, args.warmup + args.steps + 1):
-        t0 = time.perf_counter()
-        loss, _ = train_step(model, optimizer, *random_batch(train, block_size, batch_size))
-        ms = (time.perf_counter() - t0) * 1000
-        if s > args.warmup:
-            times.append(ms)
-        print(f"step {s}{' (warm-up)' if s <= args.warmup else ''}: loss {loss.item():.4f}, {ms:.1f} ms", flush=True)
-
-    times.sort()
-    n = len(times)
-    median = times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+    median = timed_steps(lambda: train_step(model, optimizer, *random_batch(train, block_size, batch_size))[0],
+                         args.warmup, args.steps)
     tokens = batch_size * block_size
     params = sum(p.numel() for p in model.parameters())
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
