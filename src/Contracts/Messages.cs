@@ -13,16 +13,21 @@ public enum MessageKind : byte
     Join = 1, JoinAccepted = 2, JoinRefused = 3, Compute = 4, Gradients = 5, Heartbeat = 6, Shutdown = 7, Failed = 8,
 }
 
-/// <summary>Worker → coordinator, first frame on a connection.</summary>
+/// <summary>Worker → coordinator, first frame on a connection.
+/// SharedMemory: the worker can map the coordinator's /dev/shm regions (it was started next to it, as dev mode does).</summary>
 public sealed record JoinRequest(
     string WorkerName, string BuildVersion, int ProtocolVersion, int Threads,
-    string? DataSha256, string? ExpectedConfigHash, string? ClusterToken);
+    string? DataSha256, string? ExpectedConfigHash, string? ClusterToken, bool SharedMemory = false);
 
 /// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches, and the
 /// element type the worker sends its gradient sums in (the weights always come as float32).</summary>
 public sealed record JoinAccepted(
     string RunId, int Rank, GptConfig Config, string ConfigHash, string Vocabulary, ulong Seed,
-    long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32);
+    long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32,
+    SharedMemoryPaths? SharedMemory = null);
+
+/// <summary>The two regions a same-host connection moves its payloads through (see Wire.SharedMemoryRegion).</summary>
+public sealed record SharedMemoryPaths(string Down, long DownBytes, string Up, long UpBytes);
 
 public sealed record JoinRefused(string Reason);
 

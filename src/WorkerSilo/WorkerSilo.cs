@@ -43,7 +43,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                 continue;
             }
             joinRetryUntil = null;
-            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()})");
+            using var shared = MapSharedMemory(channel, accepted);
+            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
             joinedBefore = true;
             Prepare(accepted);
             if (await ServeAsync(channel, accepted, cancel)) return 0;
@@ -53,7 +54,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
 
     async Task<JoinAccepted> JoinAsync(FrameChannel channel, string? dataSha, CancellationToken cancel)
     {
-        var request = new JoinRequest(options.Name, BuildInfo.Version, BuildInfo.ProtocolVersion, options.Threads, dataSha, options.ExpectConfigHash, options.ClusterToken);
+        var request = new JoinRequest(options.Name, BuildInfo.Version, BuildInfo.ProtocolVersion, options.Threads, dataSha, options.ExpectConfigHash, options.ClusterToken,
+            SharedMemory: options.SharedMemory && SharedMemoryRegion.Directory != null);
         await channel.SendAsync(MessageKind.Join, request, cancel);
         var frame = await channel.ReceiveAsync(cancel) ?? throw new RunFailedException("the coordinator closed the connection during the join");
         return frame.Kind switch
@@ -62,6 +64,33 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             MessageKind.JoinRefused => throw new JoinRefusedException($"the coordinator refused {options.Name}: {frame.Read<JoinRefused>().Reason}"),
             _ => throw new ProtocolException($"expected JoinAccepted, got {frame.Kind}"),
         };
+    }
+
+    /// <summary>Maps the coordinator's payload regions when it offered them; the channel reads and writes payloads there.</summary>
+    static SharedRegions? MapSharedMemory(FrameChannel channel, JoinAccepted accepted)
+    {
+        if (accepted.SharedMemory is not { } paths) return null;
+        var down = SharedMemoryRegion.Open(paths.Down, paths.DownBytes);
+        try
+        {
+            var up = SharedMemoryRegion.Open(paths.Up, paths.UpBytes);
+            channel.UseSharedMemory(send: up, receive: down);
+            return new SharedRegions(down, up);
+        }
+        catch
+        {
+            down.Dispose();
+            throw;
+        }
+    }
+
+    sealed record SharedRegions(SharedMemoryRegion Down, SharedMemoryRegion Up) : IDisposable
+    {
+        public void Dispose()
+        {
+            Down.Dispose();
+            Up.Dispose();
+        }
     }
 
     void Prepare(JoinAccepted accepted)

@@ -56,6 +56,26 @@ public sealed class DistributedTests
     }
 
     [Fact]
+    public void DevModeMovesTensorsThroughSharedMemoryWithTheSameLossesAsTcpAndCleansUp()
+    {
+        using var tmp = new TempDirectory("shm");
+        string run = $"dev --workers 2 --worker-threads 1 {Model} --max-iters 10 --eval-interval 10";
+        string shm = tmp.Subdirectory("shm"), tcp = tmp.Subdirectory("tcp");
+        var a = CliRunner.Run($"{run} --out {shm}", Env(), Timeout); // shm is dev mode's default
+        Assert.True(a.ExitCode == 0, a.ToString());
+        Assert.Contains("payloads through shared memory", a.StdOut);
+        var b = CliRunner.Run($"{run} --out {tcp} --transport tcp", Env(), Timeout);
+        Assert.True(b.ExitCode == 0, b.ToString());
+        Assert.DoesNotContain("payloads through shared memory", b.StdOut);
+        Assert.Equal(Metrics(tcp).Select(m => m.GetProperty("loss").GetDouble()), Metrics(shm).Select(m => m.GetProperty("loss").GetDouble()));
+        string runId = JsonDocument.Parse(File.ReadAllText(Path.Combine(shm, "ckpt", "checkpoint.json"))).RootElement.GetProperty("run_id").GetString()!;
+        Assert.Empty(Directory.GetFiles("/dev/shm", $"distgpt-{runId}-*"));
+        var bad = CliRunner.Run($"{run} --out {tmp.Subdirectory("bad")} --transport carrier-pigeon", Env(), Timeout);
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--transport", bad.StdErr);
+    }
+
+    [Fact]
     public void DevModeWithBf16GradientsTrainsCloseToFp32AndReceivesHalfTheGradientBytes()
     {
         using var tmp = new TempDirectory("bf16");

@@ -15,14 +15,26 @@ public sealed record Frame(MessageKind Kind, byte[] Header, long PayloadLength)
     }
 }
 
-/// <summary>Framing for the coordinator↔worker connection: 16-byte prefix (magic "DG", kind, header length,
-/// payload length), a JSON header, then a raw payload streamed in bounded chunks straight from/to tensor memory.</summary>
+/// <summary>Framing for the coordinator↔worker connection: 16-byte prefix (magic "DG", kind, flags, header length,
+/// payload length), a JSON header, then a raw payload streamed in bounded chunks straight from/to tensor memory; or,
+/// once both ends have mapped a <see cref="SharedMemoryRegion"/> per direction (same host), large payloads go through
+/// those (flag 1) and only the prefix and header through the socket.</summary>
 public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
 {
     const ushort Magic = 0x4744;
     const int PrefixBytes = 16, MaxHeaderBytes = 1 << 20, ChunkBytes = 1 << 20;
+    const byte PayloadInSharedMemory = 1;
+    const long SharedPayloadMinBytes = 64 << 10; // smaller payloads are cheaper on the socket than a second copy
     readonly SemaphoreSlim sendLock = new(1, 1);
     readonly byte[] prefix = new byte[PrefixBytes];
+    SharedMemoryRegion? sharedSend, sharedReceive;
+    long sharedPayload = -1, sharedCursor; // the received frame's payload length when it is in shared memory, else -1
+
+    /// <summary>From now on, payloads of at least 64 KiB that fit go through <paramref name="send"/>, and frames flagged
+    /// so are read from <paramref name="receive"/>. The channel does not own the regions.</summary>
+    public void UseSharedMemory(SharedMemoryRegion send, SharedMemoryRegion receive) => (sharedSend, sharedReceive) = (send, receive);
+
+    public bool UsesSharedMemory => sharedSend != null;
 
     /// <summary>Called after each payload chunk is written (fault injection in tests; null otherwise).</summary>
     public Action? AfterPayloadChunk { get; set; }
@@ -39,21 +51,56 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         head[2] = (byte)kind;
         BinaryPrimitives.WriteInt32LittleEndian(head.AsSpan(4), json.Length);
         BinaryPrimitives.WriteInt64LittleEndian(head.AsSpan(8), payloadLength);
+        bool shared = sharedSend != null && payloadLength >= SharedPayloadMinBytes && payloadLength <= sharedSend.Capacity;
+        if (shared) head[3] = PayloadInSharedMemory;
         await sendLock.WaitAsync(cancel);
         try
         {
-            await output.WriteAsync(head, cancel);
-            await output.WriteAsync(json, cancel);
-            foreach (var part in payload)
-                for (int o = 0; o < part.Length; o += ChunkBytes)
-                {
-                    await output.WriteAsync(part.Slice(o, Math.Min(ChunkBytes, part.Length - o)), cancel);
-                    if (AfterPayloadChunk is { } hook) { await output.FlushAsync(cancel); hook(); }
-                }
+            if (shared)
+            {
+                CopyToShared(payload); // before the header: the peer reads the region only after it
+                await output.WriteAsync(head, cancel);
+                await output.WriteAsync(json, cancel);
+            }
+            else
+            {
+                await output.WriteAsync(head, cancel);
+                await output.WriteAsync(json, cancel);
+                foreach (var part in payload)
+                    for (int o = 0; o < part.Length; o += ChunkBytes)
+                    {
+                        await output.WriteAsync(part.Slice(o, Math.Min(ChunkBytes, part.Length - o)), cancel);
+                        if (AfterPayloadChunk is { } hook) { await output.FlushAsync(cancel); hook(); }
+                    }
+            }
             await output.FlushAsync(cancel);
             BytesSent += PrefixBytes + json.Length + payloadLength;
         }
         finally { sendLock.Release(); }
+    }
+
+    unsafe void CopyToShared(ReadOnlyMemory<byte>[] payload)
+    {
+        long at = 0;
+        foreach (var part in payload)
+            for (int o = 0; o < part.Length; o += ChunkBytes)
+            {
+                var chunk = part.Span.Slice(o, Math.Min(ChunkBytes, part.Length - o));
+                chunk.CopyTo(new Span<byte>(sharedSend!.Pointer + at, chunk.Length));
+                at += chunk.Length;
+                AfterPayloadChunk?.Invoke();
+            }
+    }
+
+    /// <summary>The next <paramref name="length"/> bytes of the current frame's payload in the receive region.</summary>
+    unsafe ReadOnlySpan<byte> TakeShared(int length)
+    {
+        if (sharedCursor + length > sharedPayload)
+            throw new ProtocolException($"read past the end of a {sharedPayload}-byte shared-memory payload");
+        var span = new ReadOnlySpan<byte>(sharedReceive!.Pointer + sharedCursor, length);
+        sharedCursor += length;
+        BytesReceived += length;
+        return span;
     }
 
     /// <summary>Reads the next frame's prefix and header; null when the peer closed the connection cleanly.</summary>
@@ -76,6 +123,13 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         long payloadLength = BinaryPrimitives.ReadInt64LittleEndian(prefix.AsSpan(8));
         if (headerLength is < 0 or > MaxHeaderBytes) throw new ProtocolException($"frame header length {headerLength} is out of range");
         if (payloadLength < 0) throw new ProtocolException($"frame payload length {payloadLength} is negative");
+        sharedPayload = -1;
+        if (prefix[3] == PayloadInSharedMemory)
+        {
+            if (sharedReceive == null) throw new ProtocolException("frame payload is in shared memory, but this connection has none");
+            if (payloadLength > sharedReceive.Capacity) throw new ProtocolException($"shared-memory payload of {payloadLength} bytes exceeds the region's {sharedReceive.Capacity}");
+            (sharedPayload, sharedCursor) = (payloadLength, 0);
+        }
         var header = new byte[headerLength];
         await ReadExactlyAsync(header, cancel);
         BytesReceived += PrefixBytes + headerLength;
@@ -85,6 +139,11 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     /// <summary>Reads exactly destination.Length payload bytes, in bounded chunks.</summary>
     public async Task ReadPayloadAsync(Memory<byte> destination, CancellationToken cancel = default)
     {
+        if (sharedPayload >= 0)
+        {
+            TakeShared(destination.Length).CopyTo(destination.Span);
+            return;
+        }
         for (int o = 0; o < destination.Length; o += ChunkBytes)
             await ReadExactlyAsync(destination.Slice(o, Math.Min(ChunkBytes, destination.Length - o)), cancel);
         BytesReceived += destination.Length;
@@ -95,8 +154,13 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     public async Task ReadBFloat16PayloadAsync(Memory<byte> destination, CancellationToken cancel = default)
     {
         if (destination.Length % sizeof(float) != 0) throw new ArgumentException($"destination of {destination.Length} bytes is not float32s");
-        var chunk = wideningChunk ??= new byte[ChunkBytes];
         int elements = destination.Length / sizeof(float), perChunk = ChunkBytes / sizeof(ushort);
+        if (sharedPayload >= 0)
+        {
+            Widen(TakeShared(elements * sizeof(ushort)), destination.Span);
+            return;
+        }
+        var chunk = wideningChunk ??= new byte[ChunkBytes];
         for (int e = 0; e < elements; e += perChunk)
         {
             int n = Math.Min(perChunk, elements - e);
@@ -113,6 +177,11 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
 
     public async Task SkipPayloadAsync(long length, CancellationToken cancel = default)
     {
+        if (sharedPayload >= 0)
+        {
+            for (long left = length; left > 0; left -= ChunkBytes) TakeShared((int)Math.Min(left, ChunkBytes));
+            return;
+        }
         var scratch = new byte[(int)Math.Min(length, ChunkBytes)];
         for (long left = length; left > 0; left -= scratch.Length)
             await ReadExactlyAsync(scratch.AsMemory(0, (int)Math.Min(left, scratch.Length)), cancel);

@@ -18,7 +18,12 @@ public static class DevCommand
         var workerThreads = new Option<int>("--worker-threads") { Description = "threads per worker (default: cores / workers)" };
         var restart = new Option<bool>("--restart-workers") { Description = "restart a crashed worker process (bounded) and keep training", DefaultValueFactory = _ => true };
         var maxRestarts = new Option<int>("--max-restarts") { Description = "restarts allowed over the run", DefaultValueFactory = _ => 5 };
-        var command = new Command("dev", "Train with a coordinator and N worker processes on this machine.") { workers, workerThreads, restart, maxRestarts };
+        var transport = new Option<string>("--transport")
+        {
+            Description = "how tensors move between the processes: shm (through /dev/shm, headers on the socket) or tcp (all on the socket)",
+            DefaultValueFactory = _ => "shm",
+        };
+        var command = new Command("dev", "Train with a coordinator and N worker processes on this machine.") { workers, workerThreads, restart, maxRestarts, transport };
         train.AddTo(command);
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
@@ -30,13 +35,15 @@ public static class DevCommand
             if (perWorker < 1) throw new ConfigException($"--worker-threads must be positive (got {perWorker})");
             Compute.Threads = train.ReadThreads(r);
             bool restarting = r.GetValue(restart);
+            string mode = r.GetValue(transport)!;
+            if (mode is not ("shm" or "tcp")) throw new ConfigException($"--transport must be shm or tcp (got '{mode}')");
             string token = cluster.Token(r) ?? Convert.ToHexString(RandomNumberGenerator.GetBytes(24)).ToLowerInvariant();
             var settings = new CoordinatorSettings
             {
                 Listen = new Uri("http://127.0.0.1:0"), MinWorkers = n, ClusterToken = token,
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, r.GetValue(cluster.JoinTimeout))),
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
-                GradientDType = cluster.GradientDType(r),
+                GradientDType = cluster.GradientDType(r), OfferSharedMemory = mode == "shm",
             };
             using var setup = RunSetup.Create(train, r);
             CoordinatorCommand.PrintModel(setup);
@@ -51,7 +58,8 @@ public static class DevCommand
                     processes = new WorkerProcesses(name =>
                     {
                         var info = WorkerProcesses.SelfCommand(["worker", "--coordinator", address.ToString(), "--name", name,
-                            "--threads", perWorker.ToString(), "--data", setup.Corpus.Path, "--connect-timeout", "20"]);
+                            "--threads", perWorker.ToString(), "--data", setup.Corpus.Path, "--connect-timeout", "20",
+                            ..(settings.OfferSharedMemory ? new[] { "--shared-memory" } : [])]);
                         info.Environment[ClusterOptions.TokenEnvVar] = token; // not on the command line, where ps would show it
                         return info;
                     }, restarting ? r.GetValue(maxRestarts) : 0);

@@ -17,7 +17,8 @@ public static class WorkerCommand
         var connectTimeout = new Option<double>("--connect-timeout") { Description = "seconds to keep retrying an unreachable coordinator", DefaultValueFactory = _ => 30 };
         var expectConfig = new Option<string>("--expect-config") { Description = "refuse to join unless the run's model-config hash is this" };
         var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate that signed the coordinator's TLS certificate" };
-        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa };
+        var sharedMemory = new Option<bool>("--shared-memory") { Description = "on the coordinator's host: take tensors through /dev/shm when it offers (dev mode does)" };
+        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, sharedMemory };
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
@@ -34,7 +35,7 @@ public static class WorkerCommand
                 Threads = r.GetValue(threads), DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = TimeSpan.FromSeconds(r.GetValue(connectTimeout)), ExpectConfigHash = r.GetValue(expectConfig),
-                TlsCaPath = r.GetValue(tlsCa), Log = msg => Telemetry.TraceLog.Write("worker", msg),
+                TlsCaPath = r.GetValue(tlsCa), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),
             };
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.WorkerService, options.Name);
             using var silo = new WorkerSilo.WorkerSilo(options);

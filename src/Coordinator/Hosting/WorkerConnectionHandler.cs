@@ -6,8 +6,10 @@ using System.Net;
 namespace DistGpt.Coordinator.Hosting;
 
 /// <summary>Serves one worker's persistent connection (as Orleans' own networking: one connection per silo).
-/// First frame must be a join; then the connection carries compute calls until either side leaves.</summary>
-public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log)
+/// First frame must be a join; then the connection carries compute calls until either side leaves. With
+/// <paramref name="offerSharedMemory"/> (dev mode), a worker that says it runs on this host gets two /dev/shm regions
+/// for its payloads, so tensors skip the socket.</summary>
+public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log, bool offerSharedMemory = false)
 {
     public async Task HandleAsync(Stream stream, EndPoint? remote, Action abort, CancellationToken closed)
     {
@@ -44,9 +46,20 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
             return;
         }
         var worker = new RemoteWorker(channel, request.WorkerName, accepted.Rank, grain.Run, accepted.SendsWindows, abort);
+        SharedMemoryRegion? down = null, up = null;
         try
         {
+            if (offerSharedMemory && request.SharedMemory && SharedMemoryRegion.Directory is { } dir)
+            {
+                // Weights (and, when they fit, token windows) down; a gradient sum up.
+                long tensorBytes = accepted.ParameterCount * sizeof(float);
+                string stem = Path.Combine(dir, $"distgpt-{accepted.RunId}-{accepted.Rank}-{Guid.NewGuid():N}");
+                down = SharedMemoryRegion.Create(stem + "-down", tensorBytes + (1 << 20));
+                up = SharedMemoryRegion.Create(stem + "-up", tensorBytes);
+                accepted = accepted with { SharedMemory = new SharedMemoryPaths(down.Path, down.Capacity, up.Path, up.Capacity) };
+            }
             await channel.SendAsync(MessageKind.JoinAccepted, accepted);
+            if (down != null) channel.UseSharedMemory(send: down, receive: up!);
             grain.Admit(worker);
             using var stopHeartbeats = CancellationTokenSource.CreateLinkedTokenSource(closed);
             var heartbeats = worker.HeartbeatLoopAsync(stopHeartbeats.Token);
@@ -58,6 +71,11 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
         catch (Exception e) when (e is IOException or ObjectDisposedException)
         {
             grain.Leave(worker, $"connection failed: {e.Message}");
+        }
+        finally
+        {
+            down?.Dispose();
+            up?.Dispose();
         }
     }
 }
