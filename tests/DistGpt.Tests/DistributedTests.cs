@@ -196,6 +196,11 @@ public sealed class DistributedTests
         using var dev = CliRunner.Start(CliRunner.Split(
             $"dev --workers 2 --worker-threads 1 --restart-workers false {Model} --max-iters 100000 --eval-interval 100000 --out {tmp.Path}"), Env());
         Assert.True(dev.WaitForOutput(o => o.Contains("step 10:"), Timeout), dev.StdOut + dev.StdErr);
+        // The shared-memory payload regions are unlinked once both ends mapped them: a kill cannot leave them behind.
+        string runId = System.Text.RegularExpressions.Regex.Match(dev.StdOut, "joined run ([0-9a-f]+)").Groups[1].Value;
+        Assert.NotEmpty(runId);
+        Assert.Contains("payloads through shared memory", dev.StdOut);
+        Assert.Empty(Directory.GetFiles("/dev/shm", $"distgpt-{runId}-*"));
         var child = WorkerPids(dev.Id).First();
         Process.GetProcessById(child).Kill();
         var clock = System.Diagnostics.Stopwatch.StartNew();

@@ -5,7 +5,8 @@ namespace DistGpt.Contracts.Wire;
 /// <summary>A file in /dev/shm mapped by both ends of a connection on one host. A frame's payload crosses through it
 /// instead of the socket: the sender copies the payload in and then sends the frame's prefix and header on the socket;
 /// the receiver copies the payload out after reading them. The socket's ordering keeps the two in step: one region per
-/// direction, and each side has copied a payload out before the other side can send the next one (request/reply).</summary>
+/// direction, and each side has copied a payload out before the other side can send the next one (request/reply).
+/// The peer unlinks the file once both ends have mapped it; the mappings stay valid until both are disposed.</summary>
 public sealed unsafe class SharedMemoryRegion : IDisposable
 {
     readonly MemoryMappedFile file;
