@@ -113,8 +113,9 @@ public sealed class DistributedGradientSource(
 
         using var summing = TrainingTelemetry.Start("sum gradients", step);
         var grads = model.Parameters.Grads;
-        shareBuffers[0].Span.CopyTo(grads.Span);
-        for (int s = 1; s < shares.Count; s++) TensorPrimitives.Add(grads.Span, shareBuffers[s].Span, grads.Span);
+        if (shares.Count == 1) shareBuffers[0].Span.CopyTo(grads.Span);
+        else TensorPrimitives.Add(shareBuffers[0].Span, shareBuffers[1].Span, grads.Span); // one pass for the first two
+        for (int s = 2; s < shares.Count; s++) TensorPrimitives.Add(grads.Span, shareBuffers[s].Span, grads.Span);
         double lossSum = 0;
         long tokens = 0;
         foreach (var r in replies) { lossSum += r!.LossSum; tokens += r.Tokens; }
