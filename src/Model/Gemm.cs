@@ -153,6 +153,19 @@ public static unsafe class Gemm
         }
     }
 
+    /// dst (rows x width, row-major) = the first n columns of each of src's rows (stride ld), zero-padded to width:
+    /// the ragged edge of a packed panel.
+    static void CopyPadded(float* src, int ld, int rows, int n, int width, float* dst)
+    {
+        for (int p = 0; p < rows; p++, src += ld)
+        {
+            float* d = dst + p * width;
+            int i = 0;
+            for (; i < n; i++) d[i] = src[i];
+            for (; i < width; i++) d[i] = 0;
+        }
+    }
+
     /// Naive triple loop with a double accumulator; same contract as <see cref="Sgemm"/>.
     public static void SgemmReference(bool transA, bool transB, int m, int n, int k, float alpha,
         float* a, int lda, float* b, int ldb, float beta, float* c, int ldc, bool parallel = true)
@@ -268,16 +281,7 @@ public static unsafe class Gemm
                         Sse.StoreLow(d + 4, Sse.LoadLow(Vector128<float>.Zero, src + 4));
                     }
                 }
-                else
-                {
-                    for (int p = 0; p < kc; p++, src += lda)
-                    {
-                        float* d = dst + p * MR;
-                        int i = 0;
-                        for (; i < mr; i++) d[i] = src[i];
-                        for (; i < MR; i++) d[i] = 0;
-                    }
-                }
+                else CopyPadded(src, lda, kc, mr, MR, dst);
             }
             else if (mr == MR)
             {
@@ -339,16 +343,7 @@ public static unsafe class Gemm
                         Avx.Store(dst + p * NR + 8, Avx.LoadVector256(src + 8));
                     }
                 }
-                else
-                {
-                    for (int p = 0; p < kc; p++, src += ldb)
-                    {
-                        float* d = dst + p * NR;
-                        int j = 0;
-                        for (; j < nr; j++) d[j] = src[j];
-                        for (; j < NR; j++) d[j] = 0;
-                    }
-                }
+                else CopyPadded(src, ldb, kc, nr, NR, dst);
             }
             else
             {

@@ -74,11 +74,11 @@ public static unsafe class GemmBenchmark
     /// <summary>Runs every shape on the SIMD path (and the portable one when asked) with <paramref name="threads"/> cores.</summary>
     public static string Run(int threads, bool portable = false)
     {
-        double PeakPerCore = MeasurePeakPerCore();
+        double peakPerCore = MeasurePeakPerCore();
         int savedThreads = Compute.Threads;
         bool savedScalar = Gemm.UseScalarPath;
         var report = new StringBuilder();
-        report.AppendLine($"SGEMM benchmark, {threads} thread(s), medians. Peak: {PeakPerCore:F1} GFLOPS per core, measured with " +
+        report.AppendLine($"SGEMM benchmark, {threads} thread(s), medians. Peak: {peakPerCore:F1} GFLOPS per core, measured with " +
                           "independent 8-wide FMA chains (serial shapes count 1 core, the others all threads).");
         report.AppendLine($"{"shape",-34} {"m x n x k",-18} {"op",-4} {"simd GFLOPS",12} {"% peak",7}" + (portable ? $" {"portable",10} {"% peak",7}" : ""));
         try
@@ -88,7 +88,7 @@ public static unsafe class GemmBenchmark
             {
                 Gemm.UseScalarPath = false;
                 double simd = Measure(s);
-                double peak = PeakPerCore * (s.Parallel ? threads : 1);
+                double peak = peakPerCore * (s.Parallel ? threads : 1);
                 string op = (s.TransA ? "T" : "N") + (s.TransB ? "T" : "N");
                 string line = $"{s.Name,-34} {$"{s.M}x{s.N}x{s.K}",-18} {op,-4} {simd,12:F1} {100 * simd / peak,6:F0}%";
                 if (portable)

@@ -34,8 +34,6 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     /// so are read from <paramref name="receive"/>. The channel does not own the regions.</summary>
     public void UseSharedMemory(SharedMemoryRegion send, SharedMemoryRegion receive) => (sharedSend, sharedReceive) = (send, receive);
 
-    public bool UsesSharedMemory => sharedSend != null;
-
     /// <summary>Called after each payload chunk is written (fault injection in tests; null otherwise).</summary>
     public Action? AfterPayloadChunk { get; set; }
 
@@ -56,23 +54,16 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         await sendLock.WaitAsync(cancel);
         try
         {
-            if (shared)
-            {
-                CopyToShared(payload); // before the header: the peer reads the region only after it
-                await output.WriteAsync(head, cancel);
-                await output.WriteAsync(json, cancel);
-            }
-            else
-            {
-                await output.WriteAsync(head, cancel);
-                await output.WriteAsync(json, cancel);
+            if (shared) CopyToShared(payload); // before the header: the peer reads the region only after it
+            await output.WriteAsync(head, cancel);
+            await output.WriteAsync(json, cancel);
+            if (!shared)
                 foreach (var part in payload)
                     for (int o = 0; o < part.Length; o += ChunkBytes)
                     {
                         await output.WriteAsync(part.Slice(o, Math.Min(ChunkBytes, part.Length - o)), cancel);
                         if (AfterPayloadChunk is { } hook) { await output.FlushAsync(cancel); hook(); }
                     }
-            }
             await output.FlushAsync(cancel);
             BytesSent += PrefixBytes + json.Length + payloadLength;
         }

@@ -27,13 +27,12 @@ public static class BenchCommand
     /// <summary>`distgpt bench-gemm`: the matmul kernel on every Linear shape of the presets, against this core's peak.</summary>
     public static Command CreateGemm()
     {
-        var threads = new Option<int>("--threads") { Description = "compute threads (default: all cores)", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var threads = ThreadsOption.Create();
         var portable = new Option<bool>("--portable") { Description = "also time the portable (non-SIMD) path" };
         var command = new Command("bench-gemm", "Time the matmul kernel on the models' Linear shapes, as GFLOPS and % of the measured peak.") { threads, portable };
         command.SetAction((r, _) => ExitCodes.Guard(() =>
         {
-            if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
-            Console.Write(GemmBenchmark.Run(r.GetValue(threads), r.GetValue(portable)));
+            Console.Write(GemmBenchmark.Run(ThreadsOption.Read(r, threads), r.GetValue(portable)));
             return 0;
         }));
         return command;
@@ -44,15 +43,14 @@ public static class BenchCommand
         var config = new Option<string>("--config") { Description = "tiny | cpu | shakespeare", DefaultValueFactory = _ => "cpu" };
         var steps = new Option<int>("--steps") { Description = "timed steps", DefaultValueFactory = _ => 20 };
         var warmup = new Option<int>("--warmup") { Description = "untimed steps first", DefaultValueFactory = _ => 3 };
-        var threads = new Option<int>("--threads") { Description = "compute threads (default: all cores)", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var threads = ThreadsOption.Create();
         var data = new Option<string>("--data") { Description = "corpus file" };
         var command = new Command("bench", "Time training steps of a preset config on the real corpus.") { config, steps, warmup, threads, data };
         command.SetAction((r, _) => ExitCodes.Guard(() =>
         {
             var preset = Find(r.GetValue(config)!);
             if (r.GetValue(steps) < 1) throw new ConfigException($"--steps must be positive (got {r.GetValue(steps)})");
-            if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
-            Compute.Threads = r.GetValue(threads);
+            Compute.Threads = ThreadsOption.Read(r, threads);
             var corpus = TextCorpus.Load(DataLocator.Resolve(r.GetValue(data)));
             var result = Run(preset, corpus, r.GetValue(steps), r.GetValue(warmup));
             Console.WriteLine(JsonSerializer.Serialize(result, Json.Options));

@@ -35,7 +35,7 @@ public sealed class ProgressView
         string line = $"step {m.Step}: loss {m.Loss:F4}, lr {m.Lr:E2}, {m.StepMs:F1} ms, {m.TokensPerS:F0} tok/s" +
                       (m.CommMs is { } c ? $", comm {c:F1} ms" : "") + (extra == null ? "" : ", " + extra);
         string? eval = m.ValLoss is { } v ? $"step {m.Step}: train loss {m.TrainLoss:F4}, val loss {v:F4}" : null;
-        if (eval != null && m.ValLossFull is { } full) eval += $" (whole val split: {full:F4})";
+        if (eval != null) eval += WholeSplit(m.ValLossFull);
         if (task != null)
         {
             task.Value = m.Step;
@@ -47,7 +47,6 @@ public sealed class ProgressView
         if (eval != null) Telemetry.TraceLog.Line("progress", eval);
     }
 
-    /// <summary>" (whole val split: x)" for the end-of-run line, when the last step measured it.</summary>
-    public static string WholeSplit(TrainingLoop loop) =>
-        loop.FinalValLossFull is { } full ? $" (whole val split: {full:F4})" : "";
+    /// <summary>" (whole val split: x)" after a val loss, when the last step measured it; else empty.</summary>
+    public static string WholeSplit(float? valLossFull) => valLossFull is { } full ? $" (whole val split: {full:F4})" : "";
 }

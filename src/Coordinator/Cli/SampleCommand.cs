@@ -16,14 +16,13 @@ public static class SampleCommand
         var temperature = new Option<float>("--temperature") { Description = "softmax temperature (< 1: more conservative)", DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { Description = "sample only from the k likeliest tokens (0: all)", DefaultValueFactory = _ => 200 };
         var seed = new Option<ulong>("--seed") { Description = "sampling seed", DefaultValueFactory = _ => 1 };
-        var threads = new Option<int>("--threads") { Description = "compute threads", DefaultValueFactory = _ => 1 };
+        var threads = ThreadsOption.Create(defaultThreads: 1);
         var command = new Command("sample", "Generate text from a checkpoint.") { checkpoint, prompt, maxNew, temperature, topK, seed, threads };
         command.SetAction((r, _) => ExitCodes.Guard(() =>
         {
             if (r.GetValue(maxNew) < 0) throw new ConfigException($"--max-new-tokens must be >= 0 (got {r.GetValue(maxNew)})");
             if (r.GetValue(topK) < 0) throw new ConfigException($"--top-k must be >= 0 (got {r.GetValue(topK)})");
-            if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
-            Compute.Threads = r.GetValue(threads);
+            Compute.Threads = ThreadsOption.Read(r, threads);
             var ckpt = Checkpoint.Open(r.GetValue(checkpoint)!);
             using var model = new Gpt(ckpt.State.Config with { Dropout = 0 });
             ckpt.LoadWeights(model);

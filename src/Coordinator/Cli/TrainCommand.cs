@@ -28,7 +28,7 @@ public static class TrainCommand
                 OnStep = m => view.Report(m),
             };
             view.Run(run.StartStep, () => loop.Run(cancel));
-            Console.WriteLine($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}{ProgressView.WholeSplit(loop)}; checkpoint and metrics.jsonl in {run.OutDir}");
+            Console.WriteLine($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}{ProgressView.WholeSplit(loop.FinalValLossFull)}; checkpoint and metrics.jsonl in {run.OutDir}");
             return 0;
         }));
         return command;

@@ -85,8 +85,7 @@ public sealed class TrainOptions
     public int ReadThreads(ParseResult r)
     {
         int threads = r.GetResult(Threads) is { Implicit: false } ? r.GetValue(Threads) : Environment.ProcessorCount;
-        if (threads < 1) throw new ConfigException($"--threads must be positive (got {threads})");
-        return threads;
+        return ThreadsOption.Check(threads);
     }
 
     static Dictionary<string, JsonElement> LoadConfigFile(string? path)

@@ -11,7 +11,7 @@ public static class WorkerCommand
     {
         var coordinator = new Option<string>("--coordinator") { Description = "the coordinator's address, http://HOST:PORT", Required = true };
         var name = new Option<string>("--name") { Description = "unique worker name (default: host-pid)" };
-        var threads = new Option<int>("--threads") { Description = "compute threads (default: all cores)", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var threads = ThreadsOption.Create();
         var data = new Option<string>("--data") { Description = $"this node's copy of the corpus (else ${DataLocator.EnvVar}; with neither, the coordinator sends each step's windows)" };
         var token = new Option<string>("--cluster-token") { Description = $"shared secret (else ${ClusterOptions.TokenEnvVar})" };
         var connectTimeout = new Option<double>("--connect-timeout") { Description = "seconds to keep retrying an unreachable coordinator", DefaultValueFactory = _ => 30 };
@@ -21,7 +21,7 @@ public static class WorkerCommand
         var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, sharedMemory };
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
-            if (r.GetValue(threads) < 1) throw new ConfigException($"--threads must be positive (got {r.GetValue(threads)})");
+            int computeThreads = ThreadsOption.Read(r, threads);
             if (!(r.GetValue(connectTimeout) > 0)) throw new ConfigException($"--connect-timeout must be positive (got {r.GetValue(connectTimeout)})");
             string? dataPath = r.GetValue(data);
             if (string.IsNullOrEmpty(dataPath)) dataPath = Environment.GetEnvironmentVariable(DataLocator.EnvVar);
@@ -32,7 +32,7 @@ public static class WorkerCommand
             {
                 Coordinator = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator"),
                 Name = r.GetValue(name) ?? $"{Environment.MachineName}-{Environment.ProcessId}",
-                Threads = r.GetValue(threads), DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
+                Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = TimeSpan.FromSeconds(r.GetValue(connectTimeout)), ExpectConfigHash = r.GetValue(expectConfig),
                 TlsCaPath = r.GetValue(tlsCa), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),

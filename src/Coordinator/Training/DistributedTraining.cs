@@ -67,7 +67,7 @@ public static class DistributedTraining
                 OnStep = m => view.Report(m, WorkerSummary(m)),
             };
             await Task.Run(() => view.Run(setup.StartStep, () => loop.Run(cancel)), cancel);
-            log($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}{ProgressView.WholeSplit(loop)}; checkpoint and metrics.jsonl in {setup.OutDir}");
+            log($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}{ProgressView.WholeSplit(loop.FinalValLossFull)}; checkpoint and metrics.jsonl in {setup.OutDir}");
             await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync($"training finished at step {loop.Step}")));
             return ExitCodes.Ok;
         }

@@ -21,11 +21,17 @@ public static class BatchSampler
         for (int b = 0; b < count; b++)
         {
             long start = Start(seed, split, step, first + b, data.Length, blockSize);
-            for (int t = 0; t < blockSize; t++)
-            {
-                tokens[b * blockSize + t] = data[start + t];
-                targets[b * blockSize + t] = data[start + t + 1];
-            }
+            CopyWindow(data, start, b, blockSize, tokens, targets);
+        }
+    }
+
+    /// <summary>Row <paramref name="row"/> of tokens/targets = the window data[start .. start + T] and its shift by one.</summary>
+    public static void CopyWindow(ushort[] data, long start, int row, int blockSize, int[] tokens, int[] targets)
+    {
+        for (int t = 0; t < blockSize; t++)
+        {
+            tokens[row * blockSize + t] = data[start + t];
+            targets[row * blockSize + t] = data[start + t + 1];
         }
     }
 

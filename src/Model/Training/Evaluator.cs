@@ -20,14 +20,7 @@ public sealed class Evaluator(GptGraph graph, TextCorpus corpus, ulong seed, int
         {
             int count = (int)Math.Min(batch, windows - first);
             for (int row = 0; row < batch; row++)
-            {
-                long start = (first + Math.Min(row, count - 1)) * time;
-                for (int t = 0; t < time; t++)
-                {
-                    graph.Tokens[row * time + t] = data[start + t];
-                    graph.Targets[row * time + t] = data[start + t + 1];
-                }
-            }
+                BatchSampler.CopyWindow(data, (first + Math.Min(row, count - 1)) * time, row, time, graph.Tokens, graph.Targets);
             graph.Forward();
             sum += graph.Loss.LossSum(count * time);
         }

@@ -70,18 +70,19 @@ public sealed class TrainingLoop(
         Step = step;
         double ms = clock.Elapsed.TotalMilliseconds;
 
-        float? trainLoss = null, valLoss = null;
+        float? trainLoss = null, valLoss = null, valLossFull = null;
         if (step % settings.EvalInterval == 0 || step == settings.MaxIters)
         {
             using (var evaluation = TrainingTelemetry.Start("evaluate model", step))
             using (OnPhase?.Invoke("evaluate", step))
             {
                 (trainLoss, valLoss) = evaluator.Estimate(step);
-                if (step == settings.MaxIters) FinalValLossFull = evaluator.WholeSplit(DataSplit.Val);
+                if (step == settings.MaxIters) valLossFull = evaluator.WholeSplit(DataSplit.Val);
                 evaluation?.SetTag(TrainingTelemetry.Attr.TrainLoss, (double)trainLoss).SetTag(TrainingTelemetry.Attr.ValLoss, (double)valLoss)
-                    .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters).SetTag(TrainingTelemetry.Attr.ValLossFull, (double?)FinalValLossFull);
+                    .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters).SetTag(TrainingTelemetry.Attr.ValLossFull, (double?)valLossFull);
             }
             LastValLoss = valLoss;
+            FinalValLossFull = valLossFull;
         }
         if ((settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters)
         {
@@ -94,7 +95,7 @@ public sealed class TrainingLoop(
         {
             Step = step, Loss = sum.MeanLoss, Lr = lr, StepMs = Math.Round(ms, 3),
             TokensPerS = Math.Round(sum.Tokens / (ms / 1000.0), 1), GradNorm = Math.Round(norm, 6),
-            TrainLoss = trainLoss, ValLoss = valLoss, ValLossFull = step == settings.MaxIters ? FinalValLossFull : null, Workers = result.Workers, CommMs = result.CommMs,
+            TrainLoss = trainLoss, ValLoss = valLoss, ValLossFull = valLossFull, Workers = result.Workers, CommMs = result.CommMs,
             Extra = result.Extra?.ToDictionary(kv => kv.Key, kv => kv.Value),
         };
         log.Write(metrics);

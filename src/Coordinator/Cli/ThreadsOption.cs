@@ -1,0 +1,19 @@
+using System.CommandLine;
+using DistGpt.Model;
+
+namespace DistGpt.Coordinator.Cli;
+
+/// <summary>The --threads flag of the commands that compute (bench, bench-gemm, worker, sample) and its check.</summary>
+public static class ThreadsOption
+{
+    public static Option<int> Create(int? defaultThreads = null) => new("--threads")
+    {
+        Description = defaultThreads == null ? "compute threads (default: all cores)" : "compute threads",
+        DefaultValueFactory = _ => defaultThreads ?? Environment.ProcessorCount,
+    };
+
+    public static int Read(ParseResult r, Option<int> option) => Check(r.GetValue(option));
+
+    public static int Check(int threads) =>
+        threads >= 1 ? threads : throw new ConfigException($"--threads must be positive (got {threads})");
+}
