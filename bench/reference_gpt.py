@@ -130,6 +130,20 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
+# nanoGPT's CPU recipe for shakespeare_char (the README's; DistGpt's defaults): AdamW lr schedule and evaluation.
+LEARNING_RATE, MIN_LR, WARMUP_ITERS, LR_DECAY_ITERS = 1e-3, 1e-4, 100, 2000
+
+
+def recipe_lr(it):
+    """nanoGPT's get_lr: linear warmup, cosine decay to min_lr, then min_lr (it counts from 0)."""
+    if it < WARMUP_ITERS:
+        return LEARNING_RATE * (it + 1) / (WARMUP_ITERS + 1)
+    if it > LR_DECAY_ITERS:
+        return MIN_LR
+    ratio = (it - WARMUP_ITERS) / (LR_DECAY_ITERS - WARMUP_ITERS)
+    return MIN_LR + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (LEARNING_RATE - MIN_LR)
+
+
 def load_splits(path):
     """nanoGPT's prepare.py for Tiny Shakespeare: vocabulary of sorted characters, 90/10 train/val split."""
     text = open(path, encoding="utf-8").read()
@@ -228,21 +242,12 @@ def full_split_loss(model, data, block, batch=64):
 def train_recipe(args):
     """nanoGPT's train.py loop for the README's CPU recipe (config/train_shakespeare_char.py + the CPU overrides)."""
     max_iters, eval_interval, eval_iters = 2000, 250, 20
-    learning_rate, min_lr, warmup_iters, lr_decay_iters = 1e-3, 1e-4, 100, 2000
     n_layer, n_head, n_embd, block_size, batch_size, dropout = PRESETS["cpu"]
     vocab, train, val = load_splits(args.data)
     splits = {"train": train, "val": val}
 
     def get_batch(split):
         return random_batch(splits[split], block_size, batch_size)
-
-    def get_lr(it):
-        if it < warmup_iters:
-            return learning_rate * (it + 1) / (warmup_iters + 1)
-        if it > lr_decay_iters:
-            return min_lr
-        ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
     @torch.no_grad()
     def estimate_loss():
@@ -254,11 +259,11 @@ def train_recipe(args):
         return out
 
     model = GPT(vocab, n_layer, n_head, n_embd, block_size, dropout)
-    optimizer = model.configure_optimizers(0.1, learning_rate, (0.9, 0.99))
+    optimizer = model.configure_optimizers(0.1, LEARNING_RATE, (0.9, 0.99))
     t0 = time.perf_counter()
     for it in range(max_iters + 1):
         for group in optimizer.param_groups:
-            group["lr"] = get_lr(it)
+            group["lr"] = recipe_lr(it)
         if it % eval_interval == 0:
             losses = estimate_loss()
             print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)

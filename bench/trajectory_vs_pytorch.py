@@ -7,14 +7,14 @@ a wrong optimizer, schedule, clipping or gradient shows up as a gap within the f
 usage: bench/trajectory_vs_pytorch.py --steps 300 [--seed 1337] [--gelu tanh] --data FILE
        (runs ./distgpt train twice: once with learning rate 1e-30 (no change to a float32 weight) for the initial weights, once for the real curve)
 """
-import argparse, json, math, os, struct, subprocess, sys, tempfile
+import argparse, json, os, struct, subprocess, sys, tempfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_gpt
-from reference_gpt import GPT, full_split_loss, load_splits, train_step, windows
+from reference_gpt import GPT, LEARNING_RATE, LR_DECAY_ITERS, PRESETS, full_split_loss, load_splits, recipe_lr, train_step, windows
 
 M64 = (1 << 64) - 1
 
@@ -61,14 +61,13 @@ def main():
     args = ap.parse_args()
     reference_gpt.GELU_APPROXIMATE = args.gelu
     torch.set_num_threads(1)
-    n_layer, n_head, n_embd, block, batch = 4, 4, 128, 64, 12
-    lr_max, min_lr, warmup, decay_iters = 1e-3, 1e-4, 100, 2000
+    n_layer, n_head, n_embd, block, batch, _ = PRESETS["cpu"]
 
     tmp = tempfile.mkdtemp()
     common = ["--seed", str(args.seed), "--data", args.data, "--threads", "1"]
     subprocess.run([args.distgpt, "train", *common, "--max-iters", "1", "--eval-interval", "100000", "--learning-rate", "1e-30", "--min-lr", "1e-31",
                     "--out", f"{tmp}/init"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([args.distgpt, "train", *common, "--max-iters", str(args.steps), "--lr-decay-iters", "2000",
+    subprocess.run([args.distgpt, "train", *common, "--max-iters", str(args.steps), "--lr-decay-iters", str(LR_DECAY_ITERS),
                     "--eval-interval", str(args.steps), "--out", f"{tmp}/run"], check=True,
                    stdout=subprocess.DEVNULL)
     ours = [json.loads(l) for l in open(f"{tmp}/run/metrics.jsonl")]
@@ -79,21 +78,14 @@ def main():
     state = load_safetensors(f"{tmp}/init/ckpt/model.safetensors")
     missing = model.load_state_dict(state, strict=False)
     print(f"loaded {len(state)} tensors; not in checkpoint: {missing.missing_keys}", file=sys.stderr)
-    optimizer = model.configure_optimizers(0.1, lr_max, (0.9, 0.99))
-
-    def get_lr(it):
-        if it < warmup:
-            return lr_max * (it + 1) / (warmup + 1)
-        if it > decay_iters:
-            return min_lr
-        return min_lr + 0.5 * (1 + math.cos(math.pi * (it - warmup) / (decay_iters - warmup))) * (lr_max - min_lr)
+    optimizer = model.configure_optimizers(0.1, LEARNING_RATE, (0.9, 0.99))
 
     print(f"{'step':>5} {'distgpt':>10} {'pytorch':>10} {'diff':>10} {'norm d':>9} {'norm p':>9}")
     window = []
     for s in range(1, args.steps + 1):
         starts = batch_starts(args.seed, s, batch, len(train), block)
         for g in optimizer.param_groups:
-            g["lr"] = get_lr(s - 1)
+            g["lr"] = recipe_lr(s - 1)
         loss, norm = train_step(model, optimizer, *windows(train, starts, block))
         o = ours[s - 1]
         window.append(o["loss"] - loss.item())
