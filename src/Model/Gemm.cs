@@ -59,12 +59,8 @@ public static unsafe class Gemm
         // Split the larger of m and n into tile-aligned slabs, one per thread; each thread packs its
         // own panels, so the only shared state is the disjoint slab of C it writes.
         int tile = splitM ? MR : NR, size = splitM ? m : n;
-        int tiles = (size + tile - 1) / tile;
         // Several slabs per thread, claimed dynamically: a thread that starts late (or is descheduled) costs less.
-        int tasks = Math.Min(threads * 4, tiles);
-        int tilesPerTask = (tiles + tasks - 1) / tasks;
-        tasks = (tiles + tilesPerTask - 1) / tilesPerTask;
-        int chunk = tilesPerTask * tile;
+        var (tasks, chunk) = SplitTiles(size, tile, threads * 4);
         nint pa = (nint)a, pb = (nint)b, pc = (nint)c;
         Compute.For(tasks, t =>
         {
@@ -85,6 +81,15 @@ public static unsafe class Gemm
         });
     }
 
+    /// [0, size) cut into at most maxTasks slices of whole tiles, as equal as tiles allow: (slices, slice length).
+    static (int Tasks, int Length) SplitTiles(int size, int tile, int maxTasks)
+    {
+        int tiles = (size + tile - 1) / tile;
+        int tasks = Math.Min(maxTasks, tiles);
+        int perTask = (tiles + tasks - 1) / tasks;
+        return ((tiles + perTask - 1) / perTask, perTask * tile);
+    }
+
     /// Parallel over row slabs of C with op(B) packed once per (jc, pc) block and shared: the panels of B are packed by
     /// all threads together, then each slab packs its own A and runs the same kernels as the serial path (so results do
     /// not depend on the split). For the short-k shapes of small models, packing B per slab would cost as much as the math.
@@ -93,20 +98,13 @@ public static unsafe class Gemm
     {
         int ncMax = Math.Min(NC, RoundUp(n, NR)), kcMax = Math.Min(KC, k);
         nint packB = (nint)Scratch.Current.B((nuint)(ncMax * kcMax));
-        int tiles = (m + MR - 1) / MR;
-        int tasks = Math.Min(threads * 4, tiles);
-        int tilesPerTask = (tiles + tasks - 1) / tasks;
-        tasks = (tiles + tilesPerTask - 1) / tilesPerTask;
-        int rowsPerTask = tilesPerTask * MR;
+        var (tasks, rowsPerTask) = SplitTiles(m, MR, threads * 4);
         nint pa = (nint)a, pb = (nint)b, pcc = (nint)c;
 
         for (int jc = 0; jc < n; jc += NC)
         {
             int nc = Math.Min(NC, n - jc);
-            int panels = (nc + NR - 1) / NR;
-            int packTasks = Math.Min(threads, panels);
-            int panelsPerTask = (panels + packTasks - 1) / packTasks;
-            packTasks = (panels + panelsPerTask - 1) / panelsPerTask;
+            var (packTasks, packWidth) = SplitTiles(nc, NR, threads);
             for (int pc = 0; pc < k; pc += KC)
             {
                 int kc = Math.Min(KC, k - pc);
@@ -114,7 +112,7 @@ public static unsafe class Gemm
                 int jc0 = jc, pc0 = pc;
                 Compute.For(packTasks, t =>
                 {
-                    int j0 = t * panelsPerTask * NR, width = Math.Min(panelsPerTask * NR, nc - j0);
+                    int j0 = t * packWidth, width = Math.Min(packWidth, nc - j0);
                     float* src = (float*)pb + (transB ? (nint)(jc0 + j0) * ldb + pc0 : (nint)pc0 * ldb + jc0 + j0);
                     PackB(transB, kc, width, src, ldb, (float*)packB + (nint)j0 * kc);
                 });
