@@ -18,7 +18,12 @@ public static class Compute
         }
     }
 
-    /// <summary>Runs body(i) for i in [0, count), on up to Threads cores; inline when one thread or one item.
+    /// <summary>Cores a kernel may use from the calling thread: 1 inside a <see cref="For"/> body (nested loops run inline,
+    /// so each body keeps to its own core), else <see cref="Threads"/>.</summary>
+    public static int AvailableThreads => WorkerPool.OnWorkerThread ? 1 : threads;
+
+    /// <summary>Runs body(i) for i in [0, count), on up to Threads cores; inline when one thread, one item, or when called
+    /// from inside another For body.
     /// Items are handed out dynamically, so a body must only write state of its own item (every kernel here
     /// writes a disjoint slice), which keeps results independent of scheduling.</summary>
     public static void For(int count, Action<int> body)
@@ -86,7 +91,9 @@ public static class Compute
                 Interlocked.Exchange(ref state, gen << 16 | (long)wanted); // full fence: publishes the job before the Sleeping checks
                 for (int h = 0; h < wanted; h++)
                     if (Volatile.Read(ref helpers[h].Sleeping) != 0) helpers[h].Wake.Release();
-                Work(gen, 0);
+                onWorker = true; // the caller's share of the job runs nested loops inline, as the helpers do
+                try { Work(gen, 0); }
+                finally { onWorker = false; }
                 var spin = new SpinWait();
                 while (Volatile.Read(ref done) != count) spin.SpinOnce(-1);
                 Volatile.Write(ref job, null);

@@ -42,7 +42,7 @@ public static unsafe class Gemm
         }
 
         bool simd = UseSimd;
-        int threads = parallel ? Compute.Threads : 1;
+        int threads = parallel ? Compute.AvailableThreads : 1;
         if (threads == 1 || (long)m * n * k < ParallelThreshold)
         {
             Serial(simd, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

@@ -67,8 +67,9 @@ public sealed class Gpt : IDisposable
         }
     }
 
-    /// <summary>Records the tape for a (batch, time) input. With targets the graph ends in the cross-entropy loss.</summary>
-    public GptGraph Build(int batch, int time, bool withGrad, bool withLoss = true)
+    /// <summary>Records the tape for a (batch, time) input. With targets the graph ends in the cross-entropy loss.
+    /// Parameter gradients accumulate into <paramref name="grads"/> (laid out as Parameters.Grads; default that buffer).</summary>
+    public GptGraph Build(int batch, int time, bool withGrad, bool withLoss = true, NativeBuffer? grads = null)
     {
         if (time > Config.BlockSize) throw new ConfigException($"sequence length {time} exceeds block_size {Config.BlockSize}");
         var cfg = Config;
@@ -76,7 +77,7 @@ public sealed class Gpt : IDisposable
         var g = new Graph(withGrad);
         var tokens = new int[bt];
         var targets = new int[bt];
-        Tensor P(string name) => Parameters.View(name);
+        Tensor P(string name) => Parameters.View(name, grads);
         Tensor? Bias(string name) => cfg.Bias ? P(name) : null;
         int site = 0;
         Tensor MaybeDropout(Tensor x, string name)

@@ -47,7 +47,7 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
         else model.Initialize(settings.Seed);
         var worker = new GradientWorker(model, corpus.Train, settings.Seed, settings.BatchSize);
         var loop = new TrainingLoop(model, optimizer, corpus, settings, new LocalGradientSource(worker),
-            new Evaluator(worker.Graph, corpus, settings.Seed, settings.EvalIters), outDir,
+            new Evaluator(worker.Graph, settings.BatchSize, corpus, settings.Seed, settings.EvalIters), outDir,
             resumeFrom?.State.RunId ?? "test-run", resumeFrom?.State.Step ?? 0)
         {
             OnStep = onStep,

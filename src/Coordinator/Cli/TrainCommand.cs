@@ -23,7 +23,7 @@ public static class TrainCommand
             using var worker = new GradientWorker(run.Model, run.Corpus.Train, run.Settings.Seed, run.Settings.BatchSize);
             var view = new ProgressView(run.Settings.MaxIters);
             var loop = new TrainingLoop(run.Model, run.Optimizer, run.Corpus, run.Settings, new LocalGradientSource(worker),
-                new Evaluator(worker.Graph, run.Corpus, run.Settings.Seed, run.Settings.EvalIters), run.OutDir, run.RunId, run.StartStep)
+                new Evaluator(worker.Graph, run.Settings.BatchSize, run.Corpus, run.Settings.Seed, run.Settings.EvalIters), run.OutDir, run.RunId, run.StartStep)
             {
                 OnStep = m => view.Report(m),
             };

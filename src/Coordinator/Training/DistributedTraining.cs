@@ -62,7 +62,7 @@ public static class DistributedTraining
             };
             using var evalGraph = model.Build(train.BatchSize, model.Config.BlockSize, withGrad: false);
             var loop = new TrainingLoop(model, setup.Optimizer, setup.Corpus, train, source,
-                new Evaluator(evalGraph, setup.Corpus, train.Seed, train.EvalIters), setup.OutDir, setup.RunId, setup.StartStep)
+                new Evaluator(evalGraph, train.BatchSize, setup.Corpus, train.Seed, train.EvalIters), setup.OutDir, setup.RunId, setup.StartStep)
             {
                 OnStep = m => view.Report(m, WorkerSummary(m)),
             };

@@ -42,10 +42,13 @@ public sealed unsafe class FlatParameters : IDisposable
 
     public bool Contains(string name) => byName.ContainsKey(name);
 
-    public Tensor View(string name)
+    /// <summary>The named parameter, with its gradient in <paramref name="grads"/> (a buffer laid out as Grads; default Grads itself).</summary>
+    public Tensor View(string name, NativeBuffer? grads = null)
     {
         var s = Slot(name);
-        return new Tensor(name, Values.Pointer + s.Offset, Grads.Pointer + s.Offset, s.Shape);
+        grads ??= Grads;
+        if (grads.Length != Count) throw new ArgumentException($"gradient buffer holds {grads.Length} values, the parameters {Count}");
+        return new Tensor(name, Values.Pointer + s.Offset, grads.Pointer + s.Offset, s.Shape);
     }
 
     public Span<float> ValuesOf(ParameterSlot s) => new(Values.Pointer + s.Offset, checked((int)s.Length));

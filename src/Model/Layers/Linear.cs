@@ -35,7 +35,7 @@ public sealed unsafe class Linear : Op
 
     public override void Backward(StepContext step)
     {
-        if (x.HasGrad && Compute.Threads == 2)
+        if (x.HasGrad && Compute.AvailableThreads == 2)
         {
             // dx and dW take the same number of multiply-adds: on two cores, one each (one fork/join, no shared panels).
             // Each product is computed exactly as the serial kernel would, so results do not change.

@@ -2,8 +2,9 @@ using DistGpt.Model.Data;
 
 namespace DistGpt.Model.Training;
 
-/// <summary>nanoGPT's estimate_loss: mean loss over eval_iters random batches of each split, dropout off.</summary>
-public sealed class Evaluator(GptGraph graph, TextCorpus corpus, ulong seed, int evalIters)
+/// <summary>nanoGPT's estimate_loss: mean loss over eval_iters random batches of batchSize sequences of each split, dropout
+/// off. The graph may hold fewer sequences than a batch (a replica of the trainer's): each batch then takes several passes.</summary>
+public sealed class Evaluator(GptGraph graph, int batchSize, TextCorpus corpus, ulong seed, int evalIters)
 {
     public (float Train, float Val) Estimate(long step) => (Mean(DataSplit.Train, step), Mean(DataSplit.Val, step));
 
@@ -33,8 +34,15 @@ public sealed class Evaluator(GptGraph graph, TextCorpus corpus, ulong seed, int
         graph.Step.Training = false;
         for (int k = 0; k < evalIters; k++)
         {
-            BatchSampler.Fill(corpus.Split(split), seed, split, BatchSampler.EvalStep(step, k), 0, graph.Batch, graph.Time, graph.Tokens, graph.Targets);
-            sum += graph.Forward();
+            double batchSum = 0;
+            for (int first = 0; first < batchSize; first += graph.Batch)
+            {
+                // sequences past the batch in the last pass are sampled too, but their losses are left out
+                BatchSampler.Fill(corpus.Split(split), seed, split, BatchSampler.EvalStep(step, k), first, graph.Batch, graph.Time, graph.Tokens, graph.Targets);
+                graph.Forward();
+                batchSum += graph.Loss.LossSum(Math.Min(graph.Batch, batchSize - first) * graph.Time);
+            }
+            sum += (float)(batchSum / ((long)batchSize * graph.Time));
         }
         return (float)(sum / evalIters);
     }

@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using DistGpt.Model.Data;
 using DistGpt.Model.Engine;
 
@@ -10,23 +11,53 @@ public readonly record struct GradientSum(double LossSum, long Tokens)
 }
 
 /// <summary>Computes the gradient SUM (not mean) over a contiguous slice of a step's global batch into the model's
-/// flat gradient buffer. The single-process trainer runs it on the whole batch; a worker silo on its shard.</summary>
+/// flat gradient buffer. The single-process trainer runs it on the whole batch; a worker silo on its shard.
+/// With several cores the slice is cut into one replica per core (data parallelism inside the process): each replica
+/// runs its rows' forward and backward alone on its core, with single-core kernels and its own gradient buffer, and the
+/// buffers are added in replica order. No fork/join per op, and every op runs on both cores, not just the matmuls.</summary>
 public sealed class GradientWorker : IDisposable
 {
     readonly Gpt model;
     readonly ushort[] trainData;
     readonly ulong seed;
-    readonly GptGraph graph;
+    readonly Replica[] replicas;
 
-    public GradientWorker(Gpt model, ushort[] trainData, ulong seed, int sequences)
+    /// <summary>Rows [Offset, Offset + Graph.Batch) of the slice; replica 0 accumulates into the model's own gradients.</summary>
+    sealed class Replica(GptGraph graph, int offset, NativeBuffer grads, bool ownsGrads) : IDisposable
+    {
+        public GptGraph Graph { get; } = graph;
+        public int Offset { get; } = offset;
+        public NativeBuffer Grads { get; } = grads;
+
+        public void Dispose()
+        {
+            Graph.Dispose();
+            if (ownsGrads) Grads.Dispose();
+        }
+    }
+
+    /// <param name="replicas">graphs the slice is cut into; default one per core (Compute.Threads), at most one per sequence.</param>
+    public GradientWorker(Gpt model, ushort[] trainData, ulong seed, int sequences, int? replicas = null)
     {
         (this.model, this.trainData, this.seed) = (model, trainData, seed);
         Sequences = sequences;
-        graph = model.Build(sequences, model.Config.BlockSize, withGrad: true);
+        int n = Math.Clamp(replicas ?? DistGpt.Model.Compute.Threads, 1, Math.Max(1, sequences));
+        this.replicas = new Replica[n];
+        for (int r = 0, offset = 0; r < n; r++)
+        {
+            int count = sequences / n + (r < sequences % n ? 1 : 0);
+            var grads = r == 0 ? model.Parameters.Grads : new NativeBuffer(model.Parameters.Count);
+            this.replicas[r] = new Replica(model.Build(count, model.Config.BlockSize, withGrad: true, grads: grads), offset, grads, ownsGrads: r > 0);
+            offset += count;
+        }
     }
 
     public int Sequences { get; }
-    public GptGraph Graph => graph;
+
+    /// <summary>The first replica's graph (the largest; all of the slice when there is one replica), e.g. for evaluation.</summary>
+    public GptGraph Graph => replicas[0].Graph;
+
+    public int Replicas => replicas.Length;
 
     /// <summary>The dropout key of a step: the same on every worker, so masks depend only on (seed, step, sequence).</summary>
     public static ulong DropoutKey(ulong seed, long step) => Rng.Key(seed, 0xd409, (ulong)step);
@@ -34,7 +65,8 @@ public sealed class GradientWorker : IDisposable
     /// <summary>Zeroes the gradients, then forward + backward on sequences [first, first + Sequences) of step's batch.</summary>
     public GradientSum Compute(long step, long first, Action<string>? phase = null)
     {
-        BatchSampler.Fill(trainData, seed, DataSplit.Train, step, first, Sequences, model.Config.BlockSize, graph.Tokens, graph.Targets);
+        foreach (var r in replicas)
+            BatchSampler.Fill(trainData, seed, DataSplit.Train, step, first + r.Offset, r.Graph.Batch, model.Config.BlockSize, r.Graph.Tokens, r.Graph.Targets);
         return Run(step, first, phase);
     }
 
@@ -43,28 +75,79 @@ public sealed class GradientWorker : IDisposable
     {
         int t = model.Config.BlockSize;
         if (windows.Length != Sequences * (t + 1)) throw new ArgumentException($"expected {Sequences * (t + 1)} window tokens, got {windows.Length}");
-        for (int b = 0; b < Sequences; b++)
-        {
-            windows.Slice(b * (t + 1), t).CopyTo(graph.Tokens.AsSpan(b * t, t));
-            windows.Slice(b * (t + 1) + 1, t).CopyTo(graph.Targets.AsSpan(b * t, t));
-        }
         foreach (int id in windows)
             if ((uint)id >= (uint)model.Config.VocabSize) throw new ArgumentException($"token id {id} is outside the vocabulary");
+        foreach (var r in replicas)
+            for (int b = 0; b < r.Graph.Batch; b++)
+            {
+                var window = windows.Slice((r.Offset + b) * (t + 1), t + 1);
+                window[..t].CopyTo(r.Graph.Tokens.AsSpan(b * t, t));
+                window[1..].CopyTo(r.Graph.Targets.AsSpan(b * t, t));
+            }
         return Run(step, first, phase);
     }
 
     GradientSum Run(long step, long first, Action<string>? phase)
     {
-        model.Parameters.ZeroGrads();
-        graph.Step.Training = true;
-        graph.Step.DropoutKey = DropoutKey(seed, step);
-        graph.Step.FirstSequence = first;
+        foreach (var r in replicas)
+        {
+            r.Graph.Step.Training = true;
+            r.Graph.Step.DropoutKey = DropoutKey(seed, step);
+            r.Graph.Step.FirstSequence = first + r.Offset;
+        }
         phase?.Invoke("forward");
-        using (TrainingTelemetry.Start("run forward", step)) graph.Forward();
+        using (TrainingTelemetry.Start("run forward", step))
+        {
+            if (replicas.Length == 1) replicas[0].Graph.Forward();
+            else DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward());
+        }
         phase?.Invoke("backward");
-        using (TrainingTelemetry.Start("run backward", step)) graph.Backward(1f);
-        return new GradientSum(graph.Loss.LossSum(), graph.Loss.Tokens);
+        using (TrainingTelemetry.Start("run backward", step))
+        {
+            if (replicas.Length == 1)
+            {
+                model.Parameters.ZeroGrads();
+                replicas[0].Graph.Backward(1f);
+            }
+            else
+            {
+                DistGpt.Model.Compute.For(replicas.Length, i =>
+                {
+                    replicas[i].Grads.Clear();
+                    replicas[i].Graph.Backward(1f);
+                });
+                AddReplicaGradients();
+            }
+        }
+        double lossSum = 0;
+        long tokens = 0;
+        foreach (var r in replicas)
+        {
+            lossSum += r.Graph.Loss.LossSum();
+            tokens += r.Graph.Loss.Tokens;
+        }
+        return new GradientSum(lossSum, tokens);
     }
 
-    public void Dispose() => graph.Dispose();
+    /// <summary>The model's gradients (replica 0's) += those of replicas 1.., in replica order, split into chunks between cores.</summary>
+    unsafe void AddReplicaGradients()
+    {
+        long count = model.Parameters.Count;
+        const long Chunk = 1 << 15;
+        int chunks = (int)((count + Chunk - 1) / Chunk);
+        float* total = model.Parameters.Grads.Pointer;
+        DistGpt.Model.Compute.For(chunks, c =>
+        {
+            long start = c * Chunk;
+            int length = (int)Math.Min(Chunk, count - start);
+            var sum = new Span<float>(total + start, length);
+            for (int r = 1; r < replicas.Length; r++)
+                TensorPrimitives.Add(sum, new ReadOnlySpan<float>(replicas[r].Grads.Pointer + start, length), sum);
+        });
+    }
+
+    public void Dispose()
+    {
+        foreach (var r in replicas) r.Dispose();
+    }
 }
