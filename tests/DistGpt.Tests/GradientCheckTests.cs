@@ -119,6 +119,39 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         AssertClose(Check(g, probe.Value, [x], sample: 400, mustInclude: must));
     }
 
+    /// <summary>As x's only consumer, Gelu stores dy/dx over x in the forward: output and input gradient must match the
+    /// recomputing path's to float rounding (the same formulas; x^3 is rounded in another order), across chunk edges.</summary>
+    [Fact]
+    public void GeluAsSoleConsumerMatchesRecomputingPath()
+    {
+        const int length = 2 * 4096 + 37;
+        using var g = new Graph(withGrad: true);
+        var rng = new Random(43);
+        var xs = g.Activation("xs", length);
+        var xr = g.Activation("xr", length);
+        for (int i = 0; i < length; i++) xs.Data[i] = xr.Data[i] = (float)(rng.NextDouble() * 8 - 4);
+        var ys = g.Activation("ys", length);
+        var yr = g.Activation("yr", length);
+        var sole = new Gelu(xs, ys, soleConsumer: true);
+        var recompute = new Gelu(xr, yr);
+        var step = new StepContext { Training = true };
+        sole.Forward(step);
+        recompute.Forward(step);
+        for (int i = 0; i < length; i++)
+        {
+            ys.Grad[i] = yr.Grad[i] = (float)(rng.NextDouble() * 2 - 1);
+            xs.Grad[i] = float.NaN; // assigned, never read
+            xr.Grad[i] = 0f;
+        }
+        sole.Backward(step);
+        recompute.Backward(step);
+        for (int i = 0; i < length; i++)
+        {
+            Assert.True(Math.Abs(yr.Data[i] - ys.Data[i]) <= 1e-6f * Math.Max(1f, Math.Abs(yr.Data[i])), $"y[{i}]: {ys.Data[i]} vs {yr.Data[i]}");
+            Assert.True(Math.Abs(xr.Grad[i] - xs.Grad[i]) <= 1e-6f * Math.Max(1f, Math.Abs(xr.Grad[i])), $"dx[{i}]: {xs.Grad[i]} vs {xr.Grad[i]}");
+        }
+    }
+
     // ---------------------------------------------------------------- Residual
 
     [Fact]
