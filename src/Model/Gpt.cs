@@ -99,7 +99,7 @@ public sealed class Gpt : IDisposable
             var qkv = g.Activation(p + "qkv", batch, time, 3 * c);
             g.Add(new Linear(ln1, P(p + "attn.c_attn.weight"), Bias(p + "attn.c_attn.bias"), qkv, soleConsumer: true));
             var att = g.Activation(p + "att", batch, time, c);
-            g.Add(new CausalSelfAttention(g, qkv, att, batch, time, cfg.NHead, cfg.Dropout, site++));
+            g.Add(new CausalSelfAttention(g, qkv, att, batch, time, cfg.NHead, cfg.Dropout, site++, soleConsumer: true));
             var proj = g.Activation(p + "attn.proj", batch, time, c);
             g.Add(new Linear(att, P(p + "attn.c_proj.weight"), Bias(p + "attn.c_proj.bias"), proj, soleConsumer: true));
             proj = MaybeDropout(proj, p + "attn.drop");

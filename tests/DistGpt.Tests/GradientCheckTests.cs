@@ -235,22 +235,28 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     // ---------------------------------------------------------------- CausalSelfAttention
 
     [Theory]
-    [InlineData(0f, true, 2, 7, 2, 8)]
-    [InlineData(0.25f, true, 2, 7, 2, 8)]   // attention dropout, training mode, fixed key
-    [InlineData(0.25f, false, 2, 7, 2, 8)]  // dropout configured but eval mode: no dropout
-    [InlineData(0f, true, 1, 5, 3, 9)]      // odd head size 3
-    [InlineData(0.1f, true, 3, 4, 1, 5)]    // one head, several sequences
-    public void CausalSelfAttentionGradientMatchesFiniteDifferences(float dropout, bool training, int batch, int time, int heads, int c)
+    [InlineData(0f, true, 2, 7, 2, 8, false, true)]
+    [InlineData(0.25f, true, 2, 7, 2, 8, false, true)]   // attention dropout, training mode, fixed key
+    [InlineData(0.25f, false, 2, 7, 2, 8, false, true)]  // dropout configured but eval mode: no dropout
+    [InlineData(0f, true, 1, 5, 3, 9, false, true)]      // odd head size 3
+    [InlineData(0.1f, true, 3, 4, 1, 5, false, true)]    // one head, several sequences
+    [InlineData(0.25f, true, 2, 7, 2, 8, true, true)]    // qkv's only consumer: assigns its gradient
+    [InlineData(0.25f, true, 2, 7, 2, 8, false, false)]  // the packed-GEMM path (long sequences)
+    [InlineData(0.25f, true, 2, 7, 2, 8, true, false)]
+    [InlineData(0f, true, 1, 5, 3, 9, true, false)]
+    public void CausalSelfAttentionGradientMatchesFiniteDifferences(float dropout, bool training, int batch, int time, int heads, int c,
+        bool soleConsumer, bool fused)
     {
         using var g = new Graph(withGrad: true);
         var rng = new Random(71 + time);
         var qkv = Filled(g, "qkv", rng, 1.0, batch, time, 3 * c);
         var y = g.Activation("y", batch, time, c);
-        g.Add(new CausalSelfAttention(g, qkv, y, batch, time, heads, dropout, site: 2));
+        g.Add(new CausalSelfAttention(g, qkv, y, batch, time, heads, dropout, site: 2, soleConsumer, fusedMaxTime: fused ? time : 0));
         g.Step.Training = training;
         g.Step.DropoutKey = 0xBEEF;
         g.Step.FirstSequence = 7;
-        var probe = AddProbe(g, rng, [y], [qkv]);
+        // the probe's term on qkv makes it a second consumer, so the sole-consumer cases go without it
+        var probe = AddProbe(g, rng, [y], soleConsumer ? [] : [qkv]);
 
         AssertClose(Check(g, probe.Value, [qkv]));
     }

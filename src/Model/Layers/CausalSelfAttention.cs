@@ -9,21 +9,30 @@ namespace DistGpt.Model.Layers;
 
 /// <summary>Causal multi-head attention on the packed projection qkv (B, T, 3C) -> y (B, T, C):
 /// per (batch, head): S = Q K^T / sqrt(hs), causal mask, P = softmax(S), optional dropout on P, Y = P V.
-/// Q, K, V and Y are strided views (no transposes or copies). Parallel over (batch, head).</summary>
+/// Q, K, V and Y are strided views (no transposes or copies). Parallel over (batch, head).
+/// With <c>soleConsumer</c> this op is qkv's only consumer and assigns its gradient (every element is written once per
+/// backward) instead of adding to it, so the graph need not zero it.</summary>
 public sealed unsafe class CausalSelfAttention : Op
 {
     readonly Tensor qkv, y;
     readonly int batch, time, heads, hs, c;
     readonly float dropout;
     readonly int site;
+    readonly bool accumulate; // dqkv += ... (false: dqkv = ..., as qkv's only consumer)
+    readonly bool fused;
     readonly float* probs;        // (B, nh, T, T) softmax output, zero above the diagonal
     readonly float* droppedProbs; // same shape, after dropout (null when dropout == 0)
 
     [ThreadStatic] static float* scratch;
     [ThreadStatic] static long scratchLength;
 
-    public CausalSelfAttention(Graph g, Tensor qkv, Tensor y, int batch, int time, int heads, float dropout, int site)
+    /// <param name="fusedMaxTime">overrides <see cref="FusedMaxTime"/> for this op (tests of either path)</param>
+    public CausalSelfAttention(Graph g, Tensor qkv, Tensor y, int batch, int time, int heads, float dropout, int site, bool soleConsumer = false,
+        int? fusedMaxTime = null)
     {
+        fused = time <= (fusedMaxTime ?? FusedMaxTime);
+        if (soleConsumer) qkv.GradAssignedByConsumer = true;
+        accumulate = !soleConsumer;
         (this.qkv, this.y, this.batch, this.time, this.heads, this.dropout, this.site) = (qkv, y, batch, time, heads, dropout, site);
         c = y.LastDim;
         hs = c / heads;
@@ -36,18 +45,18 @@ public sealed unsafe class CausalSelfAttention : Op
     float* Pd(int b, int h) => droppedProbs + ((long)b * heads + h) * time * time;
 
     /// <summary>Sequences up to this length use the fused kernels (causal triangle only, no packing); longer ones the packed
-    /// GEMMs. Settable so tests and benchmarks can run either path.</summary>
+    /// GEMMs. Read when an op is built; settable so benchmarks can run either path.</summary>
     public static int FusedMaxTime { get; set; } = 128;
 
     public override void Forward(StepContext step)
     {
-        if (time <= FusedMaxTime) ForwardFused(step);
+        if (fused) ForwardFused(step);
         else ForwardGemm(step);
     }
 
     public override void Backward(StepContext step)
     {
-        if (time <= FusedMaxTime) BackwardFused(step);
+        if (fused) BackwardFused(step);
         else BackwardGemm(step);
     }
 
@@ -130,13 +139,13 @@ public sealed unsafe class CausalSelfAttention : Op
                         for (int j = 0; j <= u; j++) dr[j] = wr[j] != 0f ? dr[j] * keepScale : 0f;
                     }
                     VectorMath.SoftmaxBackward(pr, dr, u + 1);
-                    WeightedSum(dr, 1, u + 1, k, 3 * c, hs, scale, true, dq + (long)u * 3 * c);   // dq_u += scale sum_j dS_uj k_j
+                    WeightedSum(dr, 1, u + 1, k, 3 * c, hs, scale, accumulate, dq + (long)u * 3 * c);   // dq_u (+)= scale sum_j dS_uj k_j
                 }
             }
             for (int j = 0; j < time; j++)
             {
-                WeightedSum(weights + (long)j * time + j, time, time - j, dyh + (long)j * c, c, hs, 1f, true, dv + (long)j * 3 * c);  // dv_j += sum_t w_tj dy_t
-                WeightedSum(ds + (long)j * tp + j, tp, time - j, q + (long)j * 3 * c, 3 * c, hs, scale, true, dk + (long)j * 3 * c); // dk_j += scale sum_t dS_tj q_t
+                WeightedSum(weights + (long)j * time + j, time, time - j, dyh + (long)j * c, c, hs, 1f, accumulate, dv + (long)j * 3 * c);  // dv_j (+)= sum_t w_tj dy_t
+                WeightedSum(ds + (long)j * tp + j, tp, time - j, q + (long)j * 3 * c, 3 * c, hs, scale, accumulate, dk + (long)j * 3 * c); // dk_j (+)= scale sum_t dS_tj q_t
             }
         });
     }
@@ -319,6 +328,7 @@ public sealed unsafe class CausalSelfAttention : Op
     {
         float scale = 1f / MathF.Sqrt(hs);
         bool drop = dropout > 0 && step.Training;
+        float beta = accumulate ? 1f : 0f;
         Compute.For(batch * heads, bh =>
         {
             int b = bh / heads, h = bh % heads;
@@ -331,7 +341,7 @@ public sealed unsafe class CausalSelfAttention : Op
             float* dp = Scratch((long)time * time);
 
             Gemm.Sgemm(false, true, time, time, hs, 1f, dyh, c, v, 3 * c, 0f, dp, time, parallel: false);      // dW = dY V^T
-            Gemm.Sgemm(true, false, time, hs, time, 1f, weights, time, dyh, c, 1f, dv, 3 * c, parallel: false); // dV += W^T dY
+            Gemm.Sgemm(true, false, time, hs, time, 1f, weights, time, dyh, c, beta, dv, 3 * c, parallel: false); // dV (+)= W^T dY
             if (drop)
             {
                 // The dropped entries are exactly the zeros of W where P > 0; where P == 0 the softmax backward zeroes them anyway.
@@ -348,8 +358,8 @@ public sealed unsafe class CausalSelfAttention : Op
                 TensorPrimitives.Multiply(dr, pr, dr);
                 new Span<float>(dp + (long)t * time + t + 1, time - t - 1).Clear();
             }
-            Gemm.Sgemm(false, false, time, hs, time, scale, dp, time, k, 3 * c, 1f, dq, 3 * c, parallel: false); // dQ += dS K
-            Gemm.Sgemm(true, false, time, hs, time, scale, dp, time, q, 3 * c, 1f, dk, 3 * c, parallel: false);  // dK += dS^T Q
+            Gemm.Sgemm(false, false, time, hs, time, scale, dp, time, k, 3 * c, beta, dq, 3 * c, parallel: false); // dQ (+)= dS K
+            Gemm.Sgemm(true, false, time, hs, time, scale, dp, time, q, 3 * c, beta, dk, 3 * c, parallel: false);  // dK (+)= dS^T Q
         });
     }
 
