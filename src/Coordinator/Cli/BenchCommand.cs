@@ -76,9 +76,8 @@ public static class BenchCommand
             if (s == warmup + 1) gen0 = GC.CollectionCount(0);
             var clock = Stopwatch.StartNew();
             var sum = worker.Compute(s, 0);
-            GradientOps.Scale(model.Parameters.Grads, 1f / sum.Tokens);
-            GradientOps.ClipByGlobalNorm(model.Parameters.Grads, settings.GradClip);
-            adam.Step(settings.Schedule.At(s - 1));
+            var (_, gradScale) = GradientOps.MeanClipScale(model.Parameters.Grads, sum.Tokens, settings.GradClip);
+            adam.Step(settings.Schedule.At(s - 1), gradScale);
             if (s > warmup) times.Add(clock.Elapsed.TotalMilliseconds);
             Console.WriteLine($"step {s}{(s <= warmup ? " (warm-up)" : "")}: loss {sum.MeanLoss:F4}, {clock.Elapsed.TotalMilliseconds:F1} ms");
         }

@@ -31,15 +31,16 @@ public sealed unsafe class AdamW : IDisposable
             .Select(c => (r.Offset + c * Chunk, Math.Min(Chunk, r.Length - c * Chunk), r.Decay))).ToArray();
     }
 
-    /// <summary>One update from the gradients currently in the flat gradient buffer. Elementwise, so it runs 8 wide and
-    /// split into chunks between cores (the result does not depend on the split).</summary>
-    public void Step(float lr)
+    /// <summary>One update from the gradients currently in the flat gradient buffer, each multiplied by
+    /// <paramref name="gradScale"/> as it is read (the mean and clip factor of <see cref="GradientOps.MeanClipScale"/>).
+    /// Elementwise, so it runs 8 wide and split into chunks between cores (the result does not depend on the split).</summary>
+    public void Step(float lr, float gradScale = 1f)
     {
         StepCount++;
         double bc1 = 1 - Math.Pow(Beta1, StepCount);
         float bc2Sqrt = (float)Math.Sqrt(1 - Math.Pow(Beta2, StepCount)); // a float scalar, as torch divides a float tensor by it
         float stepSize = (float)(lr / bc1);
-        float b1 = Beta1, b2 = Beta2, eps = Eps, wd = WeightDecay;
+        float b1 = Beta1, b2 = Beta2, eps = Eps, wd = WeightDecay, gs = gradScale;
         float* p = parameters.Values.Pointer, g = parameters.Grads.Pointer, m = ExpAvg.Pointer, v = ExpAvgSq.Pointer;
         Compute.For(chunks.Length, k =>
         {
@@ -48,11 +49,11 @@ public sealed unsafe class AdamW : IDisposable
             var vb1 = Vector256.Create(b1); var vb1c = Vector256.Create(1 - b1);
             var vb2 = Vector256.Create(b2); var vb2c = Vector256.Create(1 - b2);
             var vbc2 = Vector256.Create(bc2Sqrt); var veps = Vector256.Create(eps);
-            var vshrink = Vector256.Create(shrink); var vstep = Vector256.Create(stepSize);
+            var vshrink = Vector256.Create(shrink); var vstep = Vector256.Create(stepSize); var vgs = Vector256.Create(gs);
             long i = offset, end = offset + length;
             for (; i + 8 <= end; i += 8)
             {
-                var gi = Vector256.Load(g + i);
+                var gi = Vector256.Load(g + i) * vgs;
                 var mi = vb1 * Vector256.Load(m + i) + vb1c * gi;
                 var vi = vb2 * Vector256.Load(v + i) + vb2c * gi * gi;
                 mi.Store(m + i);
@@ -62,7 +63,7 @@ public sealed unsafe class AdamW : IDisposable
             }
             for (; i < end; i++)
             {
-                float gi = g[i];
+                float gi = g[i] * gs;
                 float mi = m[i] = b1 * m[i] + (1 - b1) * gi;
                 float vi = v[i] = b2 * v[i] + (1 - b2) * gi * gi;
                 float denom = MathF.Sqrt(vi) / bc2Sqrt + eps;

@@ -7,39 +7,43 @@ namespace DistGpt.Model.Training;
 
 public static unsafe class GradientOps
 {
-    /// <summary>Global L2 norm of a gradient buffer (double accumulation over float chunks).</summary>
+    /// <summary>Global L2 norm of a gradient buffer: double sums of squares over 64K-value chunks, split between cores
+    /// and added in chunk order (the result does not depend on the number of cores).</summary>
     public static double Norm(NativeBuffer grads)
     {
-        double sum = 0;
-        const int chunk = 1 << 16;
-        for (long o = 0; o < grads.Length; o += chunk)
+        const int Chunk = 1 << 16;
+        int chunks = (int)((grads.Length + Chunk - 1) / Chunk);
+        var partial = System.Buffers.ArrayPool<double>.Shared.Rent(Math.Max(1, chunks));
+        try
         {
-            var s = new ReadOnlySpan<float>(grads.Pointer + o, (int)Math.Min(chunk, grads.Length - o));
-            sum += TensorPrimitives.SumOfSquares(s);
+            float* p = grads.Pointer;
+            long length = grads.Length;
+            Compute.For(chunks, c =>
+            {
+                long o = (long)c * Chunk;
+                partial[c] = TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(p + o, (int)Math.Min(Chunk, length - o)));
+            });
+            double sum = 0;
+            for (int c = 0; c < chunks; c++) sum += partial[c];
+            return Math.Sqrt(sum);
         }
-        return Math.Sqrt(sum);
+        finally { System.Buffers.ArrayPool<double>.Shared.Return(partial); }
     }
 
-    /// <summary>torch.nn.utils.clip_grad_norm_: scale by min(1, maxNorm / (norm + 1e-6)); returns the pre-clip norm.</summary>
-    public static double ClipByGlobalNorm(NativeBuffer grads, float maxNorm)
+    /// <summary>nanoGPT's step on a gradient SUM over <paramref name="tokens"/> tokens, without touching it: the global L2
+    /// norm of the mean gradient, and the one factor that turns the sum into the mean clipped as
+    /// torch.nn.utils.clip_grad_norm_ does (times min(1, maxNorm / (norm + 1e-6)); maxNorm &lt;= 0: no clipping), which
+    /// AdamW applies as it reads each gradient. One pass over the buffer instead of three.</summary>
+    public static (double Norm, float Scale) MeanClipScale(NativeBuffer sum, long tokens, float maxNorm)
     {
-        double norm = Norm(grads);
+        double norm = Norm(sum) / tokens;
+        double scale = 1.0 / tokens;
         if (maxNorm > 0)
         {
-            float coef = (float)(maxNorm / (norm + 1e-6));
-            if (coef < 1f) Scale(grads, coef);
+            double coef = maxNorm / (norm + 1e-6);
+            if (coef < 1) scale *= coef;
         }
-        return norm;
-    }
-
-    public static void Scale(NativeBuffer buffer, float factor)
-    {
-        const int chunk = 1 << 20;
-        for (long o = 0; o < buffer.Length; o += chunk)
-        {
-            var s = new Span<float>(buffer.Pointer + o, (int)Math.Min(chunk, buffer.Length - o));
-            TensorPrimitives.Multiply(s, factor, s);
-        }
+        return (norm, (float)scale);
     }
 
     /// <summary>True when every value is finite.</summary>

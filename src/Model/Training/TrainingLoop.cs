@@ -51,21 +51,19 @@ public sealed class TrainingLoop(
         using (TrainingTelemetry.Start("gather gradients", step)) result = gradients.Compute(step, cancel);
         var sum = result.Sum;
         if (!double.IsFinite(sum.LossSum)) throw new TrainingDivergedException($"loss is {sum.LossSum} at step {step}; lower --learning-rate");
-        using (var averaging = TrainingTelemetry.Start("average gradients", step))
-        {
-            averaging?.SetTag(TrainingTelemetry.Attr.Tokens, sum.Tokens);
-            GradientOps.Scale(model.Parameters.Grads, 1f / sum.Tokens);
-        }
         double norm;
+        float gradScale;
         using (var clipping = TrainingTelemetry.Start("clip gradients", step))
         {
-            norm = GradientOps.ClipByGlobalNorm(model.Parameters.Grads, settings.GradClip);
-            clipping?.SetTag(TrainingTelemetry.Attr.GradNorm, norm).SetTag(TrainingTelemetry.Attr.GradClip, (double)settings.GradClip);
+            // The mean over tokens and the clip are one factor, applied by AdamW as it reads the gradient sum.
+            (norm, gradScale) = GradientOps.MeanClipScale(model.Parameters.Grads, sum.Tokens, settings.GradClip);
+            clipping?.SetTag(TrainingTelemetry.Attr.Tokens, sum.Tokens).SetTag(TrainingTelemetry.Attr.GradNorm, norm)
+                .SetTag(TrainingTelemetry.Attr.GradClip, (double)settings.GradClip);
         }
         using (var update = TrainingTelemetry.Start("update weights", step))
         {
             update?.SetTag("distgpt.optimizer", "adamw").SetTag(TrainingTelemetry.Attr.LearningRate, (double)lr);
-            optimizer.Step(lr);
+            optimizer.Step(lr, gradScale);
         }
         Step = step;
         double ms = clock.Elapsed.TotalMilliseconds;

@@ -79,7 +79,7 @@ public sealed class TelemetryTests
                 Assert.Single(trace, s => s.ParentId == parent.SpanId && s.Name == name);
 
             // Coordinator phases under the root.
-            foreach (var phase in new[] { "gather gradients", "average gradients", "clip gradients", "update weights" })
+            foreach (var phase in new[] { "gather gradients", "clip gradients", "update weights" })
                 Assert.Equal("distgpt-coordinator", Child(root, phase).Service);
             if (step == 3)
             {
