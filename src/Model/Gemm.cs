@@ -140,7 +140,7 @@ public static unsafe class Gemm
                                     Kernel(kc, ap, bp, ct, ldc, alpha, betaBlock);
                                 else
                                 {
-                                    Kernel(kc, ap, bp, edge, NR, 1f, 0f);
+                                    EdgeKernel(kc, ap, bp, edge, nr);
                                     StoreEdge(edge, ct, ldc, mr, nr, alpha, betaBlock);
                                 }
                             }
@@ -247,7 +247,7 @@ public static unsafe class Gemm
                                 Kernel(kc, ap, bp, ct, ldc, alpha, betaBlock);
                             else
                             {
-                                Kernel(kc, ap, bp, edge, NR, 1f, 0f);
+                                EdgeKernel(kc, ap, bp, edge, nr);
                                 StoreEdge(edge, ct, ldc, mr, nr, alpha, betaBlock);
                             }
                         }
@@ -438,6 +438,33 @@ public static unsafe class Gemm
             Update(c, c40, va, vb); Update(c + 8, c41, va, vb); c += ldc;
             Update(c, c50, va, vb); Update(c + 8, c51, va, vb);
         }
+    }
+
+    /// The ragged edge tile (fewer than MR rows or NR columns) into tile (MR x NR, row-major): a panel with at most 8
+    /// columns left (e.g. lm_head's 65 = 4 x 16 + 1) takes the 8-wide kernel, half the multiply-adds of the 16-wide one.
+    static void EdgeKernel(int kc, float* a, float* b, float* tile, int nr)
+    {
+        if (nr <= 8) Kernel8(kc, a, b, tile);
+        else Kernel(kc, a, b, tile, NR, 1f, 0f);
+    }
+
+    /// tile[6, 0..8) (row stride NR) = Apanel * the first 8 columns of a 16-wide B panel.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Kernel8(int kc, float* a, float* b, float* tile)
+    {
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
+        for (int p = 0; p < kc; p++, a += MR, b += NR)
+        {
+            Vector256<float> b0 = Avx.LoadAlignedVector256(b);
+            c0 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a), b0, c0);
+            c1 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 1), b0, c1);
+            c2 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 2), b0, c2);
+            c3 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 3), b0, c3);
+            c4 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 4), b0, c4);
+            c5 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 5), b0, c5);
+        }
+        Avx.Store(tile, c0); Avx.Store(tile + NR, c1); Avx.Store(tile + 2 * NR, c2);
+        Avx.Store(tile + 3 * NR, c3); Avx.Store(tile + 4 * NR, c4); Avx.Store(tile + 5 * NR, c5);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
