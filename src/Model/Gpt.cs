@@ -11,11 +11,13 @@ public sealed class Gpt : IDisposable
     public GptConfig Config { get; }
     public FlatParameters Parameters { get; }
 
-    public Gpt(GptConfig config)
+    /// <param name="values">allocates (or maps) the flat value buffer for a parameter count; default a buffer of its own</param>
+    /// <param name="grads">likewise for the gradients</param>
+    public Gpt(GptConfig config, Func<long, NativeBuffer>? values = null, Func<long, NativeBuffer>? grads = null)
     {
         config.Validate();
         Config = config;
-        Parameters = new FlatParameters(Layout(config));
+        Parameters = new FlatParameters(Layout(config), values, grads);
     }
 
     public static IEnumerable<(string Name, int[] Shape)> Layout(GptConfig cfg)

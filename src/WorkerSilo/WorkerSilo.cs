@@ -16,6 +16,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
 {
     Gpt? model;
     string? modelHash;
+    bool modelInRegions;
     TextCorpus? corpus;
     readonly Dictionary<int, GradientWorker> workers = new();
     readonly TestFaults? faults = TestFaults.FromEnvironment();
@@ -46,7 +47,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             using var shared = MapSharedMemory(channel, accepted);
             options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
             joinedBefore = true;
-            Prepare(accepted);
+            Prepare(accepted, shared);
             if (await ServeAsync(channel, accepted, cancel)) return 0;
             options.Log($"{options.Name}: the coordinator closed the connection; reconnecting");
         }
@@ -96,11 +97,20 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         }
     }
 
-    void Prepare(JoinAccepted accepted)
+    /// <summary>Builds the model (kept across reconnects to the same run and config). With shared-memory regions its weights
+    /// live in the region the coordinator writes them to, and fp32 gradients in the region it reads them from, so no
+    /// payload is copied on this side; such a model is bound to its connection's regions and rebuilt with the next.</summary>
+    void Prepare(JoinAccepted accepted, SharedRegions? shared)
     {
-        if (model != null && modelHash == accepted.ConfigHash + accepted.Vocabulary) return;
+        if (model != null && !modelInRegions && shared == null && modelHash == accepted.ConfigHash + accepted.Vocabulary) return;
         DisposeModel();
-        model = new Gpt(accepted.Config);
+        unsafe
+        {
+            model = shared == null ? new Gpt(accepted.Config)
+                : new Gpt(accepted.Config, values: n => NativeBuffer.Over((float*)shared.Down.Pointer, n),
+                    grads: accepted.GradientDType == WireDType.Fp32 ? n => NativeBuffer.Over((float*)shared.Up.Pointer, n) : null);
+        }
+        modelInRegions = shared != null;
         modelHash = accepted.ConfigHash + accepted.Vocabulary;
         if (model.Parameters.Count != accepted.ParameterCount)
             throw new ProtocolException($"model has {model.Parameters.Count} parameters here but {accepted.ParameterCount} at the coordinator");

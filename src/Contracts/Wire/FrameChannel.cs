@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text.Json;
@@ -77,7 +78,8 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
             for (int o = 0; o < part.Length; o += ChunkBytes)
             {
                 var chunk = part.Span.Slice(o, Math.Min(ChunkBytes, part.Length - o));
-                chunk.CopyTo(new Span<byte>(sharedSend!.Pointer + at, chunk.Length));
+                var target = new Span<byte>(sharedSend!.Pointer + at, chunk.Length);
+                if (!SameMemory(chunk, target)) chunk.CopyTo(target); // a worker's gradients may live in the region already
                 at += chunk.Length;
                 AfterPayloadChunk?.Invoke();
             }
@@ -132,7 +134,8 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     {
         if (sharedPayload >= 0)
         {
-            TakeShared(destination.Length).CopyTo(destination.Span);
+            var source = TakeShared(destination.Length);
+            if (!SameMemory(source, destination.Span)) source.CopyTo(destination.Span); // weights mapped in place need no copy
             return;
         }
         for (int o = 0; o < destination.Length; o += ChunkBytes)
@@ -160,6 +163,16 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         }
         BytesReceived += (long)elements * sizeof(ushort);
     }
+
+    static bool SameMemory(ReadOnlySpan<byte> a, ReadOnlySpan<byte> b) =>
+        a.Length == b.Length && Unsafe.AreSame(ref MemoryMarshal.GetReference(a), ref MemoryMarshal.GetReference(b));
+
+    /// <summary>The next payload bytes of the received frame's shared-memory region, where a peer on this host can keep
+    /// a tensor in place (see <see cref="ReadPayloadAsync"/>); null when no region is in use.</summary>
+    public SharedMemoryRegion? ReceiveRegion => sharedReceive;
+
+    /// <summary>The region payloads are sent through, or null.</summary>
+    public SharedMemoryRegion? SendRegion => sharedSend;
 
     static void Widen(ReadOnlySpan<byte> bf16, Span<byte> fp32) =>
         BFloat16.Widen(MemoryMarshal.Cast<byte, ushort>(bf16), MemoryMarshal.Cast<byte, float>(fp32));

@@ -18,7 +18,9 @@ public sealed unsafe class FlatParameters : IDisposable
     public NativeBuffer Values { get; }
     public NativeBuffer Grads { get; }
 
-    public FlatParameters(IEnumerable<(string Name, int[] Shape)> layout)
+    /// <param name="values">memory for the values (e.g. a shared-memory region); default a buffer of its own</param>
+    /// <param name="grads">memory for the gradients, likewise</param>
+    public FlatParameters(IEnumerable<(string Name, int[] Shape)> layout, Func<long, NativeBuffer>? values = null, Func<long, NativeBuffer>? grads = null)
     {
         var slots = new List<ParameterSlot>();
         long offset = 0;
@@ -33,8 +35,8 @@ public sealed unsafe class FlatParameters : IDisposable
         }
         Slots = slots;
         Count = offset;
-        Values = new NativeBuffer(offset);
-        Grads = new NativeBuffer(offset);
+        Values = values?.Invoke(offset) ?? new NativeBuffer(offset);
+        Grads = grads?.Invoke(offset) ?? new NativeBuffer(offset);
     }
 
     public ParameterSlot Slot(string name) =>

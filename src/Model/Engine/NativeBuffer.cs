@@ -8,6 +8,22 @@ public sealed unsafe class NativeBuffer : IDisposable
 {
     public float* Pointer { get; private set; }
     public long Length { get; }
+    readonly bool owned = true;
+
+    NativeBuffer(float* pointer, long length)
+    {
+        Pointer = pointer;
+        Length = length;
+        owned = false;
+    }
+
+    /// <summary>A view of memory owned elsewhere (e.g. a shared-memory mapping), never freed by this buffer; the owner
+    /// must outlive it. The memory must be 64-byte aligned, as the kernels' aligned loads assume.</summary>
+    public static NativeBuffer Over(float* pointer, long length)
+    {
+        if (((nuint)pointer & 63) != 0) throw new ArgumentException("memory is not 64-byte aligned", nameof(pointer));
+        return new NativeBuffer(pointer, length);
+    }
 
     public NativeBuffer(long length)
     {
@@ -25,6 +41,12 @@ public sealed unsafe class NativeBuffer : IDisposable
 
     public void Dispose()
     {
+        if (!owned)
+        {
+            Pointer = null;
+            GC.SuppressFinalize(this);
+            return;
+        }
         if (Pointer == null) return;
         NativeMemory.AlignedFree(Pointer);
         if (Length > 0) GC.RemoveMemoryPressure(Length * sizeof(float));
@@ -32,5 +54,5 @@ public sealed unsafe class NativeBuffer : IDisposable
         GC.SuppressFinalize(this);
     }
 
-    ~NativeBuffer() { if (Pointer != null) NativeMemory.AlignedFree(Pointer); }
+    ~NativeBuffer() { if (owned && Pointer != null) NativeMemory.AlignedFree(Pointer); }
 }
