@@ -167,13 +167,6 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     static bool SameMemory(ReadOnlySpan<byte> a, ReadOnlySpan<byte> b) =>
         a.Length == b.Length && Unsafe.AreSame(ref MemoryMarshal.GetReference(a), ref MemoryMarshal.GetReference(b));
 
-    /// <summary>The next payload bytes of the received frame's shared-memory region, where a peer on this host can keep
-    /// a tensor in place (see <see cref="ReadPayloadAsync"/>); null when no region is in use.</summary>
-    public SharedMemoryRegion? ReceiveRegion => sharedReceive;
-
-    /// <summary>The region payloads are sent through, or null.</summary>
-    public SharedMemoryRegion? SendRegion => sharedSend;
-
     static void Widen(ReadOnlySpan<byte> bf16, Span<byte> fp32) =>
         BFloat16.Widen(MemoryMarshal.Cast<byte, ushort>(bf16), MemoryMarshal.Cast<byte, float>(fp32));
 

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using DistGpt.Contracts;
 using DistGpt.Coordinator.Grains;
@@ -112,7 +111,7 @@ public sealed class DistributedGradientSource(
         double wallMs = clock.Elapsed.TotalMilliseconds;
 
         using var summing = TrainingTelemetry.Start("sum gradients", step);
-        SumShares(shares.Count);
+        GradientOps.SumInOrder(model.Parameters.Grads, shareBuffers, shares.Count);
         double lossSum = 0;
         long tokens = 0;
         foreach (var r in replies) { lossSum += r!.LossSum; tokens += r.Tokens; }
@@ -127,25 +126,6 @@ public sealed class DistributedGradientSource(
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;
         return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);
-    }
-
-    /// <summary>The model's gradients = the shares' sums added in share order; chunks of the buffer split between cores.</summary>
-    unsafe void SumShares(int count)
-    {
-        long length = model.Parameters.Count;
-        const long Chunk = 1 << 15;
-        float* grads = model.Parameters.Grads.Pointer;
-        var shares = shareBuffers;
-        DistGpt.Model.Compute.For((int)((length + Chunk - 1) / Chunk), c =>
-        {
-            long start = c * Chunk;
-            int n = (int)Math.Min(Chunk, length - start);
-            var sum = new Span<float>(grads + start, n);
-            ReadOnlySpan<float> Share(int s) => new(shares[s].Pointer + start, n);
-            if (count == 1) Share(0).CopyTo(sum);
-            else TensorPrimitives.Add(Share(0), Share(1), sum); // one pass for the first two
-            for (int s = 2; s < count; s++) TensorPrimitives.Add(sum, Share(s), sum);
-        });
     }
 
     /// <summary>A worker to remove from the run (lost, or too many rejected payloads), with the reason.</summary>

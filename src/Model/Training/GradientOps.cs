@@ -46,6 +46,27 @@ public static unsafe class GradientOps
         return (norm, (float)scale);
     }
 
+    /// <summary>destination = addends[0] + addends[1] + ... + addends[count - 1], added in that order whatever the number of
+    /// cores (chunks of the buffer are split between them). destination may be addends[0] itself.</summary>
+    public static void SumInOrder(NativeBuffer destination, IReadOnlyList<NativeBuffer> addends, int count)
+    {
+        if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), "nothing to add");
+        if (count == 1 && ReferenceEquals(destination, addends[0])) return;
+        const long Chunk = 1 << 15;
+        long length = destination.Length;
+        float* sum = destination.Pointer;
+        Compute.For((int)((length + Chunk - 1) / Chunk), c =>
+        {
+            long start = c * Chunk;
+            int n = (int)Math.Min(Chunk, length - start);
+            var chunk = new Span<float>(sum + start, n);
+            ReadOnlySpan<float> Addend(int i) => new(addends[i].Pointer + start, n);
+            if (count == 1) Addend(0).CopyTo(chunk);
+            else TensorPrimitives.Add(Addend(0), Addend(1), chunk); // one pass for the first two
+            for (int i = 2; i < count; i++) TensorPrimitives.Add(chunk, Addend(i), chunk);
+        });
+    }
+
     /// <summary>True when every value is finite.</summary>
     public static bool AllFinite(ReadOnlySpan<float> values)
     {

@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using DistGpt.Model.Data;
 using DistGpt.Model.Engine;
 
@@ -21,6 +20,7 @@ public sealed class GradientWorker : IDisposable
     readonly ushort[] trainData;
     readonly ulong seed;
     readonly Replica[] replicas;
+    readonly NativeBuffer[] replicaGrads;
 
     /// <summary>Rows [Offset, Offset + Graph.Batch) of the slice; replica 0 accumulates into the model's own gradients.</summary>
     sealed class Replica(GptGraph graph, int offset, NativeBuffer grads, bool ownsGrads) : IDisposable
@@ -50,14 +50,13 @@ public sealed class GradientWorker : IDisposable
             this.replicas[r] = new Replica(model.Build(count, model.Config.BlockSize, withGrad: true, grads: grads), offset, grads, ownsGrads: r > 0);
             offset += count;
         }
+        replicaGrads = this.replicas.Select(r => r.Grads).ToArray();
     }
 
     public int Sequences { get; }
 
     /// <summary>The first replica's graph (the largest; all of the slice when there is one replica), e.g. for evaluation.</summary>
     public GptGraph Graph => replicas[0].Graph;
-
-    public int Replicas => replicas.Length;
 
     /// <summary>The dropout key of a step: the same on every worker, so masks depend only on (seed, step, sequence).</summary>
     public static ulong DropoutKey(ulong seed, long step) => Rng.Key(seed, 0xd409, (ulong)step);
@@ -98,26 +97,18 @@ public sealed class GradientWorker : IDisposable
         phase?.Invoke("forward");
         using (TrainingTelemetry.Start("run forward", step))
         {
-            if (replicas.Length == 1) replicas[0].Graph.Forward();
-            else DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward());
+            // One replica runs inline on the caller, whose kernels then use every core.
+            DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward());
         }
         phase?.Invoke("backward");
         using (TrainingTelemetry.Start("run backward", step))
         {
-            if (replicas.Length == 1)
+            DistGpt.Model.Compute.For(replicas.Length, i =>
             {
-                model.Parameters.ZeroGrads();
-                replicas[0].Graph.Backward(1f);
-            }
-            else
-            {
-                DistGpt.Model.Compute.For(replicas.Length, i =>
-                {
-                    replicas[i].Grads.Clear();
-                    replicas[i].Graph.Backward(1f);
-                });
-                AddReplicaGradients();
-            }
+                replicas[i].Grads.Clear();
+                replicas[i].Graph.Backward(1f);
+            });
+            GradientOps.SumInOrder(model.Parameters.Grads, replicaGrads, replicas.Length); // replica 0's buffer is the model's
         }
         double lossSum = 0;
         long tokens = 0;
@@ -127,23 +118,6 @@ public sealed class GradientWorker : IDisposable
             tokens += r.Graph.Loss.Tokens;
         }
         return new GradientSum(lossSum, tokens);
-    }
-
-    /// <summary>The model's gradients (replica 0's) += those of replicas 1.., in replica order, split into chunks between cores.</summary>
-    unsafe void AddReplicaGradients()
-    {
-        long count = model.Parameters.Count;
-        const long Chunk = 1 << 15;
-        int chunks = (int)((count + Chunk - 1) / Chunk);
-        float* total = model.Parameters.Grads.Pointer;
-        DistGpt.Model.Compute.For(chunks, c =>
-        {
-            long start = c * Chunk;
-            int length = (int)Math.Min(Chunk, count - start);
-            var sum = new Span<float>(total + start, length);
-            for (int r = 1; r < replicas.Length; r++)
-                TensorPrimitives.Add(sum, new ReadOnlySpan<float>(replicas[r].Grads.Pointer + start, length), sum);
-        });
     }
 
     public void Dispose()
