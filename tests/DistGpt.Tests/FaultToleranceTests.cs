@@ -162,14 +162,15 @@ public sealed class FaultToleranceTests
     public void DevModeRestartsAKilledWorkerAndFinishes()
     {
         using var tmp = new TempDirectory("devrestart");
-        using var dev = CliRunner.Start(CliRunner.Split($"dev --workers 2 --worker-threads 1 {Model} --max-iters 400 --eval-interval 400 --out {tmp.Path}"),
+        // 2000 steps: long enough (several seconds) that the workers are still running when step 10 has been read
+        using var dev = CliRunner.Start(CliRunner.Split($"dev --workers 2 --worker-threads 1 {Model} --max-iters 2000 --eval-interval 2000 --out {tmp.Path}"),
             new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath() });
         Assert.True(dev.WaitForOutput(o => o.Contains("step 10:"), Timeout), dev.StdOut + dev.StdErr);
         Process.GetProcessById(DistributedTests.WorkerPids(dev.Id).First()).Kill();
         var r = dev.WaitForExit(Timeout);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Contains("restarting it", r.StdOut);
-        AssertContiguous(DistributedTests.Metrics(tmp.Path), 400);
+        AssertContiguous(DistributedTests.Metrics(tmp.Path), 2000);
     }
 
     static void WaitFor(Func<bool> condition)
