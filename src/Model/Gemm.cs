@@ -367,8 +367,9 @@ public static unsafe class Gemm
         }
     }
 
+    /// <summary>dst[r, c] = src[c, r] for an 8x8 block (AVX), rows lds / ldd floats apart.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Transpose8x8(float* src, int lds, float* dst, int ldd)
+    internal static void Transpose8x8(float* src, int lds, float* dst, int ldd)
     {
         Vector256<float> r0 = Avx.LoadVector256(src), r1 = Avx.LoadVector256(src + lds);
         Vector256<float> r2 = Avx.LoadVector256(src + 2 * (nint)lds), r3 = Avx.LoadVector256(src + 3 * (nint)lds);

@@ -60,15 +60,20 @@ public sealed unsafe class CausalSelfAttention : Op
         else BackwardGemm(step);
     }
 
-    int PaddedTime => (time + 31) & ~31;
+    int PaddedTime => (time + 7) & ~7;
 
-    /// Per (b, h), row by row: scores of the causal prefix against K^T (transposed once into scratch), softmax,
-    /// dropout (the same stream as the GEMM path: T random draws per row, in row order), then y_t = sum_j w_tj v_j.
+    static int Vectors(int columns) => (columns + 7) >> 3;
+
+    /// Per (b, h), two rows at a time: scores of the causal prefix (rounded up to whole vectors) against K^T (transposed
+    /// once into scratch), softmax, dropout (the same stream as the GEMM path: T random draws per row, in row order), then
+    /// y_t = sum_j w_tj v_j. When T is a multiple of 8 the scores are computed straight into P's rows.
     void ForwardFused(StepContext step)
     {
         float scale = 1f / MathF.Sqrt(hs);
         bool drop = dropout > 0 && step.Training;
         int tp = PaddedTime;
+        bool direct = tp == time;
+        bool pairSums = hs % 16 == 0; // rows t and t + 1 of y in one WeightedSumPair
         Compute.For(batch * heads, bh =>
         {
             int b = bh / heads, h = bh % heads;
@@ -76,7 +81,7 @@ public sealed unsafe class CausalSelfAttention : Op
             float* k = q + c, v = q + 2 * c;
             float* p = P(b, h);
             float* kt = Scratch((long)hs * tp + 2 * tp);
-            float* srow = kt + (long)hs * tp, srow2 = srow + tp; // two padded score rows
+            float* srow = kt + (long)hs * tp, srow2 = srow + tp; // two padded score rows (when not direct)
             Transpose(k, 3 * c, time, hs, kt, tp);
             float* weights = drop ? Pd(b, h) : p;
             var rng = drop ? new RandomStream(Rng.Key(step.DropoutKey, (ulong)(step.FirstSequence + b), (ulong)site, (ulong)h)) : default;
@@ -84,22 +89,35 @@ public sealed unsafe class CausalSelfAttention : Op
             float* yh = y.Data + (long)b * time * c + h * hs;
             for (int t = 0; t < time; t += 2)
             {
-                // rows t and t + 1 together: the K^T loads are shared and 8 accumulators are in flight
                 bool pair = t + 1 < time;
-                if (pair) Scores2(q + (long)t * 3 * c, q + (long)(t + 1) * 3 * c, kt, tp, hs, t + 2, scale, srow, srow2);
-                else Scores(q + (long)t * 3 * c, kt, tp, hs, t + 1, scale, srow, padded: true);
+                float* s0 = direct ? p + (long)t * time : srow, s1 = direct ? p + (long)(t + 1) * time : srow2;
+                Scores(q + (long)t * 3 * c, pair ? q + (long)(t + 1) * 3 * c : null, kt, tp, hs, Vectors(pair ? t + 2 : t + 1), scale, s0, s1);
+                if (pair) VectorMath.SoftmaxPadded2(s0, t + 1, s1, t + 2);
+                else VectorMath.SoftmaxPadded(s0, t + 1);
                 for (int u = t; u < t + (pair ? 2 : 1); u++)
                 {
-                    float* sr = u == t ? srow : srow2, pr = p + (long)u * time;
-                    VectorMath.SoftmaxPadded(sr, u + 1);
-                    new ReadOnlySpan<float>(sr, u + 1).CopyTo(new Span<float>(pr, u + 1));
-                    new Span<float>(pr + u + 1, time - u - 1).Clear();
+                    float* sr = u == t ? s0 : s1, pr = p + (long)u * time;
+                    if (direct)
+                    {
+                        for (int j = Vectors(u + 1) * 8; j < time; j += 8) Vector256<float>.Zero.Store(pr + j);
+                    }
+                    else
+                    {
+                        new ReadOnlySpan<float>(sr, u + 1).CopyTo(new Span<float>(pr, u + 1));
+                        new Span<float>(pr + u + 1, time - u - 1).Clear();
+                    }
                     if (drop)
                     {
                         float* wr = weights + (long)u * time;
                         for (int j = 0; j < time; j++) wr[j] = rng.NextFloat() >= dropout ? pr[j] * keepScale : 0f;
                     }
-                    WeightedSum(weights + (long)u * time, 1, u + 1, v, 3 * c, hs, 1f, false, yh + (long)u * c);
+                    if (!(pair && pairSums)) WeightedSum(weights + (long)u * time, 1, u + 1, v, 3 * c, hs, 1f, false, yh + (long)u * c);
+                }
+                if (pair && pairSums) // y_t, y_t+1 over v_0..v_t, and v_t+1 for y_t+1 alone
+                {
+                    float* w0 = weights + (long)t * time, w1 = w0 + time;
+                    WeightedSumPair(w0, w1, 1, t + 1, v, 3 * c, hs, 1f, false, yh + (long)t * c, yh + (long)(t + 1) * c,
+                        null, 0f, v + (long)(t + 1) * 3 * c, w1[t + 1]);
                 }
             }
         });
@@ -111,6 +129,8 @@ public sealed unsafe class CausalSelfAttention : Op
         bool drop = dropout > 0 && step.Training;
         float keepScale = drop ? 1f / (1f - dropout) : 1f;
         int tp = PaddedTime;
+        bool direct = tp == time; // P's rows are whole vectors, zero past the diagonal
+        bool pairSums = hs % 16 == 0;
         Compute.For(batch * heads, bh =>
         {
             int b = bh / heads, h = bh % heads;
@@ -128,8 +148,8 @@ public sealed unsafe class CausalSelfAttention : Op
                 // dW_t = dy_t V^T on the causal prefix (rows t, t + 1 together), through dropout, then softmax backward:
                 // dS = P (dW - <P, dW>)
                 bool pair = t + 1 < time;
-                if (pair) Scores2(dyh + (long)t * c, dyh + (long)(t + 1) * c, vt, tp, hs, t + 2, 1f, ds + (long)t * tp, ds + (long)(t + 1) * tp);
-                else Scores(dyh + (long)t * c, vt, tp, hs, t + 1, 1f, ds + (long)t * tp, padded: true);
+                Scores(dyh + (long)t * c, pair ? dyh + (long)(t + 1) * c : null, vt, tp, hs, Vectors(pair ? t + 2 : t + 1), 1f,
+                    ds + (long)t * tp, ds + (long)(t + 1) * tp);
                 for (int u = t; u < t + (pair ? 2 : 1); u++)
                 {
                     float* dr = ds + (long)u * tp, pr = p + (long)u * time;
@@ -138,11 +158,32 @@ public sealed unsafe class CausalSelfAttention : Op
                         float* wr = weights + (long)u * time;
                         for (int j = 0; j <= u; j++) dr[j] = wr[j] != 0f ? dr[j] * keepScale : 0f;
                     }
-                    VectorMath.SoftmaxBackward(pr, dr, u + 1);
-                    WeightedSum(dr, 1, u + 1, k, 3 * c, hs, scale, accumulate, dq + (long)u * 3 * c);   // dq_u (+)= scale sum_j dS_uj k_j
+                    if (direct) VectorMath.SoftmaxBackwardPadded(pr, dr, u + 1);
+                    else VectorMath.SoftmaxBackward(pr, dr, u + 1);
+                    if (!(pair && pairSums)) WeightedSum(dr, 1, u + 1, k, 3 * c, hs, scale, accumulate, dq + (long)u * 3 * c);   // dq_u (+)= scale sum_j dS_uj k_j
+                }
+                if (pair && pairSums) // dq_t, dq_t+1 over k_0..k_t, and k_t+1 for dq_t+1 alone
+                {
+                    float* d0 = ds + (long)t * tp, d1 = d0 + tp;
+                    WeightedSumPair(d0, d1, 1, t + 1, k, 3 * c, hs, scale, accumulate, dq + (long)t * 3 * c, dq + (long)(t + 1) * 3 * c,
+                        null, 0f, k + (long)(t + 1) * 3 * c, d1[t + 1]);
                 }
             }
-            for (int j = 0; j < time; j++)
+            int jStart = 0;
+            if (pairSums)
+            {
+                // dv_j, dv_j+1 over dy_j+1..dy_T-1, and dy_j for dv_j alone (likewise dk with dS and q)
+                for (; jStart + 2 <= time; jStart += 2)
+                {
+                    int j = jStart;
+                    float* wc = weights + (long)(j + 1) * time + j, dc = ds + (long)(j + 1) * tp + j;
+                    WeightedSumPair(wc, wc + 1, time, time - j - 1, dyh + (long)(j + 1) * c, c, hs, 1f, accumulate,
+                        dv + (long)j * 3 * c, dv + (long)(j + 1) * 3 * c, dyh + (long)j * c, weights[(long)j * time + j], null, 0f);
+                    WeightedSumPair(dc, dc + 1, tp, time - j - 1, q + (long)(j + 1) * 3 * c, 3 * c, hs, scale, accumulate,
+                        dk + (long)j * 3 * c, dk + (long)(j + 1) * 3 * c, q + (long)j * 3 * c, ds[(long)j * tp + j], null, 0f);
+                }
+            }
+            for (int j = jStart; j < time; j++)
             {
                 WeightedSum(weights + (long)j * time + j, time, time - j, dyh + (long)j * c, c, hs, 1f, accumulate, dv + (long)j * 3 * c);  // dv_j (+)= sum_t w_tj dy_t
                 WeightedSum(ds + (long)j * tp + j, tp, time - j, q + (long)j * 3 * c, 3 * c, hs, scale, accumulate, dk + (long)j * 3 * c); // dk_j (+)= scale sum_t dS_tj q_t
@@ -151,53 +192,37 @@ public sealed unsafe class CausalSelfAttention : Op
     }
 
     /// dst (cols x ldd, row-major) = src^T for src (rows x cols, stride lds); columns rows..ldd of dst are zeroed.
+    /// 8x8 blocks through registers (Gemm's) when both sizes are multiples of 8.
     static void Transpose(float* src, int lds, int rows, int cols, float* dst, int ldd)
     {
-        for (int d = 0; d < cols; d++)
+        if (rows % 8 == 0 && cols % 8 == 0 && System.Runtime.Intrinsics.X86.Avx.IsSupported)
         {
-            float* dr = dst + (long)d * ldd;
-            for (int j = 0; j < rows; j++) dr[j] = src[(long)j * lds + d];
-            for (int j = rows; j < ldd; j++) dr[j] = 0f;
+            for (int j = 0; j < rows; j += 8)
+                for (int d = 0; d < cols; d += 8)
+                    Gemm.Transpose8x8(src + (long)j * lds + d, lds, dst + (long)d * ldd + j, ldd);
         }
-    }
-
-    /// dst[j] = alpha * sum_d a[d] * bt[d * ldt + j] for j in [0, count): a row against the columns of a transposed
-    /// matrix, 32 columns per pass in 4 independent registers; bt must have count rounded up to 32 columns (zero padded).
-    /// With padded, dst has room for count rounded up to 32 and the whole last block is stored.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Scores(float* a, float* bt, int ldt, int depth, int count, float alpha, float* dst, bool padded = false)
-    {
-        var va = Vector256.Create(alpha);
-        var tail = stackalloc float[32];
-        for (int j = 0; j < count; j += 32)
+        else
         {
-            Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
-            float* col = bt + j;
-            for (int d = 0; d < depth; d++, col += ldt)
+            for (int d = 0; d < cols; d++)
             {
-                var x = Vector256.Create(a[d]);
-                s0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col), s0);
-                s1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 8), s1);
-                s2 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 16), s2);
-                s3 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 24), s3);
+                float* dr = dst + (long)d * ldd;
+                for (int j = 0; j < rows; j++) dr[j] = src[(long)j * lds + d];
             }
-            int n = Math.Min(32, count - j);
-            float* o = n == 32 || padded ? dst + j : tail;
-            (s0 * va).Store(o);
-            (s1 * va).Store(o + 8);
-            (s2 * va).Store(o + 16);
-            (s3 * va).Store(o + 24);
-            if (n < 32 && !padded) new ReadOnlySpan<float>(tail, n).CopyTo(new Span<float>(dst + j, n));
         }
+        for (int d = 0; d < cols; d++)
+            for (int j = rows; j < ldd; j++) dst[(long)d * ldd + j] = 0f;
     }
 
-    /// Scores for two rows at once (count columns for both; the first row's extra column is computed but unused):
-    /// dst0 and dst1 have room for count rounded up to 32 and whole blocks are stored.
+    /// dst0[j] = alpha * sum_d a0[d] * bt[d * ldt + j] for j in [0, 8 * vectors), and the same for a1 into dst1 (a1 may
+    /// be null: one row). A row against the columns of a transposed matrix, 4 vectors per pass with the B loads shared by
+    /// both rows, then a tail of 1..3 vectors; bt must have 8 * vectors columns (zero padded).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Scores2(float* a0, float* a1, float* bt, int ldt, int depth, int count, float alpha, float* dst0, float* dst1)
+    static void Scores(float* a0, float* a1, float* bt, int ldt, int depth, int vectors, float alpha, float* dst0, float* dst1)
     {
+        bool two = a1 != null;
         var va = Vector256.Create(alpha);
-        for (int j = 0; j < count; j += 32)
+        int j = 0;
+        for (; j + 32 <= vectors * 8; j += 32)
         {
             Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
             Vector256<float> r0 = default, r1 = default, r2 = default, r3 = default;
@@ -205,7 +230,6 @@ public sealed unsafe class CausalSelfAttention : Op
             for (int d = 0; d < depth; d++, col += ldt)
             {
                 var x = Vector256.Create(a0[d]);
-                var y = Vector256.Create(a1[d]);
                 var b0 = Vector256.Load(col);
                 var b1 = Vector256.Load(col + 8);
                 var b2 = Vector256.Load(col + 16);
@@ -214,19 +238,178 @@ public sealed unsafe class CausalSelfAttention : Op
                 s1 = Vector256.FusedMultiplyAdd(x, b1, s1);
                 s2 = Vector256.FusedMultiplyAdd(x, b2, s2);
                 s3 = Vector256.FusedMultiplyAdd(x, b3, s3);
-                r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
-                r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
-                r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
-                r3 = Vector256.FusedMultiplyAdd(y, b3, r3);
+                if (two)
+                {
+                    var y = Vector256.Create(a1![d]);
+                    r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
+                    r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
+                    r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
+                    r3 = Vector256.FusedMultiplyAdd(y, b3, r3);
+                }
             }
             (s0 * va).Store(dst0 + j);
             (s1 * va).Store(dst0 + j + 8);
             (s2 * va).Store(dst0 + j + 16);
             (s3 * va).Store(dst0 + j + 24);
-            (r0 * va).Store(dst1 + j);
-            (r1 * va).Store(dst1 + j + 8);
-            (r2 * va).Store(dst1 + j + 16);
-            (r3 * va).Store(dst1 + j + 24);
+            if (two)
+            {
+                (r0 * va).Store(dst1 + j);
+                (r1 * va).Store(dst1 + j + 8);
+                (r2 * va).Store(dst1 + j + 16);
+                (r3 * va).Store(dst1 + j + 24);
+            }
+        }
+        int rest = vectors - j / 8;
+        if (rest == 0) return;
+        {
+            // 1..3 vectors; even and odd depths in separate accumulators so that short rows are not one long FMA chain
+            Vector256<float> s0 = default, s1 = default, s2 = default, r0 = default, r1 = default, r2 = default;
+            Vector256<float> t0 = default, t1 = default, t2 = default, u0 = default, u1 = default, u2 = default;
+            float* col = bt + j;
+            int d = 0;
+            for (; d + 2 <= depth; d += 2, col += 2 * (long)ldt)
+            {
+                var x = Vector256.Create(a0[d]);
+                var xo = Vector256.Create(a0[d + 1]);
+                var b0 = Vector256.Load(col);
+                var c0 = Vector256.Load(col + ldt);
+                s0 = Vector256.FusedMultiplyAdd(x, b0, s0);
+                t0 = Vector256.FusedMultiplyAdd(xo, c0, t0);
+                if (two)
+                {
+                    var y = Vector256.Create(a1![d]);
+                    var yo = Vector256.Create(a1[d + 1]);
+                    r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
+                    u0 = Vector256.FusedMultiplyAdd(yo, c0, u0);
+                    if (rest > 1)
+                    {
+                        var b1 = Vector256.Load(col + 8);
+                        var c1 = Vector256.Load(col + ldt + 8);
+                        s1 = Vector256.FusedMultiplyAdd(x, b1, s1);
+                        t1 = Vector256.FusedMultiplyAdd(xo, c1, t1);
+                        r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
+                        u1 = Vector256.FusedMultiplyAdd(yo, c1, u1);
+                        if (rest > 2)
+                        {
+                            var b2 = Vector256.Load(col + 16);
+                            var c2 = Vector256.Load(col + ldt + 16);
+                            s2 = Vector256.FusedMultiplyAdd(x, b2, s2);
+                            t2 = Vector256.FusedMultiplyAdd(xo, c2, t2);
+                            r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
+                            u2 = Vector256.FusedMultiplyAdd(yo, c2, u2);
+                        }
+                    }
+                }
+                else if (rest > 1)
+                {
+                    s1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 8), s1);
+                    t1 = Vector256.FusedMultiplyAdd(xo, Vector256.Load(col + ldt + 8), t1);
+                    if (rest > 2)
+                    {
+                        s2 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 16), s2);
+                        t2 = Vector256.FusedMultiplyAdd(xo, Vector256.Load(col + ldt + 16), t2);
+                    }
+                }
+            }
+            if (d < depth)
+            {
+                var x = Vector256.Create(a0[d]);
+                var y = two ? Vector256.Create(a1![d]) : default;
+                for (int v = 0; v < rest; v++)
+                {
+                    var b = Vector256.Load(col + 8 * v);
+                    if (v == 0) { s0 = Vector256.FusedMultiplyAdd(x, b, s0); r0 = Vector256.FusedMultiplyAdd(y, b, r0); }
+                    else if (v == 1) { s1 = Vector256.FusedMultiplyAdd(x, b, s1); r1 = Vector256.FusedMultiplyAdd(y, b, r1); }
+                    else { s2 = Vector256.FusedMultiplyAdd(x, b, s2); r2 = Vector256.FusedMultiplyAdd(y, b, r2); }
+                }
+            }
+            ((s0 + t0) * va).Store(dst0 + j);
+            if (rest > 1) ((s1 + t1) * va).Store(dst0 + j + 8);
+            if (rest > 2) ((s2 + t2) * va).Store(dst0 + j + 16);
+            if (two)
+            {
+                ((r0 + u0) * va).Store(dst1 + j);
+                if (rest > 1) ((r1 + u1) * va).Store(dst1 + j + 8);
+                if (rest > 2) ((r2 + u2) * va).Store(dst1 + j + 16);
+            }
+        }
+    }
+
+    /// Two weighted sums over the same count rows, for n a multiple of 16: dst0 (+)= alpha * (sum_i w0[i * ws] rows_i
+    /// + extraW0 * extraRow0) and dst1 likewise (an extra row, when not null, is one that only that output sums). Both
+    /// outputs share the row loads, and even and odd rows go to separate accumulators: 8 independent FMA chains, where
+    /// one short weighted sum is a single chain bound by FMA latency.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void WeightedSumPair(float* w0, float* w1, int ws, int count, float* rows, int rs, int n, float alpha, bool accumulate,
+        float* dst0, float* dst1, float* extraRow0, float extraW0, float* extraRow1, float extraW1)
+    {
+        var va = Vector256.Create(alpha);
+        for (int d = 0; d < n; d += 16)
+        {
+            Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default; // output 0: even rows a, odd rows b
+            Vector256<float> c0 = default, c1 = default, e0 = default, e1 = default; // output 1: even rows c, odd rows e
+            float* r = rows + d;
+            int i = 0;
+            for (; i + 2 <= count; i += 2, r += 2 * (long)rs)
+            {
+                var x0 = Vector256.Create(w0[(long)i * ws]);
+                var x1 = Vector256.Create(w1[(long)i * ws]);
+                var y0 = Vector256.Create(w0[(long)(i + 1) * ws]);
+                var y1 = Vector256.Create(w1[(long)(i + 1) * ws]);
+                var p0 = Vector256.Load(r);
+                var p1 = Vector256.Load(r + 8);
+                var q0 = Vector256.Load(r + rs);
+                var q1 = Vector256.Load(r + rs + 8);
+                a0 = Vector256.FusedMultiplyAdd(x0, p0, a0);
+                a1 = Vector256.FusedMultiplyAdd(x0, p1, a1);
+                c0 = Vector256.FusedMultiplyAdd(x1, p0, c0);
+                c1 = Vector256.FusedMultiplyAdd(x1, p1, c1);
+                b0 = Vector256.FusedMultiplyAdd(y0, q0, b0);
+                b1 = Vector256.FusedMultiplyAdd(y0, q1, b1);
+                e0 = Vector256.FusedMultiplyAdd(y1, q0, e0);
+                e1 = Vector256.FusedMultiplyAdd(y1, q1, e1);
+            }
+            if (i < count)
+            {
+                var x0 = Vector256.Create(w0[(long)i * ws]);
+                var x1 = Vector256.Create(w1[(long)i * ws]);
+                var p0 = Vector256.Load(r);
+                var p1 = Vector256.Load(r + 8);
+                a0 = Vector256.FusedMultiplyAdd(x0, p0, a0);
+                a1 = Vector256.FusedMultiplyAdd(x0, p1, a1);
+                c0 = Vector256.FusedMultiplyAdd(x1, p0, c0);
+                c1 = Vector256.FusedMultiplyAdd(x1, p1, c1);
+            }
+            if (extraRow0 != null)
+            {
+                var x = Vector256.Create(extraW0);
+                b0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(extraRow0 + d), b0);
+                b1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(extraRow0 + d + 8), b1);
+            }
+            if (extraRow1 != null)
+            {
+                var x = Vector256.Create(extraW1);
+                e0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(extraRow1 + d), e0);
+                e1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(extraRow1 + d + 8), e1);
+            }
+            a0 += b0;
+            a1 += b1;
+            c0 += e0;
+            c1 += e1;
+            if (accumulate)
+            {
+                Vector256.FusedMultiplyAdd(a0, va, Vector256.Load(dst0 + d)).Store(dst0 + d);
+                Vector256.FusedMultiplyAdd(a1, va, Vector256.Load(dst0 + d + 8)).Store(dst0 + d + 8);
+                Vector256.FusedMultiplyAdd(c0, va, Vector256.Load(dst1 + d)).Store(dst1 + d);
+                Vector256.FusedMultiplyAdd(c1, va, Vector256.Load(dst1 + d + 8)).Store(dst1 + d + 8);
+            }
+            else
+            {
+                (a0 * va).Store(dst0 + d);
+                (a1 * va).Store(dst0 + d + 8);
+                (c0 * va).Store(dst1 + d);
+                (c1 * va).Store(dst1 + d + 8);
+            }
         }
     }
 

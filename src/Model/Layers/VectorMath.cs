@@ -22,7 +22,7 @@ public static unsafe class VectorMath
         y = Vector256.FusedMultiplyAdd(y, x, Vector256.Create(1.6666665459e-1f));
         y = Vector256.FusedMultiplyAdd(y, x, Vector256.Create(5.0000001201e-1f));
         y = Vector256.FusedMultiplyAdd(y, x * x, x + Vector256<float>.One);
-        var pow2n = Vector256.ShiftLeft(Vector256.ConvertToInt32(fx) + Vector256.Create(127), 23).AsSingle();
+        var pow2n = Vector256.ShiftLeft(Vector256.ConvertToInt32Native(fx) + Vector256.Create(127), 23).AsSingle();
         return y * pow2n;
     }
 
@@ -102,6 +102,44 @@ public static unsafe class VectorMath
         (tailExp * inv).Store(row + last);
     }
 
+    /// <summary><see cref="SoftmaxPadded"/> on two rows at once: the same results, with the two rows' dependency chains
+    /// (max, exp, sum, scale) interleaved so that each hides the other's latency on short rows.</summary>
+    public static void SoftmaxPadded2(float* row0, int n0, float* row1, int n1)
+    {
+        int last0 = ((n0 + 7) >> 3) - 1 << 3, last1 = ((n1 + 7) >> 3) - 1 << 3;
+        var mask0 = FirstLanes(n0 - last0);
+        var mask1 = FirstLanes(n1 - last1);
+        var ninf = Vector256.Create(float.NegativeInfinity);
+        var tail0 = Vector256.ConditionalSelect(mask0, Vector256.Load(row0 + last0), ninf);
+        var tail1 = Vector256.ConditionalSelect(mask1, Vector256.Load(row1 + last1), ninf);
+        Vector256<float> max0 = tail0, max1 = tail1;
+        for (int i = 0; i < last0; i += 8) max0 = Vector256.Max(max0, Vector256.Load(row0 + i));
+        for (int i = 0; i < last1; i += 8) max1 = Vector256.Max(max1, Vector256.Load(row1 + i));
+        var vm0 = Vector256.Create(HorizontalMax(max0));
+        var vm1 = Vector256.Create(HorizontalMax(max1));
+        var tailExp0 = Exp(tail0 - vm0) & mask0;
+        var tailExp1 = Exp(tail1 - vm1) & mask1;
+        Vector256<float> sum0 = default, sum1 = default;
+        for (int i = 0; i < last0; i += 8)
+        {
+            var e = Exp(Vector256.Load(row0 + i) - vm0);
+            e.Store(row0 + i);
+            sum0 += e;
+        }
+        for (int i = 0; i < last1; i += 8)
+        {
+            var e = Exp(Vector256.Load(row1 + i) - vm1);
+            e.Store(row1 + i);
+            sum1 += e;
+        }
+        var inv0 = Vector256.Create(1f / Vector256.Sum(sum0 + tailExp0));
+        var inv1 = Vector256.Create(1f / Vector256.Sum(sum1 + tailExp1));
+        for (int i = 0; i < last0; i += 8) (Vector256.Load(row0 + i) * inv0).Store(row0 + i);
+        for (int i = 0; i < last1; i += 8) (Vector256.Load(row1 + i) * inv1).Store(row1 + i);
+        (tailExp0 * inv0).Store(row0 + last0);
+        (tailExp1 * inv1).Store(row1 + last1);
+    }
+
     /// <summary>Softmax backward in place on a row: d = p * (d - sum(p * d)).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void SoftmaxBackward(float* p, float* d, int n)
@@ -115,6 +153,18 @@ public static unsafe class VectorMath
         var vdot = Vector256.Create(dot);
         for (i = 0; i < full; i += 8) (Vector256.Load(p + i) * (Vector256.Load(d + i) - vdot)).Store(d + i);
         for (int j = full; j < n; j++) d[j] = p[j] * (d[j] - dot);
+    }
+
+    /// <summary>Softmax backward in place on a row padded to whole vectors, d = p * (d - sum(p * d)) over
+    /// [0, round8(n)): p's lanes from n on must be zero (d's there may be any finite value and come out zero).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void SoftmaxBackwardPadded(float* p, float* d, int n)
+    {
+        int end = (n + 7) & ~7;
+        var acc = Vector256<float>.Zero;
+        for (int i = 0; i < end; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(p + i), Vector256.Load(d + i), acc);
+        var vdot = Vector256.Create(Vector256.Sum(acc));
+        for (int i = 0; i < end; i += 8) (Vector256.Load(p + i) * (Vector256.Load(d + i) - vdot)).Store(d + i);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
