@@ -119,6 +119,31 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         AssertClose(Check(g, probe.Value, [x], sample: 400, mustInclude: must));
     }
 
+    /// <summary>Output and dy/dx against GPT-2's formula evaluated in double, over both tails and the bend, on the vector
+    /// lanes and the scalar remainder: within a few float32 ulp (relative, growing with the exponent's size), plus 1e-7 absolute where dy/dx crosses zero (and 1e-36 where the exp is clamped).</summary>
+    [Fact]
+    public void GeluMatchesTheTanhFormulaInDouble()
+    {
+        const int length = 4001; // 500 vectors and a scalar remainder of 1
+        using var g = new Graph(withGrad: true);
+        var x = g.Activation("x", length);
+        var y = g.Activation("y", length);
+        var xs = new double[length];
+        for (int i = 0; i < length; i++) x.Data[i] = (float)(xs[i] = -14 + 28.0 * i / (length - 1));
+        var op = new Gelu(x, y, soleConsumer: true); // stores dy/dx over x
+        op.Forward(new StepContext { Training = true });
+        for (int i = 0; i < length; i++)
+        {
+            // (1 + tanh u) / 2 as 1 / (1 + e^-2u), which keeps double's precision in the negative tail
+            double v = xs[i], c = Math.Sqrt(2 / Math.PI), z = 2 * c * (v + 0.044715 * v * v * v), a = 1 / (1 + Math.Exp(-z));
+            double want = v * a;
+            double slope = a + 2 * v * a * (1 - a) * c * (1 + 3 * 0.044715 * v * v);
+            double rtol = 4e-7 * (1 + Math.Abs(z)); // float32's rounding of z becomes a relative error of e^z
+            Assert.True(Math.Abs(y.Data[i] - want) <= rtol * Math.Abs(want) + 1e-36, $"gelu({v}) = {y.Data[i]}, want {want}");
+            Assert.True(Math.Abs(x.Data[i] - slope) <= rtol * Math.Abs(slope) + 1e-7, $"gelu'({v}) = {x.Data[i]}, want {slope}");
+        }
+    }
+
     /// <summary>As x's only consumer, Gelu stores dy/dx over x in the forward: output and input gradient must match the
     /// recomputing path's to float rounding (the same formulas; x^3 is rounded in another order), across chunk edges.</summary>
     [Fact]

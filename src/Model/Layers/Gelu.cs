@@ -1,12 +1,14 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using DistGpt.Model.Engine;
 
 namespace DistGpt.Model.Layers;
 
-/// <summary>GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-/// Vectorised 8 wide with tanh(u) = 1 - 2 / (exp(2u) + 1). As x's only consumer in a training graph, the forward also
-/// computes dy/dx and stores it over x (whose values nothing else reads, and whose producer rewrites them every
-/// forward), so the backward is one multiply; otherwise the backward recomputes tanh.</summary>
+/// <summary>GPT-2's tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+/// Evaluated as x a with a = (1 + tanh u) / 2 = e / (e + 1), e = exp(2u) (no cancellation in the negative tail, one
+/// exp and one division per 8 lanes); dy/dx = a (1 + r x w) with r = 1 / (e + 1) and w = 2 sqrt(2/pi) (1 + 3 K x^2).
+/// As x's only consumer in a training graph, the forward also stores dy/dx over x (whose values nothing else reads,
+/// and whose producer rewrites them every forward), so the backward is one multiply; otherwise it recomputes.</summary>
 public sealed unsafe class Gelu : Op
 {
     readonly Tensor x, y;
@@ -21,61 +23,68 @@ public sealed unsafe class Gelu : Op
         chunks = Math.Max(1, Math.Min(x.Length / 8192, Compute.Threads * 4));
     }
 
-    const float S = 0.7978845608028654f; // sqrt(2/pi)
+    const float S2 = 2 * 0.7978845608028654f; // 2 sqrt(2/pi)
     const float K = 0.044715f;
+    const float MaxExponent = 40f; // e^40 + 1 keeps 1 / (e + 1) a normal float; a and dy/dx are 1 to float precision there
     readonly int chunks; // several per core: a late core costs less
 
-    static Vector256<float> Tanh(Vector256<float> u) => VectorMath.Tanh(u);
+    /// a = e / (e + 1) and r = 1 / (e + 1) for e = exp(2u).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Sigmoid(Vector256<float> v, Vector256<float> v2, out Vector256<float> r)
+    {
+        var z = Vector256.Min(v * Vector256.FusedMultiplyAdd(Vector256.Create(S2 * K), v2, Vector256.Create(S2)), Vector256.Create(MaxExponent));
+        var e = VectorMath.Exp(z);
+        r = Vector256<float>.One / (e + Vector256<float>.One);
+        return e * r;
+    }
+
+    /// dy/dx = a (1 + r x w), w = 2 sqrt(2/pi) (1 + 3 K x^2).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Derivative(Vector256<float> v, Vector256<float> v2, Vector256<float> a, Vector256<float> r)
+    {
+        var w = Vector256.FusedMultiplyAdd(Vector256.Create(3 * S2 * K), v2, Vector256.Create(S2));
+        return a * Vector256.FusedMultiplyAdd(r, v * w, Vector256<float>.One);
+    }
+
+    static float Sigmoid(float v, out float r)
+    {
+        float e = MathF.Exp(MathF.Min(v * (S2 + S2 * K * v * v), MaxExponent));
+        r = 1f / (e + 1f);
+        return e * r;
+    }
+
+    static float Derivative(float v, float a, float r) => a * (1f + r * v * (S2 + 3 * S2 * K * v * v));
 
     public override void Forward(StepContext step) => Compute.For(chunks, chunk =>
     {
         var (start, end) = RowChunks.Range(chunk, chunks, x.Length);
         float* xs = x.Data, ys = y.Data;
         int i = start;
-        var half = Vector256.Create(0.5f);
         if (derivativeOverInput)
         {
             for (; i + 8 <= end; i += 8)
             {
                 var v = Vector256.Load(xs + i);
                 var v2 = v * v;
-                var th = Tanh(Vector256.Create(S) * (v + Vector256.Create(K) * v2 * v));
-                (half * v * (Vector256<float>.One + th)).Store(ys + i);
-                Derivative(v, v2, th).Store(xs + i);
+                var a = Sigmoid(v, v2, out var r);
+                (v * a).Store(ys + i);
+                Derivative(v, v2, a, r).Store(xs + i);
             }
             for (; i < end; i++)
             {
-                float v = xs[i];
-                float th = MathF.Tanh(S * (v + K * v * v * v));
-                ys[i] = 0.5f * v * (1f + th);
-                xs[i] = Derivative(v, th);
+                float v = xs[i], a = Sigmoid(v, out float r);
+                ys[i] = v * a;
+                xs[i] = Derivative(v, a, r);
             }
             return;
         }
         for (; i + 8 <= end; i += 8)
         {
             var v = Vector256.Load(xs + i);
-            var th = Tanh(Vector256.Create(S) * (v + Vector256.Create(K) * v * v * v));
-            (half * v * (Vector256<float>.One + th)).Store(ys + i);
+            (v * Sigmoid(v, v * v, out _)).Store(ys + i);
         }
-        for (; i < end; i++)
-        {
-            float v = xs[i];
-            ys[i] = 0.5f * v * (1f + MathF.Tanh(S * (v + K * v * v * v)));
-        }
+        for (; i < end; i++) ys[i] = xs[i] * Sigmoid(xs[i], out _);
     });
-
-    /// dy/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) sqrt(2/pi) (1 + 3 K x^2), with th the forward's tanh.
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Derivative(Vector256<float> v, Vector256<float> v2, Vector256<float> th)
-    {
-        var half = Vector256.Create(0.5f);
-        var sech2 = Vector256<float>.One - th * th;
-        return half * (Vector256<float>.One + th)
-            + half * v * sech2 * Vector256.Create(S) * (Vector256<float>.One + Vector256.Create(3f * K) * v2);
-    }
-
-    static float Derivative(float v, float th) => 0.5f * (1f + th) + 0.5f * v * (1f - th * th) * S * (1f + 3f * K * v * v);
 
     public override void Backward(StepContext step) => Compute.For(chunks, chunk =>
     {
@@ -93,15 +102,14 @@ public sealed unsafe class Gelu : Op
         {
             var v = Vector256.Load(xs + i);
             var v2 = v * v;
-            var th = Tanh(Vector256.Create(S) * (v + Vector256.Create(K) * v2 * v));
-            var d = Derivative(v, v2, th) * Vector256.Load(dy + i);
+            var a = Sigmoid(v, v2, out var r);
+            var d = Derivative(v, v2, a, r) * Vector256.Load(dy + i);
             (assign ? d : Vector256.Load(dx + i) + d).Store(dx + i);
         }
         for (; i < end; i++)
         {
-            float v = xs[i];
-            float th = MathF.Tanh(S * (v + K * v * v * v));
-            dx[i] = (assign ? 0f : dx[i]) + Derivative(v, th) * dy[i];
+            float v = xs[i], a = Sigmoid(v, out float r);
+            dx[i] = (assign ? 0f : dx[i]) + Derivative(v, a, r) * dy[i];
         }
     });
 }

@@ -26,15 +26,6 @@ public static unsafe class VectorMath
         return y * pow2n;
     }
 
-    /// <summary>tanh(u) = 1 - 2 / (e^{2u} + 1), with u clamped to ±10 (tanh is ±1 in float there).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Tanh(Vector256<float> u)
-    {
-        u = Vector256.Min(Vector256.Max(u, Vector256.Create(-10f)), Vector256.Create(10f));
-        var e = Exp(u + u);
-        return Vector256<float>.One - Vector256.Create(2f) / (e + Vector256<float>.One);
-    }
-
     static readonly int[] maskSource = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
     /// <summary>A mask with the first n (0..8) lanes set.</summary>
