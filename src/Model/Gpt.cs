@@ -82,17 +82,22 @@ public sealed class Gpt : IDisposable
         Tensor P(string name) => Parameters.View(name, grads);
         Tensor? Bias(string name) => cfg.Bias ? P(name) : null;
         int site = 0;
-        Tensor MaybeDropout(Tensor x, string name)
+        Tensor? stream = null; // the residual stream's first tensor: every tensor on the stream shares its gradient
+        Tensor Activation(string name, bool onStream, params int[] shape) =>
+            onStream && stream != null ? g.ActivationSharingGrad(name, stream, shape) : g.Activation(name, shape);
+        Tensor MaybeDropout(Tensor x, string name, bool onStream = false)
         {
             if (cfg.Dropout <= 0) return x;
-            var y = g.Activation(name, x.Shape);
+            var y = Activation(name, onStream, x.Shape);
             g.Add(new Dropout(g, x, y, cfg.Dropout, site++, batch));
             return y;
         }
+        bool dropout = cfg.Dropout > 0;
 
         var x = g.Activation("emb", batch, time, c);
         g.Add(new Embedding(tokens, P("transformer.wte.weight"), P("transformer.wpe.weight"), x, batch, time));
         x = MaybeDropout(x, "emb.drop");
+        stream = x;
         for (int l = 0; l < cfg.NLayer; l++)
         {
             string p = $"transformer.h.{l}.";
@@ -102,10 +107,10 @@ public sealed class Gpt : IDisposable
             g.Add(new Linear(ln1, P(p + "attn.c_attn.weight"), Bias(p + "attn.c_attn.bias"), qkv, soleConsumer: true));
             var att = g.Activation(p + "att", batch, time, c);
             g.Add(new CausalSelfAttention(g, qkv, att, batch, time, cfg.NHead, cfg.Dropout, site++, soleConsumer: true));
-            var proj = g.Activation(p + "attn.proj", batch, time, c);
+            var proj = Activation(p + "attn.proj", !dropout, batch, time, c);
             g.Add(new Linear(att, P(p + "attn.c_proj.weight"), Bias(p + "attn.c_proj.bias"), proj, soleConsumer: true));
-            proj = MaybeDropout(proj, p + "attn.drop");
-            var x1 = g.Activation(p + "res1", batch, time, c);
+            proj = MaybeDropout(proj, p + "attn.drop", onStream: true);
+            var x1 = Activation(p + "res1", true, batch, time, c);
             g.Add(new Residual(x, proj, x1));
 
             var ln2 = g.Activation(p + "ln_2", batch, time, c);
@@ -114,10 +119,10 @@ public sealed class Gpt : IDisposable
             g.Add(new Linear(ln2, P(p + "mlp.c_fc.weight"), Bias(p + "mlp.c_fc.bias"), fc, soleConsumer: true));
             var gelu = g.Activation(p + "gelu", batch, time, 4 * c);
             g.Add(new Gelu(fc, gelu, soleConsumer: true));
-            var mlp = g.Activation(p + "mlp.proj", batch, time, c);
+            var mlp = Activation(p + "mlp.proj", !dropout, batch, time, c);
             g.Add(new Linear(gelu, P(p + "mlp.c_proj.weight"), Bias(p + "mlp.c_proj.bias"), mlp, soleConsumer: true));
-            mlp = MaybeDropout(mlp, p + "mlp.drop");
-            x = g.Activation(p + "res2", batch, time, c);
+            mlp = MaybeDropout(mlp, p + "mlp.drop", onStream: true);
+            x = Activation(p + "res2", true, batch, time, c);
             g.Add(new Residual(x1, mlp, x));
         }
         var lnf = g.Activation("ln_f", batch, time, c);

@@ -44,6 +44,16 @@ public sealed unsafe class Graph : IDisposable
         return t;
     }
 
+    /// <summary>Allocates an activation whose gradient IS <paramref name="owner"/>'s (same length): the residual stream,
+    /// where y = a + b passes dy on to both unchanged, so every tensor on it can share one gradient buffer and the adds'
+    /// backward has nothing to do. Zeroed before backward through its owner only.</summary>
+    public Tensor ActivationSharingGrad(string name, Tensor owner, params int[] shape)
+    {
+        var t = new Tensor(name, Allocate(owner.Length).Pointer, WithGrad ? owner.Grad : null, shape);
+        if (t.Length != owner.Length) throw new ArgumentException($"{name} ({t.Length} values) cannot share the gradient of {owner.Name} ({owner.Length})");
+        return t;
+    }
+
     /// <summary>Scratch memory that lives as long as the graph (saved statistics, masks, partial sums).</summary>
     public NativeBuffer Allocate(long length)
     {
