@@ -101,11 +101,11 @@ public sealed class Gpt : IDisposable
         for (int l = 0; l < cfg.NLayer; l++)
         {
             string p = $"transformer.h.{l}.";
-            var ln1 = g.Activation(p + "ln_1", batch, time, c);
+            var ln1 = g.LayerActivation(p + "ln_1", "ln_1", batch, time, c);
             g.Add(new LayerNorm(g, x, P(p + "ln_1.weight"), Bias(p + "ln_1.bias"), ln1));
-            var qkv = g.Activation(p + "qkv", batch, time, 3 * c);
+            var qkv = g.LayerActivation(p + "qkv", "qkv", batch, time, 3 * c);
             g.Add(new Linear(ln1, P(p + "attn.c_attn.weight"), Bias(p + "attn.c_attn.bias"), qkv, soleConsumer: true));
-            var att = g.Activation(p + "att", batch, time, c);
+            var att = g.LayerActivation(p + "att", "att", batch, time, c);
             g.Add(new CausalSelfAttention(g, qkv, att, batch, time, cfg.NHead, cfg.Dropout, site++, soleConsumer: true));
             var proj = Activation(p + "attn.proj", !dropout, batch, time, c);
             g.Add(new Linear(att, P(p + "attn.c_proj.weight"), Bias(p + "attn.c_proj.bias"), proj, soleConsumer: true));
@@ -113,11 +113,11 @@ public sealed class Gpt : IDisposable
             var x1 = Activation(p + "res1", true, batch, time, c);
             g.Add(new Residual(x, proj, x1));
 
-            var ln2 = g.Activation(p + "ln_2", batch, time, c);
+            var ln2 = g.LayerActivation(p + "ln_2", "ln_2", batch, time, c);
             g.Add(new LayerNorm(g, x1, P(p + "ln_2.weight"), Bias(p + "ln_2.bias"), ln2));
-            var fc = g.Activation(p + "fc", batch, time, 4 * c);
+            var fc = g.LayerActivation(p + "fc", "fc", batch, time, 4 * c);
             g.Add(new Linear(ln2, P(p + "mlp.c_fc.weight"), Bias(p + "mlp.c_fc.bias"), fc, soleConsumer: true));
-            var gelu = g.Activation(p + "gelu", batch, time, 4 * c);
+            var gelu = g.LayerActivation(p + "gelu", "gelu", batch, time, 4 * c);
             g.Add(new Gelu(fc, gelu, soleConsumer: true));
             var mlp = Activation(p + "mlp.proj", !dropout, batch, time, c);
             g.Add(new Linear(gelu, P(p + "mlp.c_proj.weight"), Bias(p + "mlp.c_proj.bias"), mlp, soleConsumer: true));

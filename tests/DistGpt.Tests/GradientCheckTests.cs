@@ -210,6 +210,48 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         AssertClose(Check(g, probe.Value, [x, w]));
     }
 
+    /// <summary>Two "layers" whose GELU outputs share one gradient buffer (Graph.LayerActivation): their gradients must
+    /// still match finite differences, because each consumer assigns before the layer below reads.</summary>
+    [Fact]
+    public void LayersSharingAGradientBufferMatchFiniteDifferences()
+    {
+        using var g = new Graph(withGrad: true);
+        var rng = new Random(53);
+        var x = Filled(g, "x", rng, 1.0, 3, 8);
+        var w1 = Filled(g, "w1", rng, 0.5, 8, 8);
+        var w2 = Filled(g, "w2", rng, 0.5, 8, 8);
+        Tensor h = x;
+        foreach (var (w, l) in new[] { (w1, 1), (w2, 2) })
+        {
+            var fc = g.LayerActivation($"fc{l}", "fc", 3, 8);
+            g.Add(new Linear(h, w, null, fc, soleConsumer: l > 1));
+            var act = g.LayerActivation($"gelu{l}", "gelu", 3, 8);
+            g.Add(new Gelu(fc, act, soleConsumer: true));
+            h = g.Activation($"out{l}", 3, 8);
+            g.Add(new Linear(act, w, null, h, soleConsumer: true));
+        }
+        var probe = AddProbe(g, rng, [h], []);
+
+        AssertClose(Check(g, probe.Value, [x, w1, w2]));
+    }
+
+    /// <summary>A layer-shared gradient buffer under a consumer that adds to its input's gradient would accumulate onto
+    /// another layer's leftovers: the first backward refuses the graph.</summary>
+    [Fact]
+    public void SharingAGradientBufferWithAnAccumulatingConsumerIsRefused()
+    {
+        using var g = new Graph(withGrad: true);
+        var rng = new Random(54);
+        var x = Filled(g, "x", rng, 1.0, 2, 4);
+        var shared = g.LayerActivation("ln", "ln", 2, 4);
+        g.Add(new Residual(x, x, shared));
+        var y = g.Activation("y", 2, 4);
+        g.Add(new Gelu(shared, y)); // adds to shared's gradient
+        g.Forward();
+        var e = Assert.Throws<InvalidOperationException>(() => g.Backward());
+        Assert.Contains("ln shares its gradient buffer", e.Message);
+    }
+
     // ---------------------------------------------------------------- Dropout
 
     [Theory]

@@ -44,6 +44,27 @@ public sealed unsafe class Graph : IDisposable
         return t;
     }
 
+    /// <summary>Allocates an activation whose gradient buffer is shared with every other activation of the same
+    /// <paramref name="role"/> (one per layer, all the same size): a layer's backward writes and reads its gradients
+    /// before the layer below starts, so one buffer per role serves every layer, and backward touches a few hot buffers
+    /// instead of fresh memory per layer. Only for tensors whose only consumer assigns the gradient (checked at the first
+    /// backward): nothing may accumulate onto another layer's leftovers.</summary>
+    public Tensor LayerActivation(string name, string role, params int[] shape)
+    {
+        long n = 1;
+        foreach (int d in shape) n *= d;
+        var data = Allocate(n);
+        if (!WithGrad) return new Tensor(name, data.Pointer, null, shape);
+        if (!roleGrads.TryGetValue(role, out var grad)) roleGrads[role] = grad = Allocate(n);
+        if (grad.Length != n) throw new ArgumentException($"{name} ({n} values) cannot share the {role} gradient buffer ({grad.Length})");
+        var t = new Tensor(name, data.Pointer, grad.Pointer, shape);
+        roleShared.Add(t);
+        return t;
+    }
+
+    readonly Dictionary<string, NativeBuffer> roleGrads = new();
+    readonly List<Tensor> roleShared = new();
+
     /// <summary>Allocates an activation whose gradient IS <paramref name="owner"/>'s (same length): the residual stream,
     /// where y = a + b passes dy on to both unchanged, so every tensor on it can share one gradient buffer and the adds'
     /// backward has nothing to do. Zeroed before backward through its owner only.</summary>
@@ -113,6 +134,9 @@ public sealed unsafe class Graph : IDisposable
     {
         if (zeroedFrom != activations.Count)
         {
+            foreach (var t in roleShared)
+                if (!t.GradAssignedByConsumer)
+                    throw new InvalidOperationException($"{t.Name} shares its gradient buffer across layers, but its consumer adds to the gradient instead of assigning it");
             zeroed = activations.Where(a => !a.GradAssignedByConsumer).ToArray();
             zeroedFrom = activations.Count;
             gradOffsets = new long[zeroed.Length + 1];
