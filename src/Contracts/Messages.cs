@@ -26,8 +26,11 @@ public sealed record JoinAccepted(
     long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32,
     SharedMemoryPaths? SharedMemory = null);
 
-/// <summary>The two regions a same-host connection moves its payloads through (see Wire.SharedMemoryRegion).</summary>
-public sealed record SharedMemoryPaths(string Down, long DownBytes, string Up, long UpBytes);
+/// <summary>The two regions a same-host connection moves its payloads through (see Wire.SharedMemoryRegion).
+/// <paramref name="SharedDown"/>: Down is the coordinator's own parameter memory, mapped by every local worker and
+/// already unlinked (the worker must not unlink it, and only reads it); otherwise both are this connection's, and the
+/// worker unlinks them once mapped.</summary>
+public sealed record SharedMemoryPaths(string Down, long DownBytes, string Up, long UpBytes, bool SharedDown = false);
 
 public sealed record JoinRefused(string Reason);
 

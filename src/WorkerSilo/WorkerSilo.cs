@@ -75,8 +75,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         try
         {
             var up = SharedMemoryRegion.Open(paths.Up, paths.UpBytes);
-            // Both ends have mapped the files now: unlink them, so that nothing is left in /dev/shm even if a process is killed.
-            File.Delete(paths.Down);
+            // Both ends have mapped the files now: unlink them, so that nothing is left in /dev/shm even if a process is killed
+            // (a shared Down region was never linked).
+            if (!paths.SharedDown) File.Delete(paths.Down);
             File.Delete(paths.Up);
             channel.UseSharedMemory(send: up, receive: down);
             return new SharedRegions(down, up);

@@ -34,6 +34,27 @@ public sealed class SharedMemoryChannelTests : IDisposable
         return bytes;
     }
 
+    /// <summary>Dev mode's shared weights region: unlinked at creation (nothing in /dev/shm to leak), yet any number of
+    /// peers map it by its /proc path and see each other's writes; a wrong announced size is refused.</summary>
+    [Fact]
+    public unsafe void AnUnlinkedRegionIsMappedByItsPeersThroughProc()
+    {
+        var before = Directory.GetFiles(SharedMemoryRegion.Directory!, "distgpt-*").ToHashSet();
+        using var weights = SharedMemoryRegion.CreateUnlinked(SharedMemoryRegion.Directory!, 1 << 20);
+        Assert.StartsWith($"/proc/{Environment.ProcessId}/fd/", weights.Path);
+        Assert.Empty(Directory.GetFiles(SharedMemoryRegion.Directory!, "distgpt-*").Where(f => !before.Contains(f)));
+        using var first = SharedMemoryRegion.Open(weights.Path, 1 << 20);
+        using var second = SharedMemoryRegion.Open(weights.Path, 1 << 20);
+        weights.Pointer[12345] = 77;
+        Assert.Equal(77, first.Pointer[12345]);
+        Assert.Equal(77, second.Pointer[12345]);
+        first.Pointer[99] = 5;
+        Assert.Equal(5, weights.Pointer[99]);
+        var e = Assert.Throws<ProtocolException>(() => SharedMemoryRegion.Open(weights.Path, 2 << 20));
+        Assert.Contains("has 1048576 bytes, announced 2097152", e.Message);
+        Assert.Throws<ProtocolException>(() => SharedMemoryRegion.Open("/proc/self/fd/999999", 1 << 20));
+    }
+
     [Fact]
     public async Task LargePayloadsGoThroughTheRegionAndSmallOnesThroughTheStream()
     {

@@ -11,19 +11,20 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
 {
     readonly MemoryMappedFile file;
     readonly MemoryMappedViewAccessor view;
-    readonly bool owner;
+    readonly Microsoft.Win32.SafeHandles.SafeFileHandle handle; // open as long as the mapping (the file owns it)
+    bool owner;
     bool disposed;
 
-    SharedMemoryRegion(string path, MemoryMappedFile file, long capacity, bool owner)
+    SharedMemoryRegion(string path, MemoryMappedFile file, Microsoft.Win32.SafeHandles.SafeFileHandle handle, long capacity, bool owner)
     {
-        (Path, this.file, Capacity, this.owner) = (path, file, capacity, owner);
+        (Path, this.file, this.handle, Capacity, this.owner) = (path, file, handle, capacity, owner);
         view = file.CreateViewAccessor(0, capacity, MemoryMappedFileAccess.ReadWrite);
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
         Pointer = p + view.PointerOffset;
     }
 
-    public string Path { get; }
+    public string Path { get; private set; }
     public long Capacity { get; }
     public byte* Pointer { get; }
 
@@ -42,7 +43,7 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
         {
             stream.SetLength(capacity);
             var file = MemoryMappedFile.CreateFromFile(stream, null, capacity, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-            return new SharedMemoryRegion(path, file, capacity, owner: true);
+            return new SharedMemoryRegion(path, file, stream.SafeFileHandle, capacity, owner: true);
         }
         catch
         {
@@ -52,15 +53,36 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
         }
     }
 
+    /// <summary>Creates a region in <paramref name="directory"/> and unlinks its file at once: peers map it through
+    /// /proc/PID/fd/FD (its <see cref="Path"/>) for as long as this process holds it, so any number of peers can map it,
+    /// joining at any time, and no kill can leave it behind.</summary>
+    public static SharedMemoryRegion CreateUnlinked(string directory, long capacity)
+    {
+        string path = System.IO.Path.Combine(directory, $"distgpt-{Guid.NewGuid():N}");
+        var region = Create(path, capacity);
+        File.Delete(path);
+        region.owner = false;
+        region.Path = $"/proc/{Environment.ProcessId}/fd/{(int)region.handle.DangerousGetHandle()}";
+        return region;
+    }
+
     /// <summary>Maps a region the peer created; ProtocolException when it is missing or not as large as announced.</summary>
     public static SharedMemoryRegion Open(string path, long capacity)
     {
-        var info = new FileInfo(path);
-        if (!info.Exists) throw new ProtocolException($"shared-memory region '{path}' does not exist (is the coordinator on another host?)");
-        if (info.Length != capacity) throw new ProtocolException($"shared-memory region '{path}' has {info.Length} bytes, announced {capacity}");
-        var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        FileStream stream;
+        try { stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite); }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new ProtocolException($"shared-memory region '{path}' does not exist (is the coordinator on another host?)");
+        }
+        if (stream.Length != capacity)
+        {
+            long length = stream.Length;
+            stream.Dispose();
+            throw new ProtocolException($"shared-memory region '{path}' has {length} bytes, announced {capacity}");
+        }
         var file = MemoryMappedFile.CreateFromFile(stream, null, capacity, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-        return new SharedMemoryRegion(path, file, capacity, owner: false);
+        return new SharedMemoryRegion(path, file, stream.SafeFileHandle, capacity, owner: false);
     }
 
     public void Dispose()

@@ -45,7 +45,9 @@ public static class DevCommand
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), OfferSharedMemory = mode == "shm",
             };
-            using var setup = RunSetup.Create(train, r);
+            using var weights = new Hosting.SharedWeights(); // outlives the model (disposed after it)
+            using var setup = RunSetup.Create(train, r, settings.OfferSharedMemory ? weights.Allocate : null);
+            settings = settings with { SharedWeights = weights.Region };
             CoordinatorCommand.PrintModel(setup);
             Console.WriteLine($"dev mode: {n} worker processes × {perWorker} threads");
             using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancel);

@@ -17,7 +17,8 @@ public sealed class RunSetup : IDisposable
     public required string RunId { get; init; }
     public required string OutDir { get; init; }
 
-    public static RunSetup Create(TrainOptions options, ParseResult r)
+    /// <param name="parameterMemory">where the model's weights live (dev mode: <see cref="Hosting.SharedWeights"/>); default their own buffer</param>
+    public static RunSetup Create(TrainOptions options, ParseResult r, Func<long, Model.Engine.NativeBuffer>? parameterMemory = null)
     {
         string outDir = r.GetValue(options.Out)!;
         bool resume = r.GetValue(options.Resume);
@@ -35,7 +36,7 @@ public sealed class RunSetup : IDisposable
         if (ckpt != null && ckpt.State.Step >= settings.MaxIters)
             throw new ConfigException($"--resume: the checkpoint in '{outDir}' is at step {ckpt.State.Step}; pass a --max-iters above it to train further");
 
-        var model = new Gpt(modelConfig);
+        var model = new Gpt(modelConfig, values: parameterMemory);
         var optimizer = new AdamW(model.Parameters, settings.Beta1, settings.Beta2, settings.WeightDecay);
         if (ckpt != null)
         {

@@ -1,3 +1,4 @@
+using DistGpt.Contracts.Wire;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
@@ -28,7 +29,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
     public Uri Address { get; }
 
     public static Task<CoordinatorHost> StartAsync(Uri listen, CoordinatorGrain grain, Action<string> log,
-        string? tlsCert = null, string? tlsKey = null, bool offerSharedMemory = false)
+        string? tlsCert = null, string? tlsKey = null, bool offerSharedMemory = false, SharedMemoryRegion? sharedWeights = null)
     {
         if (listen.Scheme is not ("http" or "https"))
             throw new ConfigException($"--listen '{listen}' must be http://HOST:PORT (or https:// with --tls-cert/--tls-key)");
@@ -50,7 +51,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         int port = ((IPEndPoint)listener.LocalEndpoint).Port;
         var address = new UriBuilder(cert != null ? "https" : "http", ip.ToString(), port).Uri;
         log($"coordinator listening on {address}");
-        return Task.FromResult(new CoordinatorHost(listener, address, new WorkerConnectionHandler(grain, log, offerSharedMemory && cert == null), cert, log));
+        return Task.FromResult(new CoordinatorHost(listener, address, new WorkerConnectionHandler(grain, log, offerSharedMemory && cert == null, sharedWeights), cert, log));
     }
 
     /// <summary>Socket settings for tensor traffic: no Nagle delay, buffers that hold a few 1 MiB chunks.</summary>

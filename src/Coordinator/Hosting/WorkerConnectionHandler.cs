@@ -8,8 +8,10 @@ namespace DistGpt.Coordinator.Hosting;
 /// <summary>Serves one worker's persistent connection (as Orleans' own networking: one connection per silo).
 /// First frame must be a join; then the connection carries compute calls until either side leaves. With
 /// <paramref name="offerSharedMemory"/> (dev mode), a worker that says it runs on this host gets two /dev/shm regions
-/// for its payloads, so tensors skip the socket.</summary>
-public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log, bool offerSharedMemory = false)
+/// for its payloads, so tensors skip the socket; with <paramref name="sharedWeights"/> (the coordinator's parameter
+/// memory) the weights region is that one, common to every local worker, and nothing is copied down.</summary>
+public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log, bool offerSharedMemory = false,
+    SharedMemoryRegion? sharedWeights = null)
 {
     public async Task HandleAsync(Stream stream, EndPoint? remote, Action abort, CancellationToken closed)
     {
@@ -51,12 +53,14 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
         {
             if (offerSharedMemory && request.SharedMemory && SharedMemoryRegion.Directory is { } dir)
             {
-                // Weights (and, when they fit, token windows) down; a gradient sum up.
+                // Weights (and, when they fit, token windows) down; a gradient sum up. A worker that samples its own
+                // batches maps the coordinator's weights themselves; token windows would need a region of its own.
                 long tensorBytes = accepted.ParameterCount * sizeof(float);
                 string stem = Path.Combine(dir, $"distgpt-{accepted.RunId}-{accepted.Rank}-{Guid.NewGuid():N}");
-                down = SharedMemoryRegion.Create(stem + "-down", tensorBytes + (1 << 20));
+                bool shareWeights = sharedWeights != null && !accepted.SendsWindows && sharedWeights.Capacity == tensorBytes;
+                down = shareWeights ? sharedWeights : SharedMemoryRegion.Create(stem + "-down", tensorBytes + (1 << 20));
                 up = SharedMemoryRegion.Create(stem + "-up", tensorBytes);
-                accepted = accepted with { SharedMemory = new SharedMemoryPaths(down.Path, down.Capacity, up.Path, up.Capacity) };
+                accepted = accepted with { SharedMemory = new SharedMemoryPaths(down!.Path, down.Capacity, up.Path, up.Capacity, shareWeights) };
             }
             await channel.SendAsync(MessageKind.JoinAccepted, accepted);
             if (down != null) channel.UseSharedMemory(send: down, receive: up!);
@@ -74,7 +78,7 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
         }
         finally
         {
-            down?.Dispose();
+            if (down != sharedWeights) down?.Dispose();
             up?.Dispose();
         }
     }

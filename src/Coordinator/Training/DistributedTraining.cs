@@ -24,6 +24,8 @@ public sealed record CoordinatorSettings
     public string? TlsKey { get; init; }
     /// <summary>Offer /dev/shm payload regions to workers that run on this host (dev mode's children).</summary>
     public bool OfferSharedMemory { get; init; }
+    /// <summary>The region the model's weights live in (<see cref="Hosting.SharedWeights"/>), mapped by those workers.</summary>
+    public Contracts.Wire.SharedMemoryRegion? SharedWeights { get; init; }
 }
 
 /// <summary>The coordinator's run: host the grain, wait for the workers, train with their gradients, tell them to stop.</summary>
@@ -41,7 +43,7 @@ public static class DistributedTraining
             setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType);
         var grain = new CoordinatorGrain(run, log);
         Telemetry.CoordinatorTelemetry.Watch(grain);
-        await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory);
+        await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory, settings.SharedWeights);
         try
         {
             if (onListening != null) await onListening(host.Address);
