@@ -91,7 +91,9 @@ public sealed unsafe class CausalSelfAttention : Op
             {
                 bool pair = t + 1 < time;
                 float* s0 = direct ? p + (long)t * time : srow, s1 = direct ? p + (long)(t + 1) * time : srow2;
-                Scores(q + (long)t * 3 * c, pair ? q + (long)(t + 1) * 3 * c : null, kt, tp, hs, Vectors(pair ? t + 2 : t + 1), scale, s0, s1);
+                float* q0 = q + (long)t * 3 * c;
+                if (pair) Scores(q0, q0 + 3 * c, kt, tp, hs, Vectors(t + 2), scale, s0, s1);
+                else Scores(q0, q0, kt, tp, hs, Vectors(t + 1), scale, s0, s0);
                 if (pair) VectorMath.SoftmaxPadded2(s0, t + 1, s1, t + 2);
                 else VectorMath.SoftmaxPadded(s0, t + 1);
                 for (int u = t; u < t + (pair ? 2 : 1); u++)
@@ -148,8 +150,9 @@ public sealed unsafe class CausalSelfAttention : Op
                 // dW_t = dy_t V^T on the causal prefix (rows t, t + 1 together), through dropout, then softmax backward:
                 // dS = P (dW - <P, dW>)
                 bool pair = t + 1 < time;
-                Scores(dyh + (long)t * c, pair ? dyh + (long)(t + 1) * c : null, vt, tp, hs, Vectors(pair ? t + 2 : t + 1), 1f,
-                    ds + (long)t * tp, ds + (long)(t + 1) * tp);
+                float* dy0 = dyh + (long)t * c, dsRow = ds + (long)t * tp;
+                if (pair) Scores(dy0, dy0 + c, vt, tp, hs, Vectors(t + 2), 1f, dsRow, dsRow + tp);
+                else Scores(dy0, dy0, vt, tp, hs, Vectors(t + 1), 1f, dsRow, dsRow);
                 for (int u = t; u < t + (pair ? 2 : 1); u++)
                 {
                     float* dr = ds + (long)u * tp, pr = p + (long)u * time;
@@ -213,13 +216,12 @@ public sealed unsafe class CausalSelfAttention : Op
             for (int j = rows; j < ldd; j++) dst[(long)d * ldd + j] = 0f;
     }
 
-    /// dst0[j] = alpha * sum_d a0[d] * bt[d * ldt + j] for j in [0, 8 * vectors), and the same for a1 into dst1 (a1 may
-    /// be null: one row). A row against the columns of a transposed matrix, 4 vectors per pass with the B loads shared by
-    /// both rows, then a tail of 1..3 vectors; bt must have 8 * vectors columns (zero padded).
+    /// dst0[j] = alpha * sum_d a0[d] * bt[d * ldt + j] for j in [0, 8 * vectors), and the same for a1 into dst1 (one row
+    /// passes itself twice: a1 = a0, dst1 = dst0). Two rows against the columns of a transposed matrix, 4 vectors per pass
+    /// with the B loads shared by both rows, then a tail of 1..3 vectors; bt must have 8 * vectors columns (zero padded).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Scores(float* a0, float* a1, float* bt, int ldt, int depth, int vectors, float alpha, float* dst0, float* dst1)
     {
-        bool two = a1 != null;
         var va = Vector256.Create(alpha);
         int j = 0;
         for (; j + 32 <= vectors * 8; j += 32)
@@ -230,6 +232,7 @@ public sealed unsafe class CausalSelfAttention : Op
             for (int d = 0; d < depth; d++, col += ldt)
             {
                 var x = Vector256.Create(a0[d]);
+                var y = Vector256.Create(a1[d]);
                 var b0 = Vector256.Load(col);
                 var b1 = Vector256.Load(col + 8);
                 var b2 = Vector256.Load(col + 16);
@@ -238,101 +241,68 @@ public sealed unsafe class CausalSelfAttention : Op
                 s1 = Vector256.FusedMultiplyAdd(x, b1, s1);
                 s2 = Vector256.FusedMultiplyAdd(x, b2, s2);
                 s3 = Vector256.FusedMultiplyAdd(x, b3, s3);
-                if (two)
-                {
-                    var y = Vector256.Create(a1![d]);
-                    r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
-                    r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
-                    r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
-                    r3 = Vector256.FusedMultiplyAdd(y, b3, r3);
-                }
+                r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
+                r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
+                r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
+                r3 = Vector256.FusedMultiplyAdd(y, b3, r3);
             }
             (s0 * va).Store(dst0 + j);
             (s1 * va).Store(dst0 + j + 8);
             (s2 * va).Store(dst0 + j + 16);
             (s3 * va).Store(dst0 + j + 24);
-            if (two)
-            {
-                (r0 * va).Store(dst1 + j);
-                (r1 * va).Store(dst1 + j + 8);
-                (r2 * va).Store(dst1 + j + 16);
-                (r3 * va).Store(dst1 + j + 24);
-            }
+            (r0 * va).Store(dst1 + j);
+            (r1 * va).Store(dst1 + j + 8);
+            (r2 * va).Store(dst1 + j + 16);
+            (r3 * va).Store(dst1 + j + 24);
         }
         int rest = vectors - j / 8;
-        if (rest == 0) return;
+        if (rest > 0) ScoresTail(a0, a1, bt + j, ldt, depth, rest, va, dst0 + j, dst1 + j);
+    }
+
+    /// <see cref="Scores"/> on the last 1..3 vectors, with even and odd depths in separate accumulators so that a short
+    /// row is not one long chain of dependent multiply-adds.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void ScoresTail(float* a0, float* a1, float* col, int ldt, int depth, int rest, Vector256<float> va, float* dst0, float* dst1)
+    {
+        Vector256<float> s0 = default, s1 = default, s2 = default, r0 = default, r1 = default, r2 = default; // even depths
+        Vector256<float> t0 = default, t1 = default, t2 = default, u0 = default, u1 = default, u2 = default; // odd depths
+        for (int d = 0; d < depth; d += 2, col += 2 * (long)ldt)
         {
-            // 1..3 vectors; even and odd depths in separate accumulators so that short rows are not one long FMA chain
-            Vector256<float> s0 = default, s1 = default, s2 = default, r0 = default, r1 = default, r2 = default;
-            Vector256<float> t0 = default, t1 = default, t2 = default, u0 = default, u1 = default, u2 = default;
-            float* col = bt + j;
-            int d = 0;
-            for (; d + 2 <= depth; d += 2, col += 2 * (long)ldt)
-            {
-                var x = Vector256.Create(a0[d]);
-                var xo = Vector256.Create(a0[d + 1]);
-                var b0 = Vector256.Load(col);
-                var c0 = Vector256.Load(col + ldt);
-                s0 = Vector256.FusedMultiplyAdd(x, b0, s0);
-                t0 = Vector256.FusedMultiplyAdd(xo, c0, t0);
-                if (two)
-                {
-                    var y = Vector256.Create(a1![d]);
-                    var yo = Vector256.Create(a1[d + 1]);
-                    r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
-                    u0 = Vector256.FusedMultiplyAdd(yo, c0, u0);
-                    if (rest > 1)
-                    {
-                        var b1 = Vector256.Load(col + 8);
-                        var c1 = Vector256.Load(col + ldt + 8);
-                        s1 = Vector256.FusedMultiplyAdd(x, b1, s1);
-                        t1 = Vector256.FusedMultiplyAdd(xo, c1, t1);
-                        r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
-                        u1 = Vector256.FusedMultiplyAdd(yo, c1, u1);
-                        if (rest > 2)
-                        {
-                            var b2 = Vector256.Load(col + 16);
-                            var c2 = Vector256.Load(col + ldt + 16);
-                            s2 = Vector256.FusedMultiplyAdd(x, b2, s2);
-                            t2 = Vector256.FusedMultiplyAdd(xo, c2, t2);
-                            r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
-                            u2 = Vector256.FusedMultiplyAdd(yo, c2, u2);
-                        }
-                    }
-                }
-                else if (rest > 1)
-                {
-                    s1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 8), s1);
-                    t1 = Vector256.FusedMultiplyAdd(xo, Vector256.Load(col + ldt + 8), t1);
-                    if (rest > 2)
-                    {
-                        s2 = Vector256.FusedMultiplyAdd(x, Vector256.Load(col + 16), s2);
-                        t2 = Vector256.FusedMultiplyAdd(xo, Vector256.Load(col + ldt + 16), t2);
-                    }
-                }
-            }
-            if (d < depth)
-            {
-                var x = Vector256.Create(a0[d]);
-                var y = two ? Vector256.Create(a1![d]) : default;
-                for (int v = 0; v < rest; v++)
-                {
-                    var b = Vector256.Load(col + 8 * v);
-                    if (v == 0) { s0 = Vector256.FusedMultiplyAdd(x, b, s0); r0 = Vector256.FusedMultiplyAdd(y, b, r0); }
-                    else if (v == 1) { s1 = Vector256.FusedMultiplyAdd(x, b, s1); r1 = Vector256.FusedMultiplyAdd(y, b, r1); }
-                    else { s2 = Vector256.FusedMultiplyAdd(x, b, s2); r2 = Vector256.FusedMultiplyAdd(y, b, r2); }
-                }
-            }
-            ((s0 + t0) * va).Store(dst0 + j);
-            if (rest > 1) ((s1 + t1) * va).Store(dst0 + j + 8);
-            if (rest > 2) ((s2 + t2) * va).Store(dst0 + j + 16);
-            if (two)
-            {
-                ((r0 + u0) * va).Store(dst1 + j);
-                if (rest > 1) ((r1 + u1) * va).Store(dst1 + j + 8);
-                if (rest > 2) ((r2 + u2) * va).Store(dst1 + j + 16);
-            }
+            bool odd = d + 1 < depth;
+            var x = Vector256.Create(a0[d]);
+            var y = Vector256.Create(a1[d]);
+            var xo = odd ? Vector256.Create(a0[d + 1]) : default;
+            var yo = odd ? Vector256.Create(a1[d + 1]) : default;
+            float* next = odd ? col + ldt : col; // a last even row pairs with itself, times zero
+            var b0 = Vector256.Load(col);
+            var c0 = Vector256.Load(next);
+            s0 = Vector256.FusedMultiplyAdd(x, b0, s0);
+            r0 = Vector256.FusedMultiplyAdd(y, b0, r0);
+            t0 = Vector256.FusedMultiplyAdd(xo, c0, t0);
+            u0 = Vector256.FusedMultiplyAdd(yo, c0, u0);
+            if (rest < 2) continue;
+            var b1 = Vector256.Load(col + 8);
+            var c1 = Vector256.Load(next + 8);
+            s1 = Vector256.FusedMultiplyAdd(x, b1, s1);
+            r1 = Vector256.FusedMultiplyAdd(y, b1, r1);
+            t1 = Vector256.FusedMultiplyAdd(xo, c1, t1);
+            u1 = Vector256.FusedMultiplyAdd(yo, c1, u1);
+            if (rest < 3) continue;
+            var b2 = Vector256.Load(col + 16);
+            var c2 = Vector256.Load(next + 16);
+            s2 = Vector256.FusedMultiplyAdd(x, b2, s2);
+            r2 = Vector256.FusedMultiplyAdd(y, b2, r2);
+            t2 = Vector256.FusedMultiplyAdd(xo, c2, t2);
+            u2 = Vector256.FusedMultiplyAdd(yo, c2, u2);
         }
+        ((s0 + t0) * va).Store(dst0);
+        ((r0 + u0) * va).Store(dst1);
+        if (rest < 2) return;
+        ((s1 + t1) * va).Store(dst0 + 8);
+        ((r1 + u1) * va).Store(dst1 + 8);
+        if (rest < 3) return;
+        ((s2 + t2) * va).Store(dst0 + 16);
+        ((r2 + u2) * va).Store(dst1 + 16);
     }
 
     /// Two weighted sums over the same count rows, for n a multiple of 16: dst0 (+)= alpha * (sum_i w0[i * ws] rows_i
