@@ -263,6 +263,22 @@ public static unsafe class Gemm
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackA(bool transA, int mc, int kc, float* a, int lda, float* dst)
     {
+        if (transA && mc % MR == 0)
+        {
+            // op(A) rows are A columns: source row p holds MR contiguous values for every panel. Row by row, so each
+            // cache line of A is read once (panel by panel, a strided walk re-read each line for every panel in it).
+            int panels = mc / MR;
+            for (int p = 0; p < kc; p++)
+            {
+                float* src = a + (nint)p * lda, d = dst + p * MR;
+                for (int i = 0; i < panels; i++, src += MR, d += MR * kc)
+                {
+                    Sse.Store(d, Sse.LoadVector128(src));
+                    Sse.StoreLow(d + 4, Sse.LoadLow(Vector128<float>.Zero, src + 4));
+                }
+            }
+            return;
+        }
         for (int ir = 0; ir < mc; ir += MR, dst += MR * kc)
         {
             int mr = Math.Min(MR, mc - ir);
