@@ -77,6 +77,7 @@ public sealed unsafe class CausalSelfAttention : Op
         Compute.For(batch * heads, bh =>
         {
             int b = bh / heads, h = bh % heads;
+            if (bh + 1 < batch * heads) Prefetch(bh + 1, backward: false);
             float* q = qkv.Data + (long)b * time * 3 * c + h * hs;
             float* k = q + c, v = q + 2 * c;
             float* p = P(b, h);
@@ -136,6 +137,7 @@ public sealed unsafe class CausalSelfAttention : Op
         Compute.For(batch * heads, bh =>
         {
             int b = bh / heads, h = bh % heads;
+            if (bh + 1 < batch * heads) Prefetch(bh + 1, backward: true);
             long qkvOffset = (long)b * time * 3 * c + h * hs;
             float* q = qkv.Data + qkvOffset, k = q + c, v = q + 2 * c;
             float* dq = qkv.Grad + qkvOffset, dk = dq + c, dv = dq + 2 * c;
@@ -192,6 +194,35 @@ public sealed unsafe class CausalSelfAttention : Op
                 WeightedSum(ds + (long)j * tp + j, tp, time - j, q + (long)j * 3 * c, 3 * c, hs, scale, accumulate, dk + (long)j * 3 * c); // dk_j (+)= scale sum_t dS_tj q_t
             }
         });
+    }
+
+    /// Asks for the next (batch, head)'s inputs in L2 while this one computes: its rows of q, k and v (strided, 3C apart,
+    /// which the hardware prefetcher does not follow across heads) and, for the backward, its rows of dY and its P, all
+    /// written long before (a step's activations outgrow the caches). Measured on the cpu config with cold caches: the
+    /// fused kernels ran 1.5-1.7x slower than with their inputs cached.
+    void Prefetch(int bh, bool backward)
+    {
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
+        int b = bh / heads, h = bh % heads;
+        float* row = qkv.Data + (long)b * time * 3 * c + h * hs;
+        for (int t = 0; t < time; t++, row += 3 * c)
+            for (int o = 0; o < hs; o += 16)
+            {
+                System.Runtime.Intrinsics.X86.Sse.Prefetch1(row + o);
+                System.Runtime.Intrinsics.X86.Sse.Prefetch1(row + c + o);
+                System.Runtime.Intrinsics.X86.Sse.Prefetch1(row + 2 * c + o);
+            }
+        if (!backward) return;
+        float* dy = y.Grad + (long)b * time * c + h * hs;
+        for (int t = 0; t < time; t++, dy += c)
+            for (int o = 0; o < hs; o += 16) System.Runtime.Intrinsics.X86.Sse.Prefetch1(dy + o);
+        float* p = P(b, h);
+        for (long i = 0; i < (long)time * time; i += 16) System.Runtime.Intrinsics.X86.Sse.Prefetch1(p + i);
+        if (droppedProbs != null)
+        {
+            float* w = Pd(b, h);
+            for (long i = 0; i < (long)time * time; i += 16) System.Runtime.Intrinsics.X86.Sse.Prefetch1(w + i);
+        }
     }
 
     /// dst (cols x ldd, row-major) = src^T for src (rows x cols, stride lds); columns rows..ldd of dst are zeroed.
