@@ -68,6 +68,17 @@ public sealed class DistributedTests
         Assert.True(b.ExitCode == 0, b.ToString());
         Assert.DoesNotContain("payloads through shared memory", b.StdOut);
         Assert.Equal(Metrics(tcp).Select(m => m.GetProperty("loss").GetDouble()), Metrics(shm).Select(m => m.GetProperty("loss").GetDouble()));
+        // The metrics say which way the tensors went: over the socket (wire_bytes) or through the regions (shm_bytes).
+        foreach (var m in Metrics(shm))
+        {
+            Assert.True(m.GetProperty("wire_bytes").GetProperty("received").GetInt64() < 10_000, m.ToString());
+            Assert.True(m.GetProperty("shm_bytes").GetProperty("received").GetInt64() > 100_000, m.ToString());
+        }
+        foreach (var m in Metrics(tcp))
+        {
+            Assert.True(m.GetProperty("wire_bytes").GetProperty("received").GetInt64() > 100_000, m.ToString());
+            Assert.False(m.TryGetProperty("shm_bytes", out _), m.ToString());
+        }
         string runId = JsonDocument.Parse(File.ReadAllText(Path.Combine(shm, "ckpt", "checkpoint.json"))).RootElement.GetProperty("run_id").GetString()!;
         Assert.Empty(Directory.GetFiles("/dev/shm", $"distgpt-{runId}-*"));
         var bad = CliRunner.Run($"{run} --out {tmp.Subdirectory("bad")} --transport carrier-pigeon", Env(), Timeout);
@@ -107,11 +118,14 @@ public sealed class DistributedTests
         Assert.True(differing >= steps / 2, $"only {differing} of {steps} losses differ from the fp32 run: were the gradients really sent as bf16?");
         Assert.True(double.IsFinite(mb[^1].GetProperty("val_loss").GetDouble()));
 
+        // Dev mode's payloads cross shared memory (shm_bytes); only prefixes and headers the socket (wire_bytes).
+        static long Moved(JsonElement m, string direction) =>
+            m.GetProperty("wire_bytes").GetProperty(direction).GetInt64() + m.GetProperty("shm_bytes").GetProperty(direction).GetInt64();
         for (int i = 0; i < steps; i++)
         {
-            JsonElement wa = ma[i].GetProperty("wire_bytes"), wb = mb[i].GetProperty("wire_bytes");
-            long sentA = wa.GetProperty("sent").GetInt64(), sentB = wb.GetProperty("sent").GetInt64();
-            long gotA = wa.GetProperty("received").GetInt64(), gotB = wb.GetProperty("received").GetInt64();
+            Assert.True(ma[i].GetProperty("wire_bytes").GetProperty("received").GetInt64() < 10_000, "gradient payloads on the dev-mode socket");
+            long sentA = Moved(ma[i], "sent"), sentB = Moved(mb[i], "sent");
+            long gotA = Moved(ma[i], "received"), gotB = Moved(mb[i], "received");
             Assert.True(Math.Abs(sentA - sentB) <= sentA / 100, $"step {i + 1}: weights sent {sentA} (fp32 run) vs {sentB} (bf16 run): they stay fp32");
             Assert.True(Math.Abs((double)gotB / gotA - 0.5) < 0.01, $"step {i + 1}: received {gotB} bytes with bf16, {gotA} with fp32");
         }

@@ -74,8 +74,11 @@ public sealed class FaultToleranceTests
     [Fact]
     public void SilentWorkerIsDroppedAfterTheHeartbeatTimeoutAndARestartedWorkerRejoins()
     {
+        // Long enough that alpha alone is still training when the restarted beta has started and joined (steps of this
+        // model take about a millisecond: a 400-step run could end first).
+        const int steps = 4000;
         using var c = new Cluster();
-        var coordinator = c.StartCoordinator("--min-workers 2 --max-iters 400 --eval-interval 400 --heartbeat-timeout 2");
+        var coordinator = c.StartCoordinator($"--min-workers 2 --max-iters {steps} --eval-interval {steps} --heartbeat-timeout 2");
         c.StartWorker("alpha");
         var hung = c.StartWorker("beta", "hang:6");
         Assert.True(coordinator.WaitForOutput(o => o.Contains("worker 'beta' lost"), Timeout), coordinator.StdOut);
@@ -86,7 +89,7 @@ public sealed class FaultToleranceTests
         var r = coordinator.WaitForExit(Timeout);
         Assert.True(r.ExitCode == 0, r.ToString());
         var metrics = c.Metrics;
-        AssertContiguous(metrics, 400);
+        AssertContiguous(metrics, steps);
         double slow = metrics[5].GetProperty("step_ms").GetDouble();
         Assert.InRange(slow, 1_500, 10_000);
         Assert.Equal(2, metrics[^1].GetProperty("workers").GetInt32());

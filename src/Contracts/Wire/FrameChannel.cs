@@ -38,8 +38,13 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     /// <summary>Called after each payload chunk is written (fault injection in tests; null otherwise).</summary>
     public Action? AfterPayloadChunk { get; set; }
 
+    /// <summary>Bytes written to / read from the stream (the socket): prefixes, headers and payloads sent on it.</summary>
     public long BytesSent { get; private set; }
     public long BytesReceived { get; private set; }
+    /// <summary>Payload bytes that crossed through the shared-memory regions instead (counted whether or not a copy was
+    /// needed: a payload already in the region, as dev mode's weights and gradients are, still counts).</summary>
+    public long SharedBytesSent { get; private set; }
+    public long SharedBytesReceived { get; private set; }
 
     public async Task SendAsync<T>(MessageKind kind, T header, CancellationToken cancel = default, params ReadOnlyMemory<byte>[] payload)
     {
@@ -66,7 +71,8 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
                         if (AfterPayloadChunk is { } hook) { await output.FlushAsync(cancel); hook(); }
                     }
             await output.FlushAsync(cancel);
-            BytesSent += PrefixBytes + json.Length + payloadLength;
+            BytesSent += PrefixBytes + json.Length + (shared ? 0 : payloadLength);
+            if (shared) SharedBytesSent += payloadLength;
         }
         finally { sendLock.Release(); }
     }
@@ -92,7 +98,7 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
             throw new ProtocolException($"read past the end of a {sharedPayload}-byte shared-memory payload");
         var span = new ReadOnlySpan<byte>(sharedReceive!.Pointer + sharedCursor, length);
         sharedCursor += length;
-        BytesReceived += length;
+        SharedBytesReceived += length;
         return span;
     }
 

@@ -17,14 +17,15 @@ public sealed class WorkerCall : IDisposable
     readonly IWorkerGrain worker;
     readonly FrameChannel? channel;
     readonly WireTraffic? traffic;
-    readonly long started = Stopwatch.GetTimestamp(), sent0, received0;
+    readonly long started = Stopwatch.GetTimestamp(), sent0, received0, sharedSent0, sharedReceived0;
     bool done;
 
     WorkerCall(IWorkerGrain worker, Activity? span, WireTraffic? traffic)
     {
         (this.worker, this.span, this.traffic) = (worker, span, traffic);
         channel = (worker as RemoteWorker)?.Channel;
-        if (channel != null) (sent0, received0) = (channel.BytesSent, channel.BytesReceived);
+        if (channel != null)
+            (sent0, received0, sharedSent0, sharedReceived0) = (channel.BytesSent, channel.BytesReceived, channel.SharedBytesSent, channel.SharedBytesReceived);
     }
 
     /// <summary>Starts the call's span; <paramref name="traffic"/>, when given, receives the bytes the call moved.</summary>
@@ -59,35 +60,43 @@ public sealed class WorkerCall : IDisposable
         if (channel != null)
         {
             long sent = channel.BytesSent - sent0, received = channel.BytesReceived - received0;
+            long sharedSent = channel.SharedBytesSent - sharedSent0, sharedReceived = channel.SharedBytesReceived - sharedReceived0;
             WorkerNetworkIo.Add(sent, new TagList { { Attr.WorkerName, worker.Name }, { Attr.Direction, "transmit" } });
             WorkerNetworkIo.Add(received, new TagList { { Attr.WorkerName, worker.Name }, { Attr.Direction, "receive" } });
             span?.SetTag(Attr.BytesSent, sent).SetTag(Attr.BytesReceived, received);
-            traffic?.Add(sent, received);
+            if (sharedSent + sharedReceived > 0) span?.SetTag(Attr.SharedBytesSent, sharedSent).SetTag(Attr.SharedBytesReceived, sharedReceived);
+            traffic?.Add(sent, received, sharedSent, sharedReceived);
         }
         span?.Dispose();
     }
 }
 
-/// <summary>Bytes the coordinator sent to and received from its workers (frames on their connections, heartbeats that
-/// crossed during a call included), summed over a step's calls.</summary>
+/// <summary>Bytes the coordinator sent to and received from its workers over their sockets (frames, heartbeats that
+/// crossed during a call included), and payload bytes that went through shared memory instead, summed over a step's
+/// calls.</summary>
 public sealed class WireTraffic
 {
-    long sent, received;
+    long sent, received, sharedSent, sharedReceived;
 
     public long Sent => Interlocked.Read(ref sent);
     public long Received => Interlocked.Read(ref received);
+    public long SharedSent => Interlocked.Read(ref sharedSent);
+    public long SharedReceived => Interlocked.Read(ref sharedReceived);
 
-    public void Add(long sentBytes, long receivedBytes)
+    public void Add(long sentBytes, long receivedBytes, long sharedSentBytes = 0, long sharedReceivedBytes = 0)
     {
         Interlocked.Add(ref sent, sentBytes);
         Interlocked.Add(ref received, receivedBytes);
+        Interlocked.Add(ref sharedSent, sharedSentBytes);
+        Interlocked.Add(ref sharedReceived, sharedReceivedBytes);
     }
 }
 
 /// <summary>Coordinator spans outside the step loop's own: weights sent to one worker, workers joining and leaving.</summary>
 public static class CoordinatorTelemetry
 {
-    /// <summary>`send weights` over one worker's compute frame; distgpt.bytes is what went on the wire.</summary>
+    /// <summary>`send weights` over one worker's compute frame; distgpt.bytes is what went on the socket, distgpt.shm.bytes
+    /// what went through shared memory.</summary>
     public static IDisposable? StartSendWeights(FrameChannel channel, string worker, int rank)
     {
         var span = Source.StartActivity("send weights", ActivityKind.Producer);
@@ -98,11 +107,12 @@ public static class CoordinatorTelemetry
 
     sealed class BytesScope(Activity span, FrameChannel channel) : IDisposable
     {
-        readonly long start = channel.BytesSent;
+        readonly long start = channel.BytesSent, sharedStart = channel.SharedBytesSent;
 
         public void Dispose()
         {
             span.SetTag(Attr.Bytes, channel.BytesSent - start);
+            if (channel.SharedBytesSent > sharedStart) span.SetTag(Attr.SharedBytes, channel.SharedBytesSent - sharedStart);
             span.Dispose();
         }
     }

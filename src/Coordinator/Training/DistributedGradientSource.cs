@@ -123,6 +123,8 @@ public sealed class DistributedGradientSource(
             ["worker_compute_ms"] = computeMs.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
             ["wire_bytes"] = new Dictionary<string, long> { ["sent"] = traffic.Sent, ["received"] = traffic.Received },
         };
+        if (traffic.SharedSent + traffic.SharedReceived > 0)
+            extra["shm_bytes"] = new Dictionary<string, long> { ["sent"] = traffic.SharedSent, ["received"] = traffic.SharedReceived };
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;
         return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);

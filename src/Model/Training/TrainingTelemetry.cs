@@ -23,6 +23,7 @@ public static class TrainingTelemetry
             StepMs = "distgpt.step_ms", TrainLoss = "distgpt.eval.train_loss", ValLoss = "distgpt.eval.val_loss", ValLossFull = "distgpt.eval.val_loss_full", EvalIters = "distgpt.eval.iters",
             CheckpointDir = "distgpt.checkpoint.dir", WorkerName = "distgpt.worker.name", WorkerRank = "distgpt.worker.rank",
             Bytes = "distgpt.bytes", BytesSent = "distgpt.bytes.sent", BytesReceived = "distgpt.bytes.received",
+            SharedBytes = "distgpt.shm.bytes", SharedBytesSent = "distgpt.shm.bytes.sent", SharedBytesReceived = "distgpt.shm.bytes.received",
             ShareIndex = "distgpt.share.index", ShareFirst = "distgpt.share.first", Sequences = "distgpt.sequences",
             ComputeMs = "distgpt.compute_ms", ForwardMs = "distgpt.forward_ms", BackwardMs = "distgpt.backward_ms",
             Reason = "distgpt.reason", ActiveWorkers = "distgpt.workers.active", Direction = "network.io.direction";
