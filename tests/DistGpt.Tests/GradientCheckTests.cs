@@ -311,6 +311,10 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     [InlineData(0.25f, true, 2, 7, 2, 8, false, false)]  // the packed-GEMM path (long sequences)
     [InlineData(0.25f, true, 2, 7, 2, 8, true, false)]
     [InlineData(0f, true, 1, 5, 3, 9, true, false)]
+    // T a multiple of 8 (scores straight into P, whole-vector rows, 8x8 transposes) and head size 16 (paired weighted sums)
+    [InlineData(0f, true, 2, 16, 2, 32, false, true)]
+    [InlineData(0.25f, true, 2, 16, 2, 32, true, true)]
+    [InlineData(0.1f, true, 1, 40, 2, 64, false, true)]  // head size 32, rows past one 32-column block (5 vectors)
     public void CausalSelfAttentionGradientMatchesFiniteDifferences(float dropout, bool training, int batch, int time, int heads, int c,
         bool soleConsumer, bool fused)
     {

@@ -20,7 +20,8 @@ public sealed unsafe class CausalSelfAttention : Op
     readonly int site;
     readonly bool accumulate; // dqkv += ... (false: dqkv = ..., as qkv's only consumer)
     readonly bool fused;
-    readonly float* probs;        // (B, nh, T, T) softmax output, zero above the diagonal
+    readonly float* probs;        // (B, nh, T, T) softmax output, zero above the diagonal up to the row's last whole vector
+                                  // (fused path with T % 8 == 0; beyond it, never read, left as it is)
     readonly float* droppedProbs; // same shape, after dropout (null when dropout == 0)
 
     [ThreadStatic] static float* scratch;
@@ -100,11 +101,7 @@ public sealed unsafe class CausalSelfAttention : Op
                 for (int u = t; u < t + (pair ? 2 : 1); u++)
                 {
                     float* sr = u == t ? s0 : s1, pr = p + (long)u * time;
-                    if (direct)
-                    {
-                        for (int j = Vectors(u + 1) * 8; j < time; j += 8) Vector256<float>.Zero.Store(pr + j);
-                    }
-                    else
+                    if (!direct) // (direct: the row's lanes past its last whole vector are never read, so never written)
                     {
                         new ReadOnlySpan<float>(sr, u + 1).CopyTo(new Span<float>(pr, u + 1));
                         new Span<float>(pr + u + 1, time - u - 1).Clear();
@@ -112,7 +109,11 @@ public sealed unsafe class CausalSelfAttention : Op
                     if (drop)
                     {
                         float* wr = weights + (long)u * time;
-                        for (int j = 0; j < time; j++) wr[j] = rng.NextFloat() >= dropout ? pr[j] * keepScale : 0f;
+                        for (int j = 0; j < time; j++)
+                        {
+                            bool keep = rng.NextFloat() >= dropout; // T draws per row whatever u: the GEMM path's stream
+                            wr[j] = keep && j <= u ? pr[j] * keepScale : 0f;
+                        }
                     }
                     if (!(pair && pairSums)) WeightedSum(weights + (long)u * time, 1, u + 1, v, 3 * c, hs, 1f, false, yh + (long)u * c);
                 }
