@@ -17,7 +17,7 @@ public sealed unsafe class SharedWeights : IDisposable
         if (Region != null) throw new InvalidOperationException("the shared weights are already allocated");
         if (SharedMemoryRegion.Directory is not { } dir) return new NativeBuffer(count);
         Region = SharedMemoryRegion.CreateUnlinked(dir, count * sizeof(float));
-        new Span<byte>(Region.Pointer, checked((int)Region.Capacity)).Clear();
+        System.Runtime.InteropServices.NativeMemory.Clear(Region.Pointer, (nuint)Region.Capacity);
         return NativeBuffer.Over((float*)Region.Pointer, count);
     }
 
