@@ -11,20 +11,19 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
 {
     readonly MemoryMappedFile file;
     readonly MemoryMappedViewAccessor view;
-    readonly Microsoft.Win32.SafeHandles.SafeFileHandle handle; // open as long as the mapping (the file owns it)
-    bool owner;
+    readonly bool owner;
     bool disposed;
 
-    SharedMemoryRegion(string path, MemoryMappedFile file, Microsoft.Win32.SafeHandles.SafeFileHandle handle, long capacity, bool owner)
+    SharedMemoryRegion(string path, MemoryMappedFile file, long capacity, bool owner)
     {
-        (Path, this.file, this.handle, Capacity, this.owner) = (path, file, handle, capacity, owner);
+        (Path, this.file, Capacity, this.owner) = (path, file, capacity, owner);
         view = file.CreateViewAccessor(0, capacity, MemoryMappedFileAccess.ReadWrite);
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
         Pointer = p + view.PointerOffset;
     }
 
-    public string Path { get; private set; }
+    public string Path { get; }
     public long Capacity { get; }
     public byte* Pointer { get; }
 
@@ -32,7 +31,15 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
     public static string? Directory => System.IO.Directory.Exists("/dev/shm") ? "/dev/shm" : null;
 
     /// <summary>Creates (and on Dispose deletes) a region of <paramref name="capacity"/> bytes readable only by this user.</summary>
-    public static SharedMemoryRegion Create(string path, long capacity)
+    public static SharedMemoryRegion Create(string path, long capacity) => Create(path, capacity, unlink: false);
+
+    /// <summary>Creates a region in <paramref name="directory"/> and unlinks its file at once: peers map it through
+    /// /proc/PID/fd/FD (its <see cref="Path"/>) for as long as this process holds it, so any number of peers can map it,
+    /// joining at any time, and no kill can leave it behind.</summary>
+    public static SharedMemoryRegion CreateUnlinked(string directory, long capacity) =>
+        Create(System.IO.Path.Combine(directory, $"distgpt-{Guid.NewGuid():N}"), capacity, unlink: true);
+
+    static SharedMemoryRegion Create(string path, long capacity, bool unlink)
     {
         var stream = new FileStream(path, new FileStreamOptions
         {
@@ -42,8 +49,11 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
         try
         {
             stream.SetLength(capacity);
+            // The mapped file keeps the descriptor open for as long as the mapping lives.
+            string procPath = $"/proc/{Environment.ProcessId}/fd/{(int)stream.SafeFileHandle.DangerousGetHandle()}";
             var file = MemoryMappedFile.CreateFromFile(stream, null, capacity, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-            return new SharedMemoryRegion(path, file, stream.SafeFileHandle, capacity, owner: true);
+            if (unlink) File.Delete(path);
+            return new SharedMemoryRegion(unlink ? procPath : path, file, capacity, owner: !unlink);
         }
         catch
         {
@@ -51,19 +61,6 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
             File.Delete(path);
             throw;
         }
-    }
-
-    /// <summary>Creates a region in <paramref name="directory"/> and unlinks its file at once: peers map it through
-    /// /proc/PID/fd/FD (its <see cref="Path"/>) for as long as this process holds it, so any number of peers can map it,
-    /// joining at any time, and no kill can leave it behind.</summary>
-    public static SharedMemoryRegion CreateUnlinked(string directory, long capacity)
-    {
-        string path = System.IO.Path.Combine(directory, $"distgpt-{Guid.NewGuid():N}");
-        var region = Create(path, capacity);
-        File.Delete(path);
-        region.owner = false;
-        region.Path = $"/proc/{Environment.ProcessId}/fd/{(int)region.handle.DangerousGetHandle()}";
-        return region;
     }
 
     /// <summary>Maps a region the peer created; ProtocolException when it is missing or not as large as announced.</summary>
@@ -82,7 +79,7 @@ public sealed unsafe class SharedMemoryRegion : IDisposable
             throw new ProtocolException($"shared-memory region '{path}' has {length} bytes, announced {capacity}");
         }
         var file = MemoryMappedFile.CreateFromFile(stream, null, capacity, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
-        return new SharedMemoryRegion(path, file, stream.SafeFileHandle, capacity, owner: false);
+        return new SharedMemoryRegion(path, file, capacity, owner: false);
     }
 
     public void Dispose()

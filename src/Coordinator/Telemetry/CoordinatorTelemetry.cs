@@ -83,7 +83,7 @@ public sealed class WireTraffic
     public long SharedSent => Interlocked.Read(ref sharedSent);
     public long SharedReceived => Interlocked.Read(ref sharedReceived);
 
-    public void Add(long sentBytes, long receivedBytes, long sharedSentBytes = 0, long sharedReceivedBytes = 0)
+    public void Add(long sentBytes, long receivedBytes, long sharedSentBytes, long sharedReceivedBytes)
     {
         Interlocked.Add(ref sent, sentBytes);
         Interlocked.Add(ref received, receivedBytes);

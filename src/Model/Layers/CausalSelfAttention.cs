@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using DistGpt.Model.Engine;
 using Tensor = DistGpt.Model.Engine.Tensor;
 
@@ -169,11 +170,8 @@ public sealed unsafe class CausalSelfAttention : Op
                     if (!(pair && pairSums)) WeightedSum(dr, 1, u + 1, k, 3 * c, hs, scale, accumulate, dq + (long)u * 3 * c);   // dq_u (+)= scale sum_j dS_uj k_j
                 }
                 if (pair && pairSums) // dq_t, dq_t+1 over k_0..k_t, and k_t+1 for dq_t+1 alone
-                {
-                    float* d0 = ds + (long)t * tp, d1 = d0 + tp;
-                    WeightedSumPair(d0, d1, 1, t + 1, k, 3 * c, hs, scale, accumulate, dq + (long)t * 3 * c, dq + (long)(t + 1) * 3 * c,
-                        null, 0f, k + (long)(t + 1) * 3 * c, d1[t + 1]);
-                }
+                    WeightedSumPair(dsRow, dsRow + tp, 1, t + 1, k, 3 * c, hs, scale, accumulate, dq + (long)t * 3 * c, dq + (long)(t + 1) * 3 * c,
+                        null, 0f, k + (long)(t + 1) * 3 * c, dsRow[tp + t + 1]);
             }
             int jStart = 0;
             if (pairSums)
@@ -203,26 +201,26 @@ public sealed unsafe class CausalSelfAttention : Op
     /// fused kernels ran 1.5-1.7x slower than with their inputs cached.
     void Prefetch(int bh, bool backward)
     {
-        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
+        if (!Sse.IsSupported) return;
         int b = bh / heads, h = bh % heads;
         float* row = qkv.Data + (long)b * time * 3 * c + h * hs;
         for (int t = 0; t < time; t++, row += 3 * c)
             for (int o = 0; o < hs; o += 16)
             {
-                System.Runtime.Intrinsics.X86.Sse.Prefetch1(row + o);
-                System.Runtime.Intrinsics.X86.Sse.Prefetch1(row + c + o);
-                System.Runtime.Intrinsics.X86.Sse.Prefetch1(row + 2 * c + o);
+                Sse.Prefetch1(row + o);
+                Sse.Prefetch1(row + c + o);
+                Sse.Prefetch1(row + 2 * c + o);
             }
         if (!backward) return;
         float* dy = y.Grad + (long)b * time * c + h * hs;
         for (int t = 0; t < time; t++, dy += c)
-            for (int o = 0; o < hs; o += 16) System.Runtime.Intrinsics.X86.Sse.Prefetch1(dy + o);
+            for (int o = 0; o < hs; o += 16) Sse.Prefetch1(dy + o);
         float* p = P(b, h);
-        for (long i = 0; i < (long)time * time; i += 16) System.Runtime.Intrinsics.X86.Sse.Prefetch1(p + i);
+        for (long i = 0; i < (long)time * time; i += 16) Sse.Prefetch1(p + i);
         if (droppedProbs != null)
         {
             float* w = Pd(b, h);
-            for (long i = 0; i < (long)time * time; i += 16) System.Runtime.Intrinsics.X86.Sse.Prefetch1(w + i);
+            for (long i = 0; i < (long)time * time; i += 16) Sse.Prefetch1(w + i);
         }
     }
 
@@ -230,7 +228,7 @@ public sealed unsafe class CausalSelfAttention : Op
     /// 8x8 blocks through registers (Gemm's) when both sizes are multiples of 8.
     static void Transpose(float* src, int lds, int rows, int cols, float* dst, int ldd)
     {
-        if (rows % 8 == 0 && cols % 8 == 0 && System.Runtime.Intrinsics.X86.Avx.IsSupported)
+        if (rows % 8 == 0 && cols % 8 == 0 && Avx.IsSupported)
         {
             for (int j = 0; j < rows; j += 8)
                 for (int d = 0; d < cols; d += 8)

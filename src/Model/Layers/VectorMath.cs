@@ -35,39 +35,6 @@ public static unsafe class VectorMath
         fixed (int* m = maskSource) return Vector256.Load(m + 8 - n).AsSingle();
     }
 
-    /// <summary>In-place softmax of row[0..n), max-subtracted.</summary>
-    public static void Softmax(float* row, int n)
-    {
-        int full = n & ~7, rest = n - full;
-        var mask = FirstLanes(rest);
-        var vmax = Vector256.Create(float.NegativeInfinity);
-        int i = 0;
-        for (; i < full; i += 8) vmax = Vector256.Max(vmax, Vector256.Load(row + i));
-        if (rest > 0)
-        {
-            var tail = Vector256.ConditionalSelect(mask, LoadTail(row + i, rest), Vector256.Create(float.NegativeInfinity));
-            vmax = Vector256.Max(vmax, tail);
-        }
-        float max = HorizontalMax(vmax);
-        var vm = Vector256.Create(max);
-        var vsum = Vector256<float>.Zero;
-        for (i = 0; i < full; i += 8)
-        {
-            var e = Exp(Vector256.Load(row + i) - vm);
-            e.Store(row + i);
-            vsum += e;
-        }
-        Vector256<float> tailExp = default;
-        if (rest > 0)
-        {
-            tailExp = Exp(LoadTail(row + i, rest) - vm) & mask;
-            vsum += tailExp;
-        }
-        var inv = Vector256.Create(1f / Vector256.Sum(vsum));
-        for (i = 0; i < full; i += 8) (Vector256.Load(row + i) * inv).Store(row + i);
-        if (rest > 0) StoreTail(tailExp * inv, row + i, rest);
-    }
-
     /// <summary>Softmax of row[0..n) in place, for a row padded to whole vectors: lanes [n, round8(n)) are read (any
     /// value) and written as zeros, so no scalar or stack-buffered tail is needed.</summary>
     public static void SoftmaxPadded(float* row, int n)
@@ -165,22 +132,5 @@ public static unsafe class VectorMath
         m = Vector128.Max(m, Vector128.Shuffle(m, Vector128.Create(2, 3, 0, 1)));
         m = Vector128.Max(m, Vector128.Shuffle(m, Vector128.Create(1, 0, 3, 2)));
         return m.ToScalar();
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> LoadTail(float* src, int n)
-    {
-        var buffer = stackalloc float[8];
-        for (int i = 0; i < n; i++) buffer[i] = src[i];
-        for (int i = n; i < 8; i++) buffer[i] = 0f;
-        return Vector256.Load(buffer);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void StoreTail(Vector256<float> v, float* dst, int n)
-    {
-        var buffer = stackalloc float[8];
-        v.Store(buffer);
-        for (int i = 0; i < n; i++) dst[i] = buffer[i];
     }
 }
