@@ -14,6 +14,16 @@ var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT
     ExchangeBenchCommand.Create(),
     ExchangeBenchCommand.CreatePeer(),
 };
+// DISTGPT_GEMM picks the matmul kernel (portable, avx2, avx512; default the widest the CPU has); dev mode's workers inherit it.
+if (Environment.GetEnvironmentVariable("DISTGPT_GEMM") is { Length: > 0 } gemm)
+{
+    try { DistGpt.Model.Gemm.Kernel = DistGpt.Model.Gemm.ParseKernel(gemm); }
+    catch (ArgumentException e)
+    {
+        Console.Error.WriteLine($"error: DISTGPT_GEMM: {e.Message}");
+        return ExitCodes.BadInput;
+    }
+}
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)
 {

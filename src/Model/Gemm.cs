@@ -6,26 +6,56 @@ using System.Runtime.Intrinsics.X86;
 
 namespace DistGpt.Model;
 
-/// <summary>
-/// Single-precision GEMM, BLIS style: op(A) and op(B) are packed into contiguous, zero-padded
-/// panels and a 6x16 AVX2/FMA register tile does the arithmetic. Row-major throughout.
-/// </summary>
-public static unsafe class Gemm
-{
-    // Register tile: 6 rows x 16 columns = 12 ymm accumulators, leaving 4 for the B row and A broadcasts.
-    const int MR = 6, NR = 16;
+/// <summary>Which code computes a product: BLIS-style packed register tiles in 512-bit (AVX-512F) or 256-bit (AVX2 +
+/// FMA) vectors, or the portable Vector&lt;T&gt; loops.</summary>
+public enum GemmKernel { Portable, Avx2, Avx512 }
 
-    // Cache blocking: a KC x NR micro-panel of B (16 KiB) stays in L1 while the MC x KC block of A
-    // (144 KiB) streams from L2; the KC x NC block of B lives in L2/L3.
+/// <summary>
+/// Single-precision GEMM, BLIS style: op(A) and op(B) are packed into contiguous, zero-padded panels and an
+/// MR x NR register tile does the arithmetic: 8 x 32 in AVX-512 registers where the CPU has them, else 6 x 16 in
+/// AVX2 registers. Row-major throughout. Both tiles accumulate every element of C over k in the same order with the
+/// same fused operations, so the two give bit-identical results (machines of a cluster can differ in width).
+/// </summary>
+public static unsafe partial class Gemm
+{
+    // Cache blocking: a KC x NR micro-panel of B (16 or 32 KiB) stays in L1 while the MC x KC block of A (144 KiB)
+    // streams from L2; the KC x NC block of B lives in L2/L3. MC is a multiple of both tiles' MR.
     const int KC = 256, MC = 144, NC = 3072;
 
     // Parallel.For costs ~10 us to fork and join here; below ~2M multiply-adds (~20-40 us on one core) it doesn't pay.
     const long ParallelThreshold = 1L << 21;
 
-    /// <summary>Forces the portable Vector&lt;T&gt; fallback (tests and benchmarks).</summary>
-    public static bool UseScalarPath { get; set; }
+    /// <summary>The widest kernel this CPU runs.</summary>
+    public static GemmKernel Best { get; } =
+        Avx512F.IsSupported ? GemmKernel.Avx512 : Fma.IsSupported && Avx2.IsSupported ? GemmKernel.Avx2 : GemmKernel.Portable;
 
-    static bool UseSimd => Fma.IsSupported && Avx2.IsSupported && !UseScalarPath;
+    static GemmKernel kernel = Best;
+
+    /// <summary>The kernel every product uses: <see cref="Best"/> unless set (tests, benchmarks, the --gemm flag).</summary>
+    public static GemmKernel Kernel
+    {
+        get => kernel;
+        set
+        {
+            if (value > Best) throw new ArgumentException($"this CPU cannot run the {value} matmul kernel (best: {Best})", nameof(value));
+            kernel = value;
+        }
+    }
+
+    /// <summary>Parses a kernel name as the --gemm flag spells it (portable, avx2, avx512).</summary>
+    public static GemmKernel ParseKernel(string name) => name.ToLowerInvariant() switch
+    {
+        "portable" => GemmKernel.Portable,
+        "avx2" => GemmKernel.Avx2,
+        "avx512" => GemmKernel.Avx512,
+        _ => throw new ArgumentException($"unknown matmul kernel '{name}' (expected portable, avx2 or avx512)"),
+    };
+
+    /// <summary>Register-tile shape of the packed kernels.</summary>
+    readonly record struct Tile(int MR, int NR, bool Wide)
+    {
+        public static readonly Tile Avx2 = new(6, 16, false), Avx512 = new(8, 32, true);
+    }
 
     /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C   (row-major; op(X) = X or X^T)
     /// A is m x k (lda >= k) when !transA, else k x m (lda >= m). B is k x n (ldb >= n) when !transB, else n x k (ldb >= k). ldc >= n.
@@ -41,24 +71,25 @@ public static unsafe class Gemm
             return;
         }
 
-        bool simd = UseSimd;
+        var kind = kernel;
+        var tileShape = kind == GemmKernel.Avx512 ? Tile.Avx512 : Tile.Avx2;
         int threads = parallel ? Compute.AvailableThreads : 1;
         if (threads == 1 || (long)m * n * k < ParallelThreshold)
         {
-            Serial(simd, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            Serial(kind, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
             return;
         }
 
         bool splitM = m >= n;
-        if (simd && splitM)
+        if (kind != GemmKernel.Portable && splitM)
         {
-            SharedB(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+            SharedB(tileShape, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
             return;
         }
 
         // Split the larger of m and n into tile-aligned slabs, one per thread; each thread packs its
         // own panels, so the only shared state is the disjoint slab of C it writes.
-        int tile = splitM ? MR : NR, size = splitM ? m : n;
+        int tile = splitM ? tileShape.MR : tileShape.NR, size = splitM ? m : n;
         // Several slabs per thread, claimed dynamically: a thread that starts late (or is descheduled) costs less.
         var (tasks, chunk) = SplitTiles(size, tile, threads * 4);
         nint pa = (nint)a, pb = (nint)b, pc = (nint)c;
@@ -70,13 +101,13 @@ public static unsafe class Gemm
             {
                 ta += transA ? start : (nint)start * lda;
                 tc += (nint)start * ldc;
-                Serial(simd, transA, transB, len, n, k, alpha, ta, lda, tb, ldb, beta, tc, ldc);
+                Serial(kind, transA, transB, len, n, k, alpha, ta, lda, tb, ldb, beta, tc, ldc);
             }
             else
             {
                 tb += transB ? (nint)start * ldb : start;
                 tc += start;
-                Serial(simd, transA, transB, m, len, k, alpha, ta, lda, tb, ldb, beta, tc, ldc);
+                Serial(kind, transA, transB, m, len, k, alpha, ta, lda, tb, ldb, beta, tc, ldc);
             }
         });
     }
@@ -93,9 +124,10 @@ public static unsafe class Gemm
     /// Parallel over row slabs of C with op(B) packed once per (jc, pc) block and shared: the panels of B are packed by
     /// all threads together, then each slab packs its own A and runs the same kernels as the serial path (so results do
     /// not depend on the split). For the short-k shapes of small models, packing B per slab would cost as much as the math.
-    static void SharedB(bool transA, bool transB, int m, int n, int k, float alpha,
+    static void SharedB(Tile tile, bool transA, bool transB, int m, int n, int k, float alpha,
         float* a, int lda, float* b, int ldb, float beta, float* c, int ldc, int threads)
     {
+        int MR = tile.MR, NR = tile.NR;
         int ncMax = Math.Min(NC, RoundUp(n, NR)), kcMax = Math.Min(KC, k);
         nint packB = (nint)Scratch.Current.B((nuint)(ncMax * kcMax));
         var (tasks, rowsPerTask) = SplitTiles(m, MR, threads * 4);
@@ -114,37 +146,19 @@ public static unsafe class Gemm
                 {
                     int j0 = t * packWidth, width = Math.Min(packWidth, nc - j0);
                     float* src = (float*)pb + (transB ? (nint)(jc0 + j0) * ldb + pc0 : (nint)pc0 * ldb + jc0 + j0);
-                    PackB(transB, kc, width, src, ldb, (float*)packB + (nint)j0 * kc);
+                    PackB(tile, transB, kc, width, src, ldb, (float*)packB + (nint)j0 * kc);
                 });
                 Compute.For(tasks, t =>
                 {
                     int start = t * rowsPerTask, end = Math.Min(m, start + rowsPerTask);
-                    var scratch = Scratch.Current;
-                    float* packA = scratch.A((nuint)(Math.Min(MC, RoundUp(m, MR)) * kcMax + MR * NR));
-                    float* edge = packA + Math.Min(MC, RoundUp(m, MR)) * kcMax;
+                    float* packA = Scratch.Current.A((nuint)(Math.Min(MC, RoundUp(m, MR)) * kcMax));
+                    float* edge = stackalloc float[MR * NR];
                     for (int ic = start; ic < end; ic += MC)
                     {
                         int mc = Math.Min(MC, end - ic);
                         float* aSrc = (float*)pa + (transA ? (nint)pc0 * lda + ic : (nint)ic * lda + pc0);
-                        PackA(transA, mc, kc, aSrc, lda, packA);
-                        for (int jr = 0; jr < nc; jr += NR)
-                        {
-                            int nr = Math.Min(NR, nc - jr);
-                            float* bp = (float*)packB + jr * kc;
-                            for (int ir = 0; ir < mc; ir += MR)
-                            {
-                                int mr = Math.Min(MR, mc - ir);
-                                float* ap = packA + ir * kc;
-                                float* ct = (float*)pcc + (nint)(ic + ir) * ldc + jc0 + jr;
-                                if (mr == MR && nr == NR)
-                                    Kernel(kc, ap, bp, ct, ldc, alpha, betaBlock);
-                                else
-                                {
-                                    EdgeKernel(kc, ap, bp, edge, nr);
-                                    StoreEdge(edge, ct, ldc, mr, nr, alpha, betaBlock);
-                                }
-                            }
-                        }
+                        PackA(tile, transA, mc, kc, aSrc, lda, packA);
+                        Block(tile, mc, nc, kc, packA, (float*)packB, (float*)pcc + (nint)ic * ldc + jc0, ldc, alpha, betaBlock, edge);
                     }
                 });
             }
@@ -202,18 +216,19 @@ public static unsafe class Gemm
         }
     }
 
-    static void Serial(bool simd, bool transA, bool transB, int m, int n, int k, float alpha,
+    static void Serial(GemmKernel kind, bool transA, bool transB, int m, int n, int k, float alpha,
         float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
     {
-        if (simd) Packed(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        else Portable(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        if (kind == GemmKernel.Portable) Portable(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        else Packed(kind == GemmKernel.Avx512 ? Tile.Avx512 : Tile.Avx2, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
 
-    // ---------------------------------------------------------------- packed AVX2 path
+    // ---------------------------------------------------------------- packed path
 
-    static void Packed(bool transA, bool transB, int m, int n, int k, float alpha,
+    static void Packed(Tile tile, bool transA, bool transB, int m, int n, int k, float alpha,
         float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
     {
+        int MR = tile.MR, NR = tile.NR;
         var scratch = Scratch.Current;
         int ncMax = Math.Min(NC, RoundUp(n, NR)), kcMax = Math.Min(KC, k);
         float* packA = scratch.A((nuint)(Math.Min(MC, RoundUp(m, MR)) * kcMax));
@@ -227,31 +242,42 @@ public static unsafe class Gemm
             {
                 int kc = Math.Min(KC, k - pc);
                 float betaBlock = pc == 0 ? beta : 1f;  // later k-blocks accumulate onto the first
-                PackB(transB, kc, nc, transB ? b + (nint)jc * ldb + pc : b + (nint)pc * ldb + jc, ldb, packB);
+                PackB(tile, transB, kc, nc, transB ? b + (nint)jc * ldb + pc : b + (nint)pc * ldb + jc, ldb, packB);
 
                 for (int ic = 0; ic < m; ic += MC)
                 {
                     int mc = Math.Min(MC, m - ic);
-                    PackA(transA, mc, kc, transA ? a + (nint)pc * lda + ic : a + (nint)ic * lda + pc, lda, packA);
+                    PackA(tile, transA, mc, kc, transA ? a + (nint)pc * lda + ic : a + (nint)ic * lda + pc, lda, packA);
+                    Block(tile, mc, nc, kc, packA, packB, c + (nint)ic * ldc + jc, ldc, alpha, betaBlock, edge);
+                }
+            }
+        }
+    }
 
-                    for (int jr = 0; jr < nc; jr += NR)
-                    {
-                        int nr = Math.Min(NR, nc - jr);
-                        float* bp = packB + jr * kc;
-                        for (int ir = 0; ir < mc; ir += MR)
-                        {
-                            int mr = Math.Min(MR, mc - ir);
-                            float* ap = packA + ir * kc;
-                            float* ct = c + (nint)(ic + ir) * ldc + jc + jr;
-                            if (mr == MR && nr == NR)
-                                Kernel(kc, ap, bp, ct, ldc, alpha, betaBlock);
-                            else
-                            {
-                                EdgeKernel(kc, ap, bp, edge, nr);
-                                StoreEdge(edge, ct, ldc, mr, nr, alpha, betaBlock);
-                            }
-                        }
-                    }
+    /// C[0..mc, 0..nc] = alpha * packed A block * packed B block + beta * C, tile by tile; ragged tiles go through edge
+    /// (MR x NR scratch).
+    static void Block(Tile tile, int mc, int nc, int kc, float* packA, float* packB, float* c, int ldc, float alpha, float beta, float* edge)
+    {
+        int MR = tile.MR, NR = tile.NR;
+        for (int jr = 0; jr < nc; jr += NR)
+        {
+            int nr = Math.Min(NR, nc - jr);
+            float* bp = packB + jr * kc;
+            for (int ir = 0; ir < mc; ir += MR)
+            {
+                int mr = Math.Min(MR, mc - ir);
+                float* ap = packA + ir * kc;
+                float* ct = c + (nint)ir * ldc + jr;
+                if (mr == MR && nr == NR)
+                {
+                    if (tile.Wide) Kernel8x32(kc, ap, bp, ct, ldc, alpha, beta);
+                    else Kernel6x16(kc, ap, bp, ct, ldc, alpha, beta);
+                }
+                else
+                {
+                    if (tile.Wide) EdgeKernel8x32(kc, ap, bp, edge, nr);
+                    else EdgeKernel6x16(kc, ap, bp, edge, nr);
+                    StoreEdge(edge, NR, ct, ldc, mr, nr, alpha, beta);
                 }
             }
         }
@@ -261,88 +287,95 @@ public static unsafe class Gemm
 
     /// Packs op(A)[0..mc, 0..kc] into MR-row panels: panel r holds, for each p, MR consecutive values.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void PackA(bool transA, int mc, int kc, float* a, int lda, float* dst)
+    static void PackA(Tile tile, bool transA, int mc, int kc, float* a, int lda, float* dst)
     {
-        if (transA && mc % MR == 0)
+        int MR = tile.MR;
+        int full = mc / MR * MR;
+        if (transA)
         {
             // op(A) rows are A columns: source row p holds MR contiguous values for every panel. Row by row, so each
             // cache line of A is read once (panel by panel, a strided walk re-read each line for every panel in it).
-            int panels = mc / MR;
+            int panels = full / MR;
             for (int p = 0; p < kc; p++)
             {
                 float* src = a + (nint)p * lda, d = dst + p * MR;
-                for (int i = 0; i < panels; i++, src += MR, d += MR * kc)
-                {
-                    Sse.Store(d, Sse.LoadVector128(src));
-                    Sse.StoreLow(d + 4, Sse.LoadLow(Vector128<float>.Zero, src + 4));
-                }
-            }
-            return;
-        }
-        for (int ir = 0; ir < mc; ir += MR, dst += MR * kc)
-        {
-            int mr = Math.Min(MR, mc - ir);
-            if (transA)
-            {
-                // op(A) rows are A columns: each source row p contributes MR contiguous values.
-                float* src = a + ir;
-                if (mr == MR)
-                {
-                    for (int p = 0; p < kc; p++, src += lda)
+                if (tile.Wide)
+                    for (int i = 0; i < panels; i++, src += MR, d += MR * kc)
+                        Avx.Store(d, Avx.LoadVector256(src));
+                else
+                    for (int i = 0; i < panels; i++, src += MR, d += MR * kc)
                     {
-                        float* d = dst + p * MR;
                         Sse.Store(d, Sse.LoadVector128(src));
                         Sse.StoreLow(d + 4, Sse.LoadLow(Vector128<float>.Zero, src + 4));
                     }
-                }
-                else CopyPadded(src, lda, kc, mr, MR, dst);
             }
-            else if (mr == MR)
+            if (full < mc) CopyPadded(a + full, lda, kc, mc - full, MR, dst + full * kc);
+            return;
+        }
+        for (int ir = 0; ir < full; ir += MR, dst += MR * kc)
+        {
+            float* r0 = a + (nint)ir * lda;
+            if (tile.Wide) PackRows8(r0, lda, kc, dst);
+            else PackRows6(r0, lda, kc, dst);
+        }
+        if (full < mc)
+        {
+            int mr = mc - full;
+            for (int p = 0; p < kc; p++)
             {
-                float* r0 = a + (nint)ir * lda, r1 = r0 + lda, r2 = r1 + lda, r3 = r2 + lda, r4 = r3 + lda, r5 = r4 + lda;
-                float* d = dst;
-                int p = 0;
-                // Transpose 6 rows x 4 columns at a time with 128-bit unpacks.
-                for (; p + 4 <= kc; p += 4, d += 4 * MR)
-                {
-                    Vector128<float> x0 = Sse.LoadVector128(r0 + p), x1 = Sse.LoadVector128(r1 + p);
-                    Vector128<float> x2 = Sse.LoadVector128(r2 + p), x3 = Sse.LoadVector128(r3 + p);
-                    Vector128<float> x4 = Sse.LoadVector128(r4 + p), x5 = Sse.LoadVector128(r5 + p);
-                    Vector128<float> t0 = Sse.UnpackLow(x0, x1), t1 = Sse.UnpackHigh(x0, x1);   // a0b0a1b1, a2b2a3b3
-                    Vector128<float> t2 = Sse.UnpackLow(x2, x3), t3 = Sse.UnpackHigh(x2, x3);   // c0d0c1d1, c2d2c3d3
-                    Vector128<float> t4 = Sse.UnpackLow(x4, x5), t5 = Sse.UnpackHigh(x4, x5);   // e0f0e1f1, e2f2e3f3
-                    // Column p: a0 b0 c0 d0 | e0 f0, column p+1: a1 b1 c1 d1 | e1 f1, ...
-                    Sse.Store(d + 0, Sse.MoveLowToHigh(t0, t2));
-                    Sse.StoreLow(d + 4, t4);
-                    Sse.Store(d + 6, Sse.MoveHighToLow(t2, t0));
-                    Sse.StoreHigh(d + 10, t4);
-                    Sse.Store(d + 12, Sse.MoveLowToHigh(t1, t3));
-                    Sse.StoreLow(d + 16, t5);
-                    Sse.Store(d + 18, Sse.MoveHighToLow(t3, t1));
-                    Sse.StoreHigh(d + 22, t5);
-                }
-                for (; p < kc; p++, d += MR)
-                {
-                    d[0] = r0[p]; d[1] = r1[p]; d[2] = r2[p]; d[3] = r3[p]; d[4] = r4[p]; d[5] = r5[p];
-                }
+                float* d = dst + p * MR;
+                int i = 0;
+                for (; i < mr; i++) d[i] = a[(nint)(full + i) * lda + p];
+                for (; i < MR; i++) d[i] = 0;
             }
-            else
-            {
-                for (int p = 0; p < kc; p++)
-                {
-                    float* d = dst + p * MR;
-                    int i = 0;
-                    for (; i < mr; i++) d[i] = a[(nint)(ir + i) * lda + p];
-                    for (; i < MR; i++) d[i] = 0;
-                }
-            }
+        }
+    }
+
+    /// dst[p * 8 + i] = row i of the 8 rows at r0 (stride lda), column p: 8x8 transposes, scalar for the ragged rest.
+    static void PackRows8(float* r0, int lda, int kc, float* dst)
+    {
+        int p = 0;
+        for (; p + 8 <= kc; p += 8) Transpose8x8(r0 + p, lda, dst + p * 8, 8);
+        for (; p < kc; p++)
+            for (int i = 0; i < 8; i++) dst[p * 8 + i] = r0[(nint)i * lda + p];
+    }
+
+    /// dst[p * 6 + i] = row i of the 6 rows at r0 (stride lda), column p.
+    static void PackRows6(float* r0, int lda, int kc, float* dst)
+    {
+        float* r1 = r0 + lda, r2 = r1 + lda, r3 = r2 + lda, r4 = r3 + lda, r5 = r4 + lda;
+        float* d = dst;
+        int p = 0;
+        // Transpose 6 rows x 4 columns at a time with 128-bit unpacks.
+        for (; p + 4 <= kc; p += 4, d += 4 * 6)
+        {
+            Vector128<float> x0 = Sse.LoadVector128(r0 + p), x1 = Sse.LoadVector128(r1 + p);
+            Vector128<float> x2 = Sse.LoadVector128(r2 + p), x3 = Sse.LoadVector128(r3 + p);
+            Vector128<float> x4 = Sse.LoadVector128(r4 + p), x5 = Sse.LoadVector128(r5 + p);
+            Vector128<float> t0 = Sse.UnpackLow(x0, x1), t1 = Sse.UnpackHigh(x0, x1);   // a0b0a1b1, a2b2a3b3
+            Vector128<float> t2 = Sse.UnpackLow(x2, x3), t3 = Sse.UnpackHigh(x2, x3);   // c0d0c1d1, c2d2c3d3
+            Vector128<float> t4 = Sse.UnpackLow(x4, x5), t5 = Sse.UnpackHigh(x4, x5);   // e0f0e1f1, e2f2e3f3
+            // Column p: a0 b0 c0 d0 | e0 f0, column p+1: a1 b1 c1 d1 | e1 f1, ...
+            Sse.Store(d + 0, Sse.MoveLowToHigh(t0, t2));
+            Sse.StoreLow(d + 4, t4);
+            Sse.Store(d + 6, Sse.MoveHighToLow(t2, t0));
+            Sse.StoreHigh(d + 10, t4);
+            Sse.Store(d + 12, Sse.MoveLowToHigh(t1, t3));
+            Sse.StoreLow(d + 16, t5);
+            Sse.Store(d + 18, Sse.MoveHighToLow(t3, t1));
+            Sse.StoreHigh(d + 22, t5);
+        }
+        for (; p < kc; p++, d += 6)
+        {
+            d[0] = r0[p]; d[1] = r1[p]; d[2] = r2[p]; d[3] = r3[p]; d[4] = r4[p]; d[5] = r5[p];
         }
     }
 
     /// Packs op(B)[0..kc, 0..nc] into NR-column panels: panel j holds, for each p, NR consecutive values.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void PackB(bool transB, int kc, int nc, float* b, int ldb, float* dst)
+    static void PackB(Tile tile, bool transB, int kc, int nc, float* b, int ldb, float* dst)
     {
+        int NR = tile.NR;
         for (int jr = 0; jr < nc; jr += NR, dst += NR * kc)
         {
             int nr = Math.Min(NR, nc - jr);
@@ -352,10 +385,7 @@ public static unsafe class Gemm
                 if (nr == NR)
                 {
                     for (int p = 0; p < kc; p++, src += ldb)
-                    {
-                        Avx.Store(dst + p * NR, Avx.LoadVector256(src));
-                        Avx.Store(dst + p * NR + 8, Avx.LoadVector256(src + 8));
-                    }
+                        for (int j = 0; j < NR; j += 8) Avx.Store(dst + p * NR + j, Avx.LoadVector256(src + j));
                 }
                 else CopyPadded(src, ldb, kc, nr, NR, dst);
             }
@@ -367,10 +397,8 @@ public static unsafe class Gemm
                 if (nr == NR)
                 {
                     for (; p + 8 <= kc; p += 8)
-                    {
-                        Transpose8x8(src + p, ldb, dst + p * NR, NR);
-                        Transpose8x8(src + (nint)8 * ldb + p, ldb, dst + p * NR + 8, NR);
-                    }
+                        for (int j = 0; j < NR; j += 8)
+                            Transpose8x8(src + (nint)j * ldb + p, ldb, dst + p * NR + j, NR);
                 }
                 for (; p < kc; p++)
                 {
@@ -412,87 +440,13 @@ public static unsafe class Gemm
         Avx.Store(dst + 7 * ldd, Avx.Permute2x128(s3, s7, 0x31));
     }
 
-    /// C[6,16] = alpha * Apanel * Bpanel + beta * C, with beta == 0 meaning C is not read.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Kernel(int kc, float* a, float* b, float* c, int ldc, float alpha, float beta)
+    /// tile (MR x NR scratch, row stride ldt) = alpha * tile + beta * C, for the mr x nr corner of C a ragged tile covers.
+    /// The same fused operations as the full kernels' stores, so no element depends on which tile it fell in.
+    static void StoreEdge(float* tile, int ldt, float* c, int ldc, int mr, int nr, float alpha, float beta)
     {
-        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
-        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
-        for (int p = 0; p < kc; p++, a += MR, b += NR)
-        {
-            Vector256<float> b0 = Avx.LoadAlignedVector256(b), b1 = Avx.LoadAlignedVector256(b + 8);
-            Vector256<float> x = Avx.BroadcastScalarToVector256(a);
-            c00 = Fma.MultiplyAdd(x, b0, c00); c01 = Fma.MultiplyAdd(x, b1, c01);
-            x = Avx.BroadcastScalarToVector256(a + 1);
-            c10 = Fma.MultiplyAdd(x, b0, c10); c11 = Fma.MultiplyAdd(x, b1, c11);
-            x = Avx.BroadcastScalarToVector256(a + 2);
-            c20 = Fma.MultiplyAdd(x, b0, c20); c21 = Fma.MultiplyAdd(x, b1, c21);
-            x = Avx.BroadcastScalarToVector256(a + 3);
-            c30 = Fma.MultiplyAdd(x, b0, c30); c31 = Fma.MultiplyAdd(x, b1, c31);
-            x = Avx.BroadcastScalarToVector256(a + 4);
-            c40 = Fma.MultiplyAdd(x, b0, c40); c41 = Fma.MultiplyAdd(x, b1, c41);
-            x = Avx.BroadcastScalarToVector256(a + 5);
-            c50 = Fma.MultiplyAdd(x, b0, c50); c51 = Fma.MultiplyAdd(x, b1, c51);
-        }
-
-        var va = Vector256.Create(alpha);
-        if (beta == 0)
-        {
-            Avx.Store(c, Avx.Multiply(va, c00)); Avx.Store(c + 8, Avx.Multiply(va, c01)); c += ldc;
-            Avx.Store(c, Avx.Multiply(va, c10)); Avx.Store(c + 8, Avx.Multiply(va, c11)); c += ldc;
-            Avx.Store(c, Avx.Multiply(va, c20)); Avx.Store(c + 8, Avx.Multiply(va, c21)); c += ldc;
-            Avx.Store(c, Avx.Multiply(va, c30)); Avx.Store(c + 8, Avx.Multiply(va, c31)); c += ldc;
-            Avx.Store(c, Avx.Multiply(va, c40)); Avx.Store(c + 8, Avx.Multiply(va, c41)); c += ldc;
-            Avx.Store(c, Avx.Multiply(va, c50)); Avx.Store(c + 8, Avx.Multiply(va, c51));
-        }
-        else
-        {
-            var vb = Vector256.Create(beta);
-            Update(c, c00, va, vb); Update(c + 8, c01, va, vb); c += ldc;
-            Update(c, c10, va, vb); Update(c + 8, c11, va, vb); c += ldc;
-            Update(c, c20, va, vb); Update(c + 8, c21, va, vb); c += ldc;
-            Update(c, c30, va, vb); Update(c + 8, c31, va, vb); c += ldc;
-            Update(c, c40, va, vb); Update(c + 8, c41, va, vb); c += ldc;
-            Update(c, c50, va, vb); Update(c + 8, c51, va, vb);
-        }
-    }
-
-    /// The ragged edge tile (fewer than MR rows or NR columns) into tile (MR x NR, row-major): a panel with at most 8
-    /// columns left (e.g. lm_head's 65 = 4 x 16 + 1) takes the 8-wide kernel, half the multiply-adds of the 16-wide one.
-    static void EdgeKernel(int kc, float* a, float* b, float* tile, int nr)
-    {
-        if (nr <= 8) Kernel8(kc, a, b, tile);
-        else Kernel(kc, a, b, tile, NR, 1f, 0f);
-    }
-
-    /// tile[6, 0..8) (row stride NR) = Apanel * the first 8 columns of a 16-wide B panel.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Kernel8(int kc, float* a, float* b, float* tile)
-    {
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
-        for (int p = 0; p < kc; p++, a += MR, b += NR)
-        {
-            Vector256<float> b0 = Avx.LoadAlignedVector256(b);
-            c0 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a), b0, c0);
-            c1 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 1), b0, c1);
-            c2 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 2), b0, c2);
-            c3 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 3), b0, c3);
-            c4 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 4), b0, c4);
-            c5 = Fma.MultiplyAdd(Avx.BroadcastScalarToVector256(a + 5), b0, c5);
-        }
-        Avx.Store(tile, c0); Avx.Store(tile + NR, c1); Avx.Store(tile + 2 * NR, c2);
-        Avx.Store(tile + 3 * NR, c3); Avx.Store(tile + 4 * NR, c4); Avx.Store(tile + 5 * NR, c5);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Update(float* c, Vector256<float> acc, Vector256<float> alpha, Vector256<float> beta) =>
-        Avx.Store(c, Fma.MultiplyAdd(acc, alpha, Avx.Multiply(beta, Avx.LoadVector256(c))));
-
-    static void StoreEdge(float* tile, float* c, int ldc, int mr, int nr, float alpha, float beta)
-    {
-        for (int i = 0; i < mr; i++, c += ldc, tile += NR)
+        for (int i = 0; i < mr; i++, c += ldc, tile += ldt)
             for (int j = 0; j < nr; j++)
-                c[j] = beta == 0 ? alpha * tile[j] : alpha * tile[j] + beta * c[j];
+                c[j] = beta == 0 ? alpha * tile[j] : MathF.FusedMultiplyAdd(tile[j], alpha, beta * c[j]);
     }
 
     // ---------------------------------------------------------------- portable path

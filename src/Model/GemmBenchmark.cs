@@ -9,9 +9,9 @@ namespace DistGpt.Model;
 /// <summary>Times <see cref="Gemm.Sgemm"/> on the shapes the model uses and reports GFLOPS.</summary>
 public static unsafe class GemmBenchmark
 {
-    /// <summary>This core's measured fp32 peak: ten independent 8-wide FMA chains (enough to keep both FMA pipes busy
-    /// through their latency), 16 flops per FMA, over ~0.2 s.</summary>
-    public static double MeasurePeakPerCore()
+    /// <summary>This core's measured fp32 peak at a vector width: ten independent FMA chains (enough to keep both FMA
+    /// pipes busy through their latency), 2 x lanes flops per FMA, over ~0.2 s.</summary>
+    public static double MeasurePeakPerCore(bool wide)
     {
         const int Steps = 200_000;
         long fmas = 0;
@@ -19,20 +19,19 @@ public static unsafe class GemmBenchmark
         var clock = Stopwatch.StartNew();
         while (clock.Elapsed.TotalSeconds < 0.2)
         {
-            sink += FmaChains(Steps);
+            sink += wide ? FmaChains(Steps, Vector512.Create(0.9999999f), Vector512.Create(1e-7f))
+                         : FmaChains(Steps, Vector256.Create(0.9999999f), Vector256.Create(1e-7f));
             fmas += 10L * Steps;
         }
         double seconds = clock.Elapsed.TotalSeconds;
         if (sink == 42f) Console.Write(""); // keeps the chains' results alive
-        return fmas * 16 / seconds / 1e9;
+        return fmas * 2 * (wide ? 16 : 8) / seconds / 1e9;
     }
 
-    // In its own method, with distinct starting values, so the chains stay in registers and are not merged as equal.
+    // In their own methods, with distinct starting values, so the chains stay in registers and are not merged as equal.
     [MethodImpl(MethodImplOptions.NoInlining)]
-    static float FmaChains(int steps)
+    static float FmaChains(int steps, Vector256<float> x, Vector256<float> y)
     {
-        var x = Vector256.Create(0.9999999f);
-        var y = Vector256.Create(1e-7f);
         Vector256<float> a0 = Vector256.Create(0f), a1 = Vector256.Create(1f), a2 = Vector256.Create(2f), a3 = Vector256.Create(3f),
             a4 = Vector256.Create(4f), a5 = Vector256.Create(5f), a6 = Vector256.Create(6f), a7 = Vector256.Create(7f),
             a8 = Vector256.Create(8f), a9 = Vector256.Create(9f);
@@ -43,6 +42,23 @@ public static unsafe class GemmBenchmark
             a4 = Vector256.FusedMultiplyAdd(a4, x, y); a5 = Vector256.FusedMultiplyAdd(a5, x, y);
             a6 = Vector256.FusedMultiplyAdd(a6, x, y); a7 = Vector256.FusedMultiplyAdd(a7, x, y);
             a8 = Vector256.FusedMultiplyAdd(a8, x, y); a9 = Vector256.FusedMultiplyAdd(a9, x, y);
+        }
+        return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9).GetElement(0);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    static float FmaChains(int steps, Vector512<float> x, Vector512<float> y)
+    {
+        Vector512<float> a0 = Vector512.Create(0f), a1 = Vector512.Create(1f), a2 = Vector512.Create(2f), a3 = Vector512.Create(3f),
+            a4 = Vector512.Create(4f), a5 = Vector512.Create(5f), a6 = Vector512.Create(6f), a7 = Vector512.Create(7f),
+            a8 = Vector512.Create(8f), a9 = Vector512.Create(9f);
+        for (int i = 0; i < steps; i++)
+        {
+            a0 = Vector512.FusedMultiplyAdd(a0, x, y); a1 = Vector512.FusedMultiplyAdd(a1, x, y);
+            a2 = Vector512.FusedMultiplyAdd(a2, x, y); a3 = Vector512.FusedMultiplyAdd(a3, x, y);
+            a4 = Vector512.FusedMultiplyAdd(a4, x, y); a5 = Vector512.FusedMultiplyAdd(a5, x, y);
+            a6 = Vector512.FusedMultiplyAdd(a6, x, y); a7 = Vector512.FusedMultiplyAdd(a7, x, y);
+            a8 = Vector512.FusedMultiplyAdd(a8, x, y); a9 = Vector512.FusedMultiplyAdd(a9, x, y);
         }
         return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9).GetElement(0);
     }
@@ -71,39 +87,43 @@ public static unsafe class GemmBenchmark
     static IEnumerable<Shape> Shapes =>
         LinearShapes("tiny", 16 * 32, 64, 65).Concat(LinearShapes("cpu", 12 * 64, 128, 65)).Concat(LinearShapes("shakespeare", 64 * 256, 384, 65)).Concat(Generic);
 
-    /// <summary>Runs every shape on the SIMD path (and the portable one when asked) with <paramref name="threads"/> cores.</summary>
+    /// <summary>Runs every shape on every packed kernel this CPU has (and the portable one when asked) with
+    /// <paramref name="threads"/> cores; each kernel's percentage is of the peak at its own vector width.</summary>
     public static string Run(int threads, bool portable = false)
     {
-        double peakPerCore = MeasurePeakPerCore();
+        var kernels = new List<GemmKernel>();
+        if (Gemm.Best == GemmKernel.Avx512) kernels.Add(GemmKernel.Avx512);
+        if (Gemm.Best >= GemmKernel.Avx2) kernels.Add(GemmKernel.Avx2);
+        if (portable || kernels.Count == 0) kernels.Add(GemmKernel.Portable);
+        var peaks = kernels.ToDictionary(k => k, k => MeasurePeakPerCore(wide: k == GemmKernel.Avx512));
         int savedThreads = Compute.Threads;
-        bool savedScalar = Gemm.UseScalarPath;
+        var savedKernel = Gemm.Kernel;
         var report = new StringBuilder();
-        report.AppendLine($"SGEMM benchmark, {threads} thread(s), medians. Peak: {peakPerCore:F1} GFLOPS per core, measured with " +
-                          "independent 8-wide FMA chains (serial shapes count 1 core, the others all threads).");
-        report.AppendLine($"{"shape",-34} {"m x n x k",-18} {"op",-4} {"simd GFLOPS",12} {"% peak",7}" + (portable ? $" {"portable",10} {"% peak",7}" : ""));
+        report.AppendLine($"SGEMM benchmark, {threads} thread(s), medians. Peak per core, measured with independent FMA chains: " +
+                          string.Join(", ", kernels.Select(k => $"{(k == GemmKernel.Avx512 ? "512" : "256")}-bit {peaks[k]:F1} GFLOPS")) +
+                          " (serial shapes count 1 core, the others all threads; portable against the 256-bit peak).");
+        report.AppendLine($"{"shape",-34} {"m x n x k",-18} {"op",-4}" + string.Concat(kernels.Select(k => $" {k + " GFLOPS",15} {"% peak",7}")));
         try
         {
             Compute.Threads = threads;
             foreach (var s in Shapes)
             {
-                Gemm.UseScalarPath = false;
-                double simd = Measure(s);
-                double peak = peakPerCore * (s.Parallel ? threads : 1);
                 string op = (s.TransA ? "T" : "N") + (s.TransB ? "T" : "N");
-                string line = $"{s.Name,-34} {$"{s.M}x{s.N}x{s.K}",-18} {op,-4} {simd,12:F1} {100 * simd / peak,6:F0}%";
-                if (portable)
+                var line = new StringBuilder($"{s.Name,-34} {$"{s.M}x{s.N}x{s.K}",-18} {op,-4}");
+                foreach (var k in kernels)
                 {
-                    Gemm.UseScalarPath = true;
-                    double slow = Measure(s);
-                    line += $" {slow,10:F1} {100 * slow / peak,6:F0}%";
+                    Gemm.Kernel = k;
+                    double gflops = Measure(s);
+                    double peak = peaks[k] * (s.Parallel ? threads : 1);
+                    line.Append($" {gflops,15:F1} {100 * gflops / peak,6:F0}%");
                 }
-                report.AppendLine(line);
+                report.AppendLine(line.ToString());
             }
         }
         finally
         {
             Compute.Threads = savedThreads;
-            Gemm.UseScalarPath = savedScalar;
+            Gemm.Kernel = savedKernel;
         }
         return report.ToString();
     }

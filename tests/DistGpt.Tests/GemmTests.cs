@@ -3,7 +3,7 @@ using Xunit;
 
 namespace DistGpt.Tests;
 
-/// Gemm.UseScalarPath and Compute.Threads are process-wide, so these tests run alone.
+/// Gemm.Kernel and Compute.Threads are process-wide, so these tests run alone.
 [CollectionDefinition(nameof(GemmTests), DisableParallelization = true)]
 public sealed class GemmCollection;
 
@@ -14,6 +14,7 @@ public unsafe class GemmTests
     {
         { 1, 1, 1 }, { 7, 13, 5 }, { 17, 33, 65 }, { 6, 16, 1 }, { 100, 3, 257 }, { 3, 100, 17 },
         { 6, 16, 256 }, { 13, 17, 513 },   // exactly one k-block; several k-blocks with a ragged tail
+        { 8, 32, 256 }, { 9, 47, 31 },     // one whole 8x32 tile; ragged in both directions around it
         { 150, 20, 9 },                    // more rows than one MC block
         { 2, 3100, 3 },                    // more columns than one NC block
         { 65, 129, 300 },                  // big enough to go parallel, split over m
@@ -28,6 +29,49 @@ public unsafe class GemmTests
             foreach (bool transB in new[] { false, true })
                 foreach (float beta in new[] { 0f, 1f, 0.5f })
                     Check(transA, transB, m, n, k, alpha: 1.5f, beta, seed: m * 7919 + n * 31 + k);
+    }
+
+    /// The 8x32 AVX-512 tiles and the 6x16 AVX2 tiles cut C differently (and their ragged edges fall elsewhere), but each
+    /// element is the same chain of fused operations, so a cluster mixing CPUs computes identical gradients.
+    [Fact]
+    public void WideAndNarrowTilesAgreeBitForBit()
+    {
+        if (Gemm.Best < GemmKernel.Avx512)
+        {
+            Console.WriteLine("skipped: this CPU has no AVX-512 (only the 6x16 kernel runs here)");
+            return;
+        }
+        var shapes = new[] { (7, 13, 5), (17, 33, 65), (13, 17, 513), (150, 20, 9), (65, 129, 300), (32, 520, 128), (384, 65, 128), (2, 3100, 3) };
+        int seed = 0;
+        foreach (var (m, n, k) in shapes)
+            foreach (bool transA in new[] { false, true })
+                foreach (bool transB in new[] { false, true })
+                    foreach (var (alpha, beta) in new[] { (1f, 0f), (1.5f, 1f), (-0.5f, 0.5f) })
+                        foreach (bool parallel in new[] { false, true })
+                        {
+                            var rng = new Random(++seed);
+                            int lda = transA ? m : k, ldb = transB ? k : n;
+                            float[] a = Random(rng, transA ? k : m, lda, lda), b = Random(rng, transB ? n : k, ldb, ldb), c0 = Random(rng, m, n, n);
+                            float[] narrow = (float[])c0.Clone(), wide = (float[])c0.Clone();
+                            foreach (var (kernel, c) in new[] { (GemmKernel.Avx2, narrow), (GemmKernel.Avx512, wide) })
+                                WithKernel(kernel, () =>
+                                {
+                                    fixed (float* pa = a, pb = b, pc = c)
+                                        Gemm.Sgemm(transA, transB, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, n, parallel);
+                                });
+                            int differ = Enumerable.Range(0, m * n).Count(i => BitConverter.SingleToInt32Bits(narrow[i]) != BitConverter.SingleToInt32Bits(wide[i]));
+                            Assert.True(differ == 0, $"{m}x{n}x{k} transA={transA} transB={transB} alpha={alpha} beta={beta} parallel={parallel}: {differ} elements differ");
+                        }
+    }
+
+    [Fact]
+    public void KernelNamesParseAndUnknownOnesAreRefused()
+    {
+        Assert.Equal(GemmKernel.Avx512, Gemm.ParseKernel("AVX512"));
+        Assert.Equal(GemmKernel.Avx2, Gemm.ParseKernel("avx2"));
+        Assert.Equal(GemmKernel.Portable, Gemm.ParseKernel("portable"));
+        var error = Assert.Throws<ArgumentException>(() => Gemm.ParseKernel("sse"));
+        Assert.Contains("unknown matmul kernel 'sse'", error.Message);
     }
 
     [Fact]
@@ -49,14 +93,14 @@ public unsafe class GemmTests
     [InlineData(0.5f)]
     public void ZeroKScalesC(float beta)
     {
-        foreach (bool scalar in new[] { false, true })
+        foreach (var kernel in Kernels)
         {
             const int m = 5, n = 7, ldc = 9;
             var c = new float[m * ldc];
             for (int i = 0; i < c.Length; i++) c[i] = beta == 0 ? float.NaN : i;
             var a = new float[1];
             var b = new float[1];
-            WithScalarPath(scalar, () =>
+            WithKernel(kernel, () =>
             {
                 fixed (float* pa = a, pb = b, pc = c)
                     Gemm.Sgemm(false, false, m, n, 0, 2f, pa, 1, pb, n, beta, pc, ldc);
@@ -83,7 +127,7 @@ public unsafe class GemmTests
         Assert.Equal(42f, c[0]);
     }
 
-    /// Runs Sgemm on every path (SIMD/portable x serial/parallel) against one reference result.
+    /// Runs Sgemm on every path (each kernel this CPU runs x serial/parallel) against one reference result.
     /// Leading dimensions are padded and the padding of A and B is NaN so stray reads show up;
     /// with beta == 0 C starts as NaN, which must not leak into the result.
     static void Check(bool transA, bool transB, int m, int n, int k, float alpha, float beta, int seed)
@@ -109,16 +153,16 @@ public unsafe class GemmTests
             for (int j = 0; j < n; j++) colNorm[j] += Square(transB ? b[j * ldb + p] : b[p * ldb + j]);
         }
 
-        foreach (bool scalar in new[] { false, true })
+        foreach (var kernel in Kernels)
             foreach (bool parallel in new[] { false, true })
             {
                 var c = (float[])c0.Clone();
-                WithScalarPath(scalar, () =>
+                WithKernel(kernel, () =>
                 {
                     fixed (float* pa = a, pb = b, pc = c)
                         Gemm.Sgemm(transA, transB, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc, parallel);
                 });
-                string what = $"{m}x{n}x{k} transA={transA} transB={transB} beta={beta} scalar={scalar} parallel={parallel}";
+                string what = $"{m}x{n}x{k} transA={transA} transB={transB} beta={beta} kernel={kernel} parallel={parallel}";
                 for (int i = 0; i < m; i++)
                     for (int j = 0; j < ldc; j++)
                     {
@@ -146,11 +190,13 @@ public unsafe class GemmTests
         return x;
     }
 
-    static void WithScalarPath(bool scalar, Action body)
+    static GemmKernel[] Kernels => Enum.GetValues<GemmKernel>().Where(k => k <= Gemm.Best).ToArray();
+
+    static void WithKernel(GemmKernel kernel, Action body)
     {
-        bool saved = Gemm.UseScalarPath;
-        Gemm.UseScalarPath = scalar;
+        var saved = Gemm.Kernel;
+        Gemm.Kernel = kernel;
         try { body(); }
-        finally { Gemm.UseScalarPath = saved; }
+        finally { Gemm.Kernel = saved; }
     }
 }

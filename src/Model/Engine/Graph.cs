@@ -6,6 +6,9 @@ public abstract class Op
 {
     public abstract void Forward(StepContext step);
     public abstract void Backward(StepContext step);
+
+    /// <summary>The op's row in the DISTGPT_PROFILE table.</summary>
+    public virtual string ProfileName => GetType().Name;
 }
 
 /// <summary>What changes from one step to the next without changing the graph: train/eval mode and the
@@ -97,7 +100,7 @@ public sealed unsafe class Graph : IDisposable
             {
                 long t0 = OpProfiler.Now();
                 op.Forward(Step);
-                OpProfiler.Record(op.GetType().Name + " fwd", t0);
+                OpProfiler.Record(op.ProfileName + " fwd", t0);
             }
             return;
         }
@@ -118,7 +121,7 @@ public sealed unsafe class Graph : IDisposable
             {
                 long t0 = OpProfiler.Now();
                 ops[i].Backward(Step);
-                OpProfiler.Record(ops[i].GetType().Name + " bwd", t0);
+                OpProfiler.Record(ops[i].ProfileName + " bwd", t0);
             }
             return;
         }

@@ -21,6 +21,8 @@ public sealed unsafe class Linear : Op
         dxBeta = soleConsumer ? 0f : 1f;
     }
 
+    public override string ProfileName => $"Linear {n}x{inF}->{outF}";
+
     public override void Forward(StepContext step)
     {
         Gemm.Sgemm(false, true, n, outF, inF, 1f, x.Data, inF, weight.Data, inF, 0f, y.Data, outF);
