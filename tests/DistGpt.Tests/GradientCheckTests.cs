@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using DistGpt.Model;
 using DistGpt.Model.Engine;
 using DistGpt.Model.Layers;
@@ -124,7 +125,7 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     [Fact]
     public void GeluMatchesTheTanhFormulaInDouble()
     {
-        const int length = 4001; // 500 vectors and a scalar remainder of 1
+        const int length = 4009; // 250 16-lane vectors, one 8-lane vector and a scalar remainder of 1
         using var g = new Graph(withGrad: true);
         var x = g.Activation("x", length);
         var y = g.Activation("y", length);
@@ -142,6 +143,26 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
             Assert.True(Math.Abs(y.Data[i] - want) <= rtol * Math.Abs(want) + 1e-36, $"gelu({v}) = {y.Data[i]}, want {want}");
             Assert.True(Math.Abs(x.Data[i] - slope) <= rtol * Math.Abs(slope) + 1e-7, $"gelu'({v}) = {x.Data[i]}, want {slope}");
         }
+    }
+
+    /// <summary>The 16-lane exp (GELU's AVX-512 loop) and the 8-lane one agree bit for bit, over and past the clamps.</summary>
+    [Fact]
+    public unsafe void ExpAgreesAcrossVectorWidths()
+    {
+        var xs = new float[4096];
+        for (int i = 0; i < xs.Length; i++) xs[i] = -100 + 200f * i / (xs.Length - 1);
+        fixed (float* p = xs)
+            for (int i = 0; i < xs.Length; i += 16)
+            {
+                var wide = VectorMath.Exp(Vector512.Load(p + i));
+                var low = VectorMath.Exp(Vector256.Load(p + i));
+                var high = VectorMath.Exp(Vector256.Load(p + i + 8));
+                for (int l = 0; l < 8; l++)
+                {
+                    Assert.Equal(BitConverter.SingleToInt32Bits(low[l]), BitConverter.SingleToInt32Bits(wide[l]));
+                    Assert.Equal(BitConverter.SingleToInt32Bits(high[l]), BitConverter.SingleToInt32Bits(wide[8 + l]));
+                }
+            }
     }
 
     /// <summary>As x's only consumer, Gelu stores dy/dx over x in the forward: output and input gradient must match the

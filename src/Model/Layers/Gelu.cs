@@ -46,6 +46,22 @@ public sealed unsafe class Gelu : Op
         return a * Vector256.FusedMultiplyAdd(r, v * w, Vector256<float>.One);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Sigmoid(Vector512<float> v, Vector512<float> v2, out Vector512<float> r)
+    {
+        var z = Vector512.Min(v * Vector512.FusedMultiplyAdd(Vector512.Create(S2 * K), v2, Vector512.Create(S2)), Vector512.Create(MaxExponent));
+        var e = VectorMath.Exp(z);
+        r = Vector512<float>.One / (e + Vector512<float>.One);
+        return e * r;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Derivative(Vector512<float> v, Vector512<float> v2, Vector512<float> a, Vector512<float> r)
+    {
+        var w = Vector512.FusedMultiplyAdd(Vector512.Create(3 * S2 * K), v2, Vector512.Create(S2));
+        return a * Vector512.FusedMultiplyAdd(r, v * w, Vector512<float>.One);
+    }
+
     static float Sigmoid(float v, out float r)
     {
         float e = MathF.Exp(MathF.Min(v * (S2 + S2 * K * v * v), MaxExponent));
@@ -62,6 +78,15 @@ public sealed unsafe class Gelu : Op
         int i = start;
         if (derivativeOverInput)
         {
+            if (Vector512.IsHardwareAccelerated) // the same formula 16 lanes at a time: GELU is bound by its arithmetic
+                for (; i + 16 <= end; i += 16)
+                {
+                    var v = Vector512.Load(xs + i);
+                    var v2 = v * v;
+                    var a = Sigmoid(v, v2, out var r);
+                    (v * a).Store(ys + i);
+                    Derivative(v, v2, a, r).Store(xs + i);
+                }
             for (; i + 8 <= end; i += 8)
             {
                 var v = Vector256.Load(xs + i);
