@@ -9,7 +9,8 @@ public interface IWorkerGrain
     int Rank { get; }
 
     /// <summary>Sends the weights, has the worker compute the gradient sum of its sequences, and receives that sum
-    /// into <paramref name="gradients"/>. Throws <see cref="WorkerLostException"/> when the worker dies or goes silent.</summary>
+    /// into <paramref name="gradients"/>. Throws <see cref="WorkerLostException"/> when the worker dies or goes silent, and
+    /// refuses (as the coordinator's InvalidGradientsException) a sum that is stale, of the wrong size, or not all finite.</summary>
     Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,
         NativeBuffer gradients, CancellationToken cancel);
 

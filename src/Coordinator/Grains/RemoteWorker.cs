@@ -2,6 +2,7 @@ using System.Diagnostics;
 using DistGpt.Contracts;
 using DistGpt.Contracts.Wire;
 using DistGpt.Model.Engine;
+using DistGpt.Model.Training;
 
 namespace DistGpt.Coordinator.Grains;
 
@@ -126,9 +127,15 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
             call?.Done.TrySetException(new InvalidGradientsException(name, problem));
             return;
         }
-        if (run.GradientDType == WireDType.Bf16) await channel.ReadBFloat16PayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
-        else await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
-        call.Done.TrySetResult(reply);
+        bool finite;
+        if (run.GradientDType == WireDType.Bf16)
+        {
+            await channel.ReadBFloat16PayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
+            finite = GradientOps.AllFinite(call.Gradients.Span);
+        }
+        else finite = await channel.ReadFloatPayloadAsync(call.Gradients, cancel); // checked as it lands, not in a second pass
+        if (!finite) call.Done.TrySetException(new InvalidGradientsException(name, "NaN or Inf in the gradients"));
+        else call.Done.TrySetResult(reply);
     }
 }
 

@@ -61,8 +61,8 @@ public sealed class DistributedGradientSource(
                             TraceParent: call.TraceParent, TraceState: call.TraceState);
                         var windows = worker is RemoteWorker { SendsWindows: true } ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
                         var reply = await worker.ComputeGradientsAsync(request, weights, windows, shareBuffers[share.Index], stop);
-                        if (!GradientOps.AllFinite(shareBuffers[share.Index].Span) || !double.IsFinite(reply.LossSum))
-                            throw new InvalidGradientsException(worker.Name, "NaN or Inf in the gradients");
+                        if (!double.IsFinite(reply.LossSum)) // (the worker grain has checked the gradients as they landed)
+                            throw new InvalidGradientsException(worker.Name, "NaN or Inf in the loss");
                         replies[share.Index] = reply;
                         lock (computeMs) computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
                         call.Completed(reply);

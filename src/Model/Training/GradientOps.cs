@@ -67,6 +67,28 @@ public static unsafe class GradientOps
         });
     }
 
+    /// <summary>destination = source, on every core, checking as it goes: true when every value is finite. One pass
+    /// instead of a copy and a check (dev mode's coordinator lands each worker's gradients this way).</summary>
+    public static bool CopyAllFinite(ReadOnlySpan<float> source, Span<float> destination)
+    {
+        if (source.Length != destination.Length) throw new ArgumentException($"copying {source.Length} values into {destination.Length}");
+        const int Chunk = 1 << 15;
+        int chunks = (source.Length + Chunk - 1) / Chunk, bad = 0;
+        fixed (float* src = source, dst = destination)
+        {
+            nint s = (nint)src, d = (nint)dst;
+            int length = source.Length;
+            Compute.For(chunks, c =>
+            {
+                int start = c * Chunk, n = Math.Min(Chunk, length - start);
+                var from = new ReadOnlySpan<float>((float*)s + start, n);
+                from.CopyTo(new Span<float>((float*)d + start, n));
+                if (!AllFinite(new ReadOnlySpan<float>((float*)d + start, n))) Interlocked.Exchange(ref bad, 1); // checked while in cache
+            });
+        }
+        return bad == 0;
+    }
+
     /// <summary>True when every value is finite.</summary>
     public static bool AllFinite(ReadOnlySpan<float> values)
     {
