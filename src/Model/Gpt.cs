@@ -156,11 +156,12 @@ public sealed class GptGraph(Graph graph, int batch, int time, int[] tokens, int
         return loss == null ? float.NaN : (float)(loss.LossSum() / loss.Tokens);
     }
 
-    /// <summary>Backward from the loss, scaled by lossScale (1/tokens gives the mean's gradient, 1 the sum's).</summary>
-    public void Backward(float lossScale)
+    /// <summary>Backward from the loss, scaled by lossScale (1/tokens gives the mean's gradient, 1 the sum's); afterOp as
+    /// in <see cref="Graph.Backward"/>.</summary>
+    public void Backward(float lossScale, Action<int>? afterOp = null)
     {
         Loss.LossScale = lossScale;
-        Graph.Backward();
+        Graph.Backward(afterOp);
     }
 
     public void Dispose() => Graph.Dispose();

@@ -9,6 +9,9 @@ public abstract class Op
 
     /// <summary>The op's row in the DISTGPT_PROFILE table.</summary>
     public virtual string ProfileName => GetType().Name;
+
+    /// <summary>The parameter tensors whose gradients this op's backward writes (none for most ops).</summary>
+    public virtual IEnumerable<Tensor> Parameters => [];
 }
 
 /// <summary>What changes from one step to the next without changing the graph: train/eval mode and the
@@ -108,25 +111,23 @@ public sealed unsafe class Graph : IDisposable
     }
 
     /// <summary>Zeroes activation gradients (except those their only consumer assigns), then runs the tape backwards. The caller seeds the loss gradient
-    /// through the loss op and owns zeroing of parameter gradients (so several graphs could accumulate).</summary>
-    public void Backward()
+    /// through the loss op and owns zeroing of parameter gradients (so several graphs could accumulate).
+    /// <paramref name="afterOp"/> is called with each op's index once its backward has run (indices descend), so the
+    /// caller can act on parameter gradients as they become final (see <see cref="Training.GradientBuckets"/>).</summary>
+    public void Backward(Action<int>? afterOp = null)
     {
         if (!WithGrad) throw new InvalidOperationException("this graph was built for inference (no gradients)");
-        if (OpProfiler.Enabled && profiledPasses > OpProfiler.SkipPasses)
-        {
-            long z = OpProfiler.Now();
-            ClearActivationGrads();
-            OpProfiler.Record("(zero activation grads)", z);
-            for (int i = ops.Count - 1; i >= 0; i--)
-            {
-                long t0 = OpProfiler.Now();
-                ops[i].Backward(Step);
-                OpProfiler.Record(ops[i].ProfileName + " bwd", t0);
-            }
-            return;
-        }
+        bool profile = OpProfiler.Enabled && profiledPasses > OpProfiler.SkipPasses;
+        long z = profile ? OpProfiler.Now() : 0;
         ClearActivationGrads();
-        for (int i = ops.Count - 1; i >= 0; i--) ops[i].Backward(Step);
+        if (profile) OpProfiler.Record("(zero activation grads)", z);
+        for (int i = ops.Count - 1; i >= 0; i--)
+        {
+            long t0 = profile ? OpProfiler.Now() : 0;
+            ops[i].Backward(Step);
+            if (profile) OpProfiler.Record(ops[i].ProfileName + " bwd", t0);
+            afterOp?.Invoke(i);
+        }
     }
 
     long[]? gradOffsets; // prefix sums of the zeroed activations' lengths, as one virtual array split evenly between cores

@@ -6,6 +6,8 @@ namespace DistGpt.Model.Layers;
 /// <summary>x[b,t,:] = wte[idx[b,t],:] + wpe[t,:]   (B,T) ints -> (B,T,C)</summary>
 public sealed unsafe class Embedding(int[] tokens, Tensor wte, Tensor wpe, Tensor output, int batch, int time) : Op
 {
+    public override IEnumerable<Tensor> Parameters => [wte, wpe];
+
     public override void Forward(StepContext step)
     {
         int c = wte.LastDim;

@@ -15,6 +15,8 @@ public sealed unsafe class LayerNorm : Op
     readonly float* partialDw, partialDb; // one row of weight/bias grads per chunk, summed after the parallel pass
     readonly int rows, c, chunks;
 
+    public override IEnumerable<Tensor> Parameters => bias == null ? [weight] : [weight, bias];
+
     public LayerNorm(Graph g, Tensor x, Tensor weight, Tensor? bias, Tensor y)
     {
         (this.x, this.weight, this.bias, this.y) = (x, weight, bias, y);

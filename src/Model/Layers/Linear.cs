@@ -23,6 +23,8 @@ public sealed unsafe class Linear : Op
 
     public override string ProfileName => $"Linear {n}x{inF}->{outF}";
 
+    public override IEnumerable<Tensor> Parameters => bias == null ? [weight] : [weight, bias];
+
     public override void Forward(StepContext step)
     {
         Gemm.Sgemm(false, true, n, outF, inF, 1f, x.Data, inF, weight.Data, inF, 0f, y.Data, outF);

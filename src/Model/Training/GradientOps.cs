@@ -54,17 +54,29 @@ public static unsafe class GradientOps
         if (count == 1 && ReferenceEquals(destination, addends[0])) return;
         const long Chunk = 1 << 15;
         long length = destination.Length;
-        float* sum = destination.Pointer;
         Compute.For((int)((length + Chunk - 1) / Chunk), c =>
         {
             long start = c * Chunk;
-            int n = (int)Math.Min(Chunk, length - start);
-            var chunk = new Span<float>(sum + start, n);
+            SumRange(destination, addends, count, start, Math.Min(Chunk, length - start));
+        });
+    }
+
+    /// <summary><see cref="SumInOrder"/> on [offset, offset + length) only, on the calling thread: the same additions in
+    /// the same order, so summing a buffer range by range gives the whole sum bit for bit.</summary>
+    public static void SumRange(NativeBuffer destination, IReadOnlyList<NativeBuffer> addends, int count, long offset, long length)
+    {
+        if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), "nothing to add");
+        if (offset < 0 || length < 0 || offset + length > destination.Length) throw new ArgumentOutOfRangeException(nameof(offset));
+        if (count == 1 && ReferenceEquals(destination, addends[0])) return;
+        for (long start = offset; start < offset + length; start += int.MaxValue / 2)
+        {
+            int n = (int)Math.Min(int.MaxValue / 2, offset + length - start);
+            var chunk = new Span<float>(destination.Pointer + start, n);
             ReadOnlySpan<float> Addend(int i) => new(addends[i].Pointer + start, n);
             if (count == 1) Addend(0).CopyTo(chunk);
             else TensorPrimitives.Add(Addend(0), Addend(1), chunk); // one pass for the first two
             for (int i = 2; i < count; i++) TensorPrimitives.Add(chunk, Addend(i), chunk);
-        });
+        }
     }
 
     /// <summary>destination = source, on every core, checking as it goes: true when every value is finite. One pass

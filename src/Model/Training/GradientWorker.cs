@@ -55,22 +55,55 @@ public sealed class GradientWorker : IDisposable
 
     public int Sequences { get; }
 
+    IReadOnlyList<GradientBucket> buckets = [];
+    GradientBucket[][] bucketsAfterOp = [];
+    int[] arrivals = [];
+    Action<GradientBucket>? bucketReady;
+    Action<int>? afterOp;
+
+    /// <summary>Cuts the gradient buffer into buckets of about <paramref name="capFloats"/> values (see
+    /// <see cref="GradientBuckets"/>) for <see cref="Compute"/>'s bucketReady; returns them in the order they complete.</summary>
+    public IReadOnlyList<GradientBucket> UseBuckets(long capFloats)
+    {
+        var graph = replicas[0].Graph.Graph;
+        buckets = GradientBuckets.Plan(model.Parameters, graph, capFloats);
+        bucketsAfterOp = Enumerable.Range(0, graph.Ops.Count).Select(op => buckets.Where(b => b.CompleteAfterOp == op).ToArray()).ToArray();
+        arrivals = new int[buckets.Count];
+        afterOp = AfterOp;
+        return buckets;
+    }
+
+    /// Called by each replica as its backward passes an op: the replica that completes a bucket last adds the replicas'
+    /// ranges of it (in replica order, as the whole-buffer sum would) and hands it on.
+    void AfterOp(int op)
+    {
+        foreach (var b in bucketsAfterOp[op])
+        {
+            if (Interlocked.Increment(ref arrivals[b.Index]) != replicas.Length) continue;
+            GradientOps.SumRange(model.Parameters.Grads, replicaGrads, replicas.Length, b.Offset, b.Count);
+            bucketReady!(b);
+        }
+    }
+
     /// <summary>The first replica's graph (the largest; all of the slice when there is one replica), e.g. for evaluation.</summary>
     public GptGraph Graph => replicas[0].Graph;
 
     /// <summary>The dropout key of a step: the same on every worker, so masks depend only on (seed, step, sequence).</summary>
     public static ulong DropoutKey(ulong seed, long step) => Rng.Key(seed, 0xd409, (ulong)step);
 
-    /// <summary>Zeroes the gradients, then forward + backward on sequences [first, first + Sequences) of step's batch.</summary>
-    public GradientSum Compute(long step, long first, Action<string>? phase = null)
+    /// <summary>Zeroes the gradients, then forward + backward on sequences [first, first + Sequences) of step's batch.
+    /// With <paramref name="bucketReady"/> (after <see cref="UseBuckets"/>), each bucket is handed to it, from a compute
+    /// thread, as soon as its range of the model's gradients holds the final sum, while the backward goes on.</summary>
+    public GradientSum Compute(long step, long first, Action<string>? phase = null, Action<GradientBucket>? bucketReady = null)
     {
         foreach (var r in replicas)
             BatchSampler.Fill(trainData, seed, DataSplit.Train, step, first + r.Offset, r.Graph.Batch, model.Config.BlockSize, r.Graph.Tokens, r.Graph.Targets);
-        return Run(step, first, phase);
+        return Run(step, first, phase, bucketReady);
     }
 
     /// <summary>As <see cref="Compute"/>, on token windows given by the coordinator (Sequences × (block + 1) ids).</summary>
-    public GradientSum ComputeOnWindows(long step, long first, ReadOnlySpan<int> windows, Action<string>? phase = null)
+    public GradientSum ComputeOnWindows(long step, long first, ReadOnlySpan<int> windows, Action<string>? phase = null,
+        Action<GradientBucket>? bucketReady = null)
     {
         int t = model.Config.BlockSize;
         if (windows.Length != Sequences * (t + 1)) throw new ArgumentException($"expected {Sequences * (t + 1)} window tokens, got {windows.Length}");
@@ -83,11 +116,14 @@ public sealed class GradientWorker : IDisposable
                 window[..t].CopyTo(r.Graph.Tokens.AsSpan(b * t, t));
                 window[1..].CopyTo(r.Graph.Targets.AsSpan(b * t, t));
             }
-        return Run(step, first, phase);
+        return Run(step, first, phase, bucketReady);
     }
 
-    GradientSum Run(long step, long first, Action<string>? phase)
+    GradientSum Run(long step, long first, Action<string>? phase, Action<GradientBucket>? ready)
     {
+        if (ready != null && afterOp == null) throw new InvalidOperationException("bucketReady needs UseBuckets first");
+        this.bucketReady = ready;
+        if (ready != null) Array.Clear(arrivals);
         foreach (var r in replicas)
         {
             r.Graph.Step.Training = true;
@@ -103,12 +139,14 @@ public sealed class GradientWorker : IDisposable
         phase?.Invoke("backward");
         using (TrainingTelemetry.Start("run backward", step))
         {
+            var hook = ready == null ? null : afterOp;
             DistGpt.Model.Compute.For(replicas.Length, i =>
             {
                 replicas[i].Grads.Clear();
-                replicas[i].Graph.Backward(1f);
+                replicas[i].Graph.Backward(1f, hook);
             });
-            GradientOps.SumInOrder(model.Parameters.Grads, replicaGrads, replicas.Length); // replica 0's buffer is the model's
+            // replica 0's buffer is the model's; with buckets, each range was summed as it completed
+            if (ready == null) GradientOps.SumInOrder(model.Parameters.Grads, replicaGrads, replicas.Length);
         }
         double lossSum = 0;
         long tokens = 0;
