@@ -6,7 +6,7 @@ namespace DistGpt.Contracts;
 
 public static class BuildInfo
 {
-    public const int ProtocolVersion = 2; // 2: JoinAccepted.GradientDType (bf16 gradient payloads)
+    public const int ProtocolVersion = 3; // 2: JoinAccepted.GradientDType (bf16 gradient payloads); 3: GradientsBucket frames
 
     /// <summary>The informational version of this build; workers of another build are refused.</summary>
     public static string Version { get; } =

@@ -10,7 +10,7 @@ namespace DistGpt.Contracts;
 
 public enum MessageKind : byte
 {
-    Join = 1, JoinAccepted = 2, JoinRefused = 3, Compute = 4, Gradients = 5, Heartbeat = 6, Shutdown = 7, Failed = 8,
+    Join = 1, JoinAccepted = 2, JoinRefused = 3, Compute = 4, Gradients = 5, Heartbeat = 6, Shutdown = 7, Failed = 8, GradientsBucket = 9,
 }
 
 /// <summary>Worker → coordinator, first frame on a connection.
@@ -19,12 +19,13 @@ public sealed record JoinRequest(
     string WorkerName, string BuildVersion, int ProtocolVersion, int Threads,
     string? DataSha256, string? ExpectedConfigHash, string? ClusterToken, bool SharedMemory = false);
 
-/// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches, and the
-/// element type the worker sends its gradient sums in (the weights always come as float32).</summary>
+/// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches, the
+/// element type the worker sends its gradient sums in (the weights always come as float32), and the size of the
+/// buckets a worker streams its sum in during the backward over a socket (0: the whole sum after the backward).</summary>
 public sealed record JoinAccepted(
     string RunId, int Rank, GptConfig Config, string ConfigHash, string Vocabulary, ulong Seed,
     long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32,
-    SharedMemoryPaths? SharedMemory = null);
+    SharedMemoryPaths? SharedMemory = null, long GradientBucketBytes = 0);
 
 /// <summary>The two regions a same-host connection moves its payloads through (see Wire.SharedMemoryRegion).
 /// <paramref name="SharedDown"/>: Down is the coordinator's own parameter memory, mapped by every local worker and
@@ -41,10 +42,16 @@ public sealed record JoinRefused(string Reason);
 public sealed record ComputeRequest(string RunId, long Step, long WeightsVersion, string ConfigHash, long FirstSequence, int Sequences,
     string? TraceParent = null, string? TraceState = null);
 
-/// <summary>Worker → coordinator: the gradient sum (payload) with the loss behind it and the worker's own timings.</summary>
+/// <summary>Worker → coordinator: the gradient sum (payload) with the loss behind it and the worker's own timings. When
+/// the sum went ahead in <see cref="GradientsBucket"/> frames, this frame ends the step's reply and has no payload.</summary>
 public sealed record GradientsReply(
     string RunId, long Step, long WeightsVersion, string ConfigHash, double LossSum, long Tokens,
     double ComputeMs, double ForwardMs, double BackwardMs, double ReceiveMs);
+
+/// <summary>Worker → coordinator, during the backward (as PyTorch DDP's buckets): values [Offset, Offset + Count) of the
+/// step's gradient sum (payload), final while the rest is still being computed. A step's buckets run from the end of the
+/// buffer to its start, each ending where the previous began; a payload-less <see cref="GradientsReply"/> follows.</summary>
+public sealed record GradientsBucket(string RunId, long Step, long WeightsVersion, string ConfigHash, long Offset, long Count);
 
 public sealed record Heartbeat(string RunId, long Step);
 

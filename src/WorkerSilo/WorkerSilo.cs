@@ -207,14 +207,40 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
         if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
         var worker = WorkerFor(request.Sequences, run.Seed);
+        // Over a socket, the sum goes out in buckets as the backward finishes them; through shared memory there is no
+        // transfer to overlap (the coordinator reads the region once the reply says it is complete).
+        var uploader = run.GradientBucketBytes > 0 && !channel.HasSharedMemory
+            ? new BucketUploader(channel, Buckets(worker, run), m.Parameters.Grads, run.GradientDType,
+                b => new GradientsBucket(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, b.Offset, b.Count))
+            : null;
+        var uploading = uploader?.RunAsync(TamperBucket(request.Step, uploader, channel), cancel);
         double forwardAt = 0, backwardAt = 0;
         var compute = Stopwatch.StartNew();
         void Phase(string p) { if (p == "forward") forwardAt = compute.Elapsed.TotalMilliseconds; else backwardAt = compute.Elapsed.TotalMilliseconds; }
-        var sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase)
-                                  : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase);
+        GradientSum sum;
+        try
+        {
+            sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, uploader == null ? null : uploader.Ready)
+                                  : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase, uploader == null ? null : uploader.Ready);
+        }
+        catch (Exception e)
+        {
+            uploader?.Abandon(e);
+            throw;
+        }
         double computeMs = compute.Elapsed.TotalMilliseconds;
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
+        if (uploader != null)
+        {
+            using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size())) // the part not overlapped
+            {
+                watch.Arm();
+                await uploading!;
+                await channel.SendAsync(MessageKind.Gradients, reply, cancel);
+            }
+            return;
+        }
         if (faults?.At("nan", request.Step) == true) m.Parameters.Grads.Span[0] = float.NaN;
         var gradients = Encode(m.Parameters.Grads, run.GradientDType);
         using var upload = WorkerTracing.StartUpload(reply, gradients.Length);
@@ -229,6 +255,35 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             return;
         }
         await channel.SendAsync(MessageKind.Gradients, reply, cancel, gradients);
+    }
+
+    readonly Dictionary<GradientWorker, IReadOnlyList<GradientBucket>> bucketPlans = new();
+
+    IReadOnlyList<GradientBucket> Buckets(GradientWorker worker, JoinAccepted run)
+    {
+        if (!bucketPlans.TryGetValue(worker, out var plan))
+            bucketPlans[worker] = plan = worker.UseBuckets(Math.Max(1, run.GradientBucketBytes / sizeof(float)));
+        return plan;
+    }
+
+    /// <summary>The streamed upload's fault injection: nan poisons the first bucket sent, short cuts 4 bytes off the last,
+    /// stall-upload blocks once the middle bucket is on the wire, before the rest and the reply (heartbeats go on).</summary>
+    Func<int, ReadOnlyMemory<byte>, ReadOnlyMemory<byte>>? TamperBucket(long step, BucketUploader uploader, FrameChannel channel)
+    {
+        if (faults == null || faults.Step != step) return null;
+        return (index, payload) =>
+        {
+            if (faults.Kind == "nan" && uploader.Sent == 0)
+            {
+                var poisoned = payload.ToArray();
+                BitConverter.TryWriteBytes(poisoned.AsSpan(0, sizeof(float)), float.NaN); // as bf16: 0 then NaN (its top half)
+                return poisoned;
+            }
+            if (faults.Kind == "short" && index == uploader.Count - 1) return payload[..^4];
+            if (faults.Kind == "stall-upload" && index == uploader.Count / 2)
+                channel.AfterPayloadChunk = () => { options.Log($"{options.Name}: fault injected: stalled mid-upload at step {step}"); Thread.Sleep(Timeout.Infinite); };
+            return payload;
+        };
     }
 
     /// <summary>The gradient payload in the run's wire dtype: the float32 buffer itself, or its bfloat16 narrowing in a

@@ -86,6 +86,36 @@ public sealed class DistributedTests
         Assert.Contains("--transport", bad.StdErr);
     }
 
+    /// <summary>Over a socket, workers stream their sums in buckets during the backward (--bucket-cap-mb, as DDP's
+    /// bucket_cap_mb): the coordinator assembles exactly the sum a whole payload carries, in fp32 and in bf16.</summary>
+    [Fact]
+    public void StreamedGradientBucketsGiveTheSameLossesAsWholePayloads()
+    {
+        using var tmp = new TempDirectory("buckets");
+        string run = $"dev --workers 2 --worker-threads 1 {Model} --max-iters 10 --eval-interval 10 --transport tcp";
+        var bad = CliRunner.Run($"{run} --out {tmp.Subdirectory("bad")} --bucket-cap-mb -1", Env(), Timeout);
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--bucket-cap-mb", bad.StdErr);
+        foreach (string dtype in new[] { "fp32", "bf16" })
+        {
+            string whole = tmp.Subdirectory($"whole-{dtype}"), streamed = tmp.Subdirectory($"streamed-{dtype}");
+            var a = CliRunner.Run($"{run} --wire-dtype {dtype} --bucket-cap-mb 0 --out {whole}", Env(), Timeout);
+            Assert.True(a.ExitCode == 0, a.ToString());
+            var b = CliRunner.Run($"{run} --wire-dtype {dtype} --bucket-cap-mb 0.01 --out {streamed}", Env(), Timeout); // ~2,600 values a bucket
+            Assert.True(b.ExitCode == 0, b.ToString());
+            var ma = Metrics(whole);
+            var mb = Metrics(streamed);
+            Assert.Equal(ma.Select(m => m.GetProperty("loss").GetDouble()), mb.Select(m => m.GetProperty("loss").GetDouble()));
+            for (int i = 0; i < ma.Count; i++)
+            {
+                long got = ma[i].GetProperty("wire_bytes").GetProperty("received").GetInt64();
+                long gotStreamed = mb[i].GetProperty("wire_bytes").GetProperty("received").GetInt64();
+                // the same payload bytes, plus a header per bucket (several buckets per worker)
+                Assert.InRange(gotStreamed - got, 2 * 4 * 100, 2 * 30 * 400);
+            }
+        }
+    }
+
     [Fact]
     public void DevModeWithBf16GradientsTrainsCloseToFp32AndReceivesHalfTheGradientBytes()
     {

@@ -101,6 +101,8 @@ public sealed class FaultToleranceTests
     [InlineData("short:5", "gradient payload of")]
     [InlineData("nan:5", "NaN or Inf", "--wire-dtype bf16")] // a NaN survives the narrowing to bf16
     [InlineData("short:5", "gradient payload of", "--wire-dtype bf16")]
+    [InlineData("nan:5", "NaN or Inf", "--bucket-cap-mb 0.01")] // the sum streamed in ~10 buckets: the first is poisoned
+    [InlineData("short:5", "gradient payload of", "--bucket-cap-mb 0.01 --wire-dtype bf16")] // the last is short
     public void TamperedGradientPayloadIsRejectedAndTheShareRecomputedExactly(string fault, string message, string flags = "")
     {
         using var clean = new Cluster();

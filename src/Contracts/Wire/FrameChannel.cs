@@ -2,7 +2,6 @@ using System.Runtime.CompilerServices;
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text.Json;
-using DistGpt.Model.Engine;
 using DistGpt.Model.IO;
 using DistGpt.Model.Training;
 
@@ -36,6 +35,9 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     /// <summary>From now on, payloads of at least 64 KiB that fit go through <paramref name="send"/>, and frames flagged
     /// so are read from <paramref name="receive"/>. The channel does not own the regions.</summary>
     public void UseSharedMemory(SharedMemoryRegion send, SharedMemoryRegion receive) => (sharedSend, sharedReceive) = (send, receive);
+
+    /// <summary>Large payloads go through shared-memory regions (see <see cref="UseSharedMemory"/>).</summary>
+    public bool HasSharedMemory => sharedSend != null;
 
     /// <summary>Called after each payload chunk is written (fault injection in tests; null otherwise).</summary>
     public Action? AfterPayloadChunk { get; set; }
@@ -153,24 +155,21 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         BytesReceived += destination.Length;
     }
 
-    /// <summary>Reads a float32 payload into destination and says whether every value is finite, checking each chunk as it
-    /// lands (from the shared-memory region: copied and checked on every core in one pass).</summary>
-    public async Task<bool> ReadFloatPayloadAsync(NativeBuffer destination, CancellationToken cancel = default)
+    /// <summary>Reads a float32 payload into destination (float32 bytes) and says whether every value is finite, checking
+    /// each chunk as it lands (from the shared-memory region: copied and checked on every core in one pass).</summary>
+    public async Task<bool> ReadFloatPayloadAsync(Memory<byte> destination, CancellationToken cancel = default)
     {
+        if (destination.Length % sizeof(float) != 0) throw new ArgumentException($"destination of {destination.Length} bytes is not float32s");
         if (sharedPayload >= 0)
-        {
-            var source = MemoryMarshal.Cast<byte, float>(TakeShared(checked((int)destination.Length * sizeof(float))));
-            return GradientOps.CopyAllFinite(source, destination.Span);
-        }
-        var bytes = NativeMemoryManager.Bytes(destination);
+            return GradientOps.CopyAllFinite(MemoryMarshal.Cast<byte, float>(TakeShared(destination.Length)), MemoryMarshal.Cast<byte, float>(destination.Span));
         bool finite = true;
-        for (int o = 0; o < bytes.Length; o += ChunkBytes)
+        for (int o = 0; o < destination.Length; o += ChunkBytes)
         {
-            var chunk = bytes.Slice(o, Math.Min(ChunkBytes, bytes.Length - o));
+            var chunk = destination.Slice(o, Math.Min(ChunkBytes, destination.Length - o));
             await ReadExactlyAsync(chunk, cancel);
             finite &= GradientOps.AllFinite(MemoryMarshal.Cast<byte, float>(chunk.Span));
         }
-        BytesReceived += bytes.Length;
+        BytesReceived += destination.Length;
         return finite;
     }
 

@@ -29,7 +29,7 @@ public static class CoordinatorCommand
                 Listen = ParseUri(r.GetValue(listen)!, "--listen"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
-                GradientDType = cluster.GradientDType(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
+                GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
             };
             using var setup = RunSetup.Create(train, r);
             PrintModel(setup);

@@ -43,7 +43,7 @@ public static class DevCommand
                 Listen = new Uri("http://127.0.0.1:0"), MinWorkers = n, ClusterToken = token,
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, r.GetValue(cluster.JoinTimeout))),
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
-                GradientDType = cluster.GradientDType(r), OfferSharedMemory = mode == "shm",
+                GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), OfferSharedMemory = mode == "shm",
             };
             using var weights = new Hosting.SharedWeights(); // outlives the model (disposed after it)
             using var setup = RunSetup.Create(train, r, settings.OfferSharedMemory ? weights.Allocate : null);

@@ -31,7 +31,8 @@ public sealed class CoordinatorGrain(RunDescription run, Action<string> log) : I
             while (members.ContainsKey(rank) || reserved.ContainsValue(rank)) rank++;
             reserved[request.WorkerName] = rank;
             return new JoinDecision(new JoinAccepted(run.RunId, rank, run.Config, run.ConfigHash, run.Vocabulary, run.Seed,
-                run.ParameterCount, SendsWindows: request.DataSha256 == null, run.HeartbeatTimeout.TotalSeconds, run.GradientDType), null);
+                run.ParameterCount, SendsWindows: request.DataSha256 == null, run.HeartbeatTimeout.TotalSeconds, run.GradientDType,
+                GradientBucketBytes: run.GradientBucketBytes), null);
         }
     }
 

@@ -10,7 +10,13 @@ namespace DistGpt.Coordinator.Grains;
 /// The receive loop (run by the connection handler) matches gradient replies to the pending call and tracks heartbeats.</summary>
 public sealed class RemoteWorker(FrameChannel channel, string name, int rank, RunDescription run, bool sendsWindows, Action abort) : IWorkerGrain
 {
-    sealed record Pending(ComputeRequest Request, NativeBuffer Gradients, TaskCompletionSource<GradientsReply> Done);
+    sealed record Pending(ComputeRequest Request, NativeBuffer Gradients, TaskCompletionSource<GradientsReply> Done)
+    {
+        /// <summary>Streamed buckets have filled [Covered, end of the buffer); they arrive from the end down.</summary>
+        public long Covered { get; set; } = Gradients.Length;
+        /// <summary>A bucket was refused: the rest of this step's reply is skipped.</summary>
+        public bool Refused { get; set; }
+    }
 
     Pending? pending;
     long lastHeardTicks = Stopwatch.GetTimestamp();
@@ -95,6 +101,7 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
             {
                 Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
                 if (frame.Kind == MessageKind.Gradients) await ReceiveGradientsAsync(frame, cancel);
+                else if (frame.Kind == MessageKind.GradientsBucket) await ReceiveBucketAsync(frame, cancel);
                 else await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
             }
             reason = "connection closed";
@@ -110,32 +117,71 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
         var reply = frame.Read<GradientsReply>();
         var call = pending;
         long expected = run.ParameterCount * run.GradientDType.Size();
-        if (call == null || reply.Step < call.Request.Step)
+        if (call == null || reply.Step < call.Request.Step || call.Refused)
         {
-            // A straggler's late answer for a step that was already completed without it: not an error, just ignored.
+            // A straggler's late answer for a step that was already completed without it (or the end of a reply whose
+            // bucket was refused): not an error, just ignored.
             await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
             return;
         }
-        string? problem = reply.RunId != run.RunId ? $"run {reply.RunId} is not this run"
-            : reply.ConfigHash != run.ConfigHash ? $"config {reply.ConfigHash} is not this run's {run.ConfigHash}"
-            : reply.Step != call.Request.Step || reply.WeightsVersion != call.Request.WeightsVersion ? $"stale reply for step {reply.Step} (version {reply.WeightsVersion}), expected step {call.Request.Step}"
-            : frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected} ({run.GradientDType.Name()})"
-            : null;
+        bool streamed = call.Covered < call.Gradients.Length;
+        string? problem = Mismatch(reply.RunId, reply.ConfigHash, reply.Step, reply.WeightsVersion, call)
+            ?? (streamed && frame.PayloadLength != 0 ? $"gradient payload of {frame.PayloadLength} bytes after streamed buckets"
+            : streamed && call.Covered != 0 ? $"gradient buckets covered values [{call.Covered}, {call.Gradients.Length}) only"
+            : !streamed && frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected} ({run.GradientDType.Name()})"
+            : null);
         if (problem != null)
         {
             await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
-            call?.Done.TrySetException(new InvalidGradientsException(name, problem));
+            call.Done.TrySetException(new InvalidGradientsException(name, problem));
             return;
         }
-        bool finite;
-        if (run.GradientDType == WireDType.Bf16)
-        {
-            await channel.ReadBFloat16PayloadAsync(NativeMemoryManager.Bytes(call.Gradients), cancel);
-            finite = GradientOps.AllFinite(call.Gradients.Span);
-        }
-        else finite = await channel.ReadFloatPayloadAsync(call.Gradients, cancel); // checked as it lands, not in a second pass
-        if (!finite) call.Done.TrySetException(new InvalidGradientsException(name, "NaN or Inf in the gradients"));
+        if (!streamed && !await ReadGradientsAsync(NativeMemoryManager.Bytes(call.Gradients), cancel))
+            call.Done.TrySetException(new InvalidGradientsException(name, "NaN or Inf in the gradients"));
         else call.Done.TrySetResult(reply);
+    }
+
+    /// <summary>One streamed bucket of the pending call's gradient sum: it must continue the buffer downwards from where the
+    /// previous one began, and is read straight into its place (and checked) as it arrives.</summary>
+    async Task ReceiveBucketAsync(Frame frame, CancellationToken cancel)
+    {
+        var bucket = frame.Read<GradientsBucket>();
+        var call = pending;
+        if (call == null || bucket.Step < call.Request.Step || call.Refused)
+        {
+            await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+            return;
+        }
+        string? problem = Mismatch(bucket.RunId, bucket.ConfigHash, bucket.Step, bucket.WeightsVersion, call)
+            ?? (bucket.Count < 1 || bucket.Offset < 0 || bucket.Offset + bucket.Count != call.Covered
+                ? $"gradient bucket [{bucket.Offset}, {bucket.Offset + bucket.Count}) does not end where the streamed values begin ({call.Covered})"
+            : frame.PayloadLength != bucket.Count * run.GradientDType.Size()
+                ? $"gradient payload of {frame.PayloadLength} bytes for values [{bucket.Offset}, {bucket.Offset + bucket.Count}), expected {bucket.Count * run.GradientDType.Size()} ({run.GradientDType.Name()})"
+            : null);
+        var bytes = problem == null ? NativeMemoryManager.Bytes(call.Gradients).Slice(checked((int)bucket.Offset * sizeof(float)), checked((int)bucket.Count * sizeof(float))) : default;
+        if (problem == null && !await ReadGradientsAsync(bytes, cancel)) problem = "NaN or Inf in the gradients";
+        else if (problem != null) await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+        if (problem != null)
+        {
+            call.Refused = true;
+            call.Done.TrySetException(new InvalidGradientsException(name, problem));
+            return;
+        }
+        call.Covered = bucket.Offset;
+    }
+
+    string? Mismatch(string runId, string configHash, long step, long version, Pending call) =>
+        runId != run.RunId ? $"run {runId} is not this run"
+        : configHash != run.ConfigHash ? $"config {configHash} is not this run's {run.ConfigHash}"
+        : step != call.Request.Step || version != call.Request.WeightsVersion ? $"stale reply for step {step} (version {version}), expected step {call.Request.Step}"
+        : null;
+
+    /// <summary>Reads a gradient payload into destination (float32 bytes), widening bfloat16; true when all finite.</summary>
+    async Task<bool> ReadGradientsAsync(Memory<byte> destination, CancellationToken cancel)
+    {
+        if (run.GradientDType == WireDType.Fp32) return await channel.ReadFloatPayloadAsync(destination, cancel); // checked as it lands
+        await channel.ReadBFloat16PayloadAsync(destination, cancel);
+        return GradientOps.AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination.Span));
     }
 }
 

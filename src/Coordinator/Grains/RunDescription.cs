@@ -3,10 +3,11 @@ using DistGpt.Model;
 
 namespace DistGpt.Coordinator.Grains;
 
-/// <summary>What every worker of a run must agree on (GradientDType: how workers send gradient sums, told at the join).</summary>
+/// <summary>What every worker of a run must agree on (GradientDType and GradientBucketBytes: how workers send gradient
+/// sums, told at the join).</summary>
 public sealed record RunDescription(
     string RunId, GptConfig Config, string Vocabulary, ulong Seed, long ParameterCount, string DataSha256,
-    string? ClusterToken, TimeSpan HeartbeatTimeout, WireDType GradientDType = WireDType.Fp32)
+    string? ClusterToken, TimeSpan HeartbeatTimeout, WireDType GradientDType = WireDType.Fp32, long GradientBucketBytes = 0)
 {
     public string ConfigHash => Config.Hash();
 }
