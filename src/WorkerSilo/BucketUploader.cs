@@ -10,11 +10,11 @@ namespace DistGpt.WorkerSilo;
 /// (as PyTorch DDP overlaps its bucket all-reduces with the backward): the compute threads report each bucket as it
 /// becomes final, and this sends the buckets in plan order, from the end of the buffer to its start, each in its own
 /// GradientsBucket frame (narrowed to bfloat16 when the run says so).</summary>
+/// <param name="narrowed">for bf16, a buffer of 2 bytes per gradient value to narrow into (kept by the caller across steps)</param>
 sealed class BucketUploader(FrameChannel channel, IReadOnlyList<GradientBucket> plan, NativeBuffer grads, WireDType dtype,
-    Func<GradientBucket, GradientsBucket> header)
+    byte[]? narrowed, Func<GradientBucket, GradientsBucket> header)
 {
     readonly Channel<int> ready = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true });
-    byte[]? narrowed;
 
     public int Count => plan.Count;
 
@@ -50,8 +50,7 @@ sealed class BucketUploader(FrameChannel channel, IReadOnlyList<GradientBucket> 
     {
         int bytes = checked((int)b.Count * dtype.Size());
         if (dtype == WireDType.Fp32) return NativeMemoryManager.Bytes(grads).Slice(checked((int)b.Offset * sizeof(float)), bytes);
-        narrowed ??= GC.AllocateUninitializedArray<byte>(checked((int)grads.Length * sizeof(ushort)), pinned: true);
-        var target = narrowed.AsMemory(checked((int)b.Offset * sizeof(ushort)), bytes);
+        var target = narrowed!.AsMemory(checked((int)b.Offset * sizeof(ushort)), bytes);
         BFloat16.Narrow(grads.Span.Slice((int)b.Offset, (int)b.Count), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(target.Span));
         return target;
     }

@@ -211,7 +211,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         // transfer to overlap (the coordinator reads the region once the reply says it is complete).
         var uploader = run.GradientBucketBytes > 0 && !channel.HasSharedMemory
             ? new BucketUploader(channel, Buckets(worker, run), m.Parameters.Grads, run.GradientDType,
-                b => new GradientsBucket(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, b.Offset, b.Count))
+                run.GradientDType == WireDType.Bf16 ? NarrowingBuffer(m.Parameters.Grads) : null, b => new GradientsBucket(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, b.Offset, b.Count))
             : null;
         var uploading = uploader?.RunAsync(TamperBucket(request.Step, uploader, channel), cancel);
         double forwardAt = 0, backwardAt = 0;
@@ -291,9 +291,16 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     ReadOnlyMemory<byte> Encode(NativeBuffer grads, WireDType dtype)
     {
         if (dtype == WireDType.Fp32) return NativeMemoryManager.Bytes(grads);
+        var target = NarrowingBuffer(grads);
+        BFloat16.Narrow(grads.Span, MemoryMarshal.Cast<byte, ushort>(target.AsSpan()));
+        return target;
+    }
+
+    /// <summary>2 bytes per gradient value, kept for the next step.</summary>
+    byte[] NarrowingBuffer(NativeBuffer grads)
+    {
         int bytes = checked((int)grads.Length * sizeof(ushort));
         if (narrowed?.Length != bytes) narrowed = GC.AllocateUninitializedArray<byte>(bytes, pinned: true);
-        BFloat16.Narrow(grads.Span, MemoryMarshal.Cast<byte, ushort>(narrowed.AsSpan()));
         return narrowed;
     }
 

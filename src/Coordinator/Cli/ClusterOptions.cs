@@ -15,7 +15,7 @@ public sealed class ClusterOptions
     public readonly Option<string> StragglerPolicy = new("--straggler-policy") { Description = "wait: every step waits for every worker; drop: a worker still busy --straggler-timeout s after the first one finished is skipped for the step and its share recomputed", DefaultValueFactory = _ => "wait" };
     public readonly Option<double> StragglerTimeout = new("--straggler-timeout") { Description = "seconds of patience for the drop policy", DefaultValueFactory = _ => 5 };
     public readonly Option<string> WireDType = new("--wire-dtype") { Description = "element type of the gradient sums workers send: fp32, or bf16 (half the bytes; rounded to nearest even, widened back to fp32 before summing). Weights always go as fp32", DefaultValueFactory = _ => "fp32" };
-    public readonly Option<double> BucketCapMB = new("--bucket-cap-mb") { Description = "workers on other hosts send their gradient sums in buckets of about this many MiB as the backward pass finishes them (as PyTorch DDP's bucket_cap_mb), overlapping the upload with the computation; 0 sends each sum whole after the backward", DefaultValueFactory = _ => 1.0 };
+    public readonly Option<double> BucketCapMB = new("--bucket-cap-mb") { Description = "workers on other hosts send their gradient sums in buckets of about this many MiB as the backward pass finishes them (as PyTorch DDP's bucket_cap_mb), overlapping the upload with the computation; 0 sends each sum whole after the backward", DefaultValueFactory = _ => 0.25 };
     public readonly Option<int> MaxRejections = new("--max-rejections") { Description = "invalid gradient payloads (NaN/Inf, wrong size) before a worker is dropped", DefaultValueFactory = _ => 3 };
 
     public void AddTo(Command command)
@@ -30,7 +30,7 @@ public sealed class ClusterOptions
         command.Options.Add(BucketCapMB);
     }
 
-    public const long DefaultBucketBytes = 1 << 20;
+    public const long DefaultBucketBytes = 1 << 18;
 
     public long BucketBytes(ParseResult r)
     {
