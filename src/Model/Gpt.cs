@@ -149,10 +149,11 @@ public sealed class GptGraph(Graph graph, int batch, int time, int[] tokens, int
     public CrossEntropy Loss => loss ?? throw new InvalidOperationException("graph was built without a loss");
     public StepContext Step => Graph.Step;
 
-    /// <summary>Forward pass; returns the mean token loss when the graph has a loss, else NaN.</summary>
-    public float Forward()
+    /// <summary>Forward pass; returns the mean token loss when the graph has a loss, else NaN. beforeOp as in
+    /// <see cref="Graph.Forward"/>.</summary>
+    public float Forward(Action<int>? beforeOp = null)
     {
-        Graph.Forward();
+        Graph.Forward(beforeOp);
         return loss == null ? float.NaN : (float)(loss.LossSum() / loss.Tokens);
     }
 

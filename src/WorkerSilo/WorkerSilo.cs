@@ -191,19 +191,41 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         if (payloadLength != weightBytes + windowBytes)
             throw new ProtocolException($"compute payload is {payloadLength} bytes, expected {weightBytes + windowBytes}");
         var clock = Stopwatch.StartNew();
-        var receiving = WorkerTracing.StartReceive(payloadLength);
-        await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(m.Parameters.Values), cancel);
-        int[]? windows = null;
-        if (windowBytes > 0)
+        double receiveMs = 0;
+        // Over a socket, with no token windows behind them, the forward starts while the weights are still arriving: each
+        // op waits only for the ones it reads (they come in forward order). Otherwise the whole payload lands first.
+        var arrival = windowBytes == 0 && !channel.HasSharedMemory ? new WeightsArrival() : null;
+        async Task ReceiveWeightsAsync()
         {
-            var bytes = new byte[windowBytes];
-            await channel.ReadPayloadAsync(bytes, cancel);
-            windows = MemoryMarshal.Cast<byte, int>(bytes).ToArray();
+            using var receiving = WorkerTracing.StartReceive(payloadLength);
+            try
+            {
+                await channel.ReadPayloadAsync(NativeMemoryManager.Bytes(m.Parameters.Values), cancel,
+                    arrival == null ? null : bytes => arrival.Advance(bytes / sizeof(float)));
+            }
+            catch (Exception e)
+            {
+                arrival?.Fail(e);
+                throw;
+            }
+            receiveMs = clock.Elapsed.TotalMilliseconds;
+            watch.Disarm(); // the payload is in: silence is expected while computing
         }
-        double receiveMs = clock.Elapsed.TotalMilliseconds;
-        receiving?.Dispose();
+        var weightsIn = ReceiveWeightsAsync();
+        int[]? windows = null;
+        if (arrival == null)
+        {
+            await weightsIn;
+            if (windowBytes > 0)
+            {
+                var bytes = new byte[windowBytes];
+                await channel.ReadPayloadAsync(bytes, cancel);
+                windows = MemoryMarshal.Cast<byte, int>(bytes).ToArray();
+                receiveMs = clock.Elapsed.TotalMilliseconds;
+            }
+            watch.Disarm();
+        }
 
-        watch.Disarm();
         if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
         if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
         var worker = WorkerFor(request.Sequences, run.Seed);
@@ -220,14 +242,16 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         GradientSum sum;
         try
         {
-            sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, uploader == null ? null : uploader.Ready)
+            sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, uploader == null ? null : uploader.Ready, arrival)
                                   : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase, uploader == null ? null : uploader.Ready);
         }
         catch (Exception e)
         {
             uploader?.Abandon(e);
+            if (arrival != null) await weightsIn; // the transfer's own failure, if that is what stopped the forward
             throw;
         }
+        await weightsIn; // complete by now: the forward has read every weight
         double computeMs = compute.Elapsed.TotalMilliseconds;
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);

@@ -141,17 +141,23 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         return new Frame(kind, header, payloadLength);
     }
 
-    /// <summary>Reads exactly destination.Length payload bytes, in bounded chunks.</summary>
-    public async Task ReadPayloadAsync(Memory<byte> destination, CancellationToken cancel = default)
+    /// <summary>Reads exactly destination.Length payload bytes, in bounded chunks; <paramref name="landed"/>, when given, is
+    /// told how many bytes are in place after each chunk.</summary>
+    public async Task ReadPayloadAsync(Memory<byte> destination, CancellationToken cancel = default, Action<long>? landed = null)
     {
         if (sharedPayload >= 0)
         {
             var source = TakeShared(destination.Length);
             if (!SameMemory(source, destination.Span)) source.CopyTo(destination.Span); // weights mapped in place need no copy
+            landed?.Invoke(destination.Length);
             return;
         }
         for (int o = 0; o < destination.Length; o += ChunkBytes)
-            await ReadExactlyAsync(destination.Slice(o, Math.Min(ChunkBytes, destination.Length - o)), cancel);
+        {
+            int n = Math.Min(ChunkBytes, destination.Length - o);
+            await ReadExactlyAsync(destination.Slice(o, n), cancel);
+            landed?.Invoke(o + n);
+        }
         BytesReceived += destination.Length;
     }
 

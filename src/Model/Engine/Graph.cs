@@ -95,19 +95,18 @@ public sealed unsafe class Graph : IDisposable
         return op;
     }
 
-    public void Forward()
+    /// <summary>Runs the tape forwards; <paramref name="beforeOp"/>, when given, is called with each op's index before
+    /// the op runs (e.g. to wait for the weights it reads, see <see cref="Training.WeightsArrival"/>).</summary>
+    public void Forward(Action<int>? beforeOp = null)
     {
-        if (OpProfiler.Enabled && ++profiledPasses > OpProfiler.SkipPasses)
+        bool profile = OpProfiler.Enabled && ++profiledPasses > OpProfiler.SkipPasses;
+        for (int i = 0; i < ops.Count; i++)
         {
-            foreach (var op in ops)
-            {
-                long t0 = OpProfiler.Now();
-                op.Forward(Step);
-                OpProfiler.Record(op.ProfileName + " fwd", t0);
-            }
-            return;
+            beforeOp?.Invoke(i);
+            long t0 = profile ? OpProfiler.Now() : 0;
+            ops[i].Forward(Step);
+            if (profile) OpProfiler.Record(ops[i].ProfileName + " fwd", t0);
         }
-        foreach (var op in ops) op.Forward(Step);
     }
 
     /// <summary>Zeroes activation gradients (except those their only consumer assigns), then runs the tape backwards. The caller seeds the loss gradient

@@ -93,12 +93,15 @@ public sealed class GradientWorker : IDisposable
 
     /// <summary>Zeroes the gradients, then forward + backward on sequences [first, first + Sequences) of step's batch.
     /// With <paramref name="bucketReady"/> (after <see cref="UseBuckets"/>), each bucket is handed to it, from a compute
-    /// thread, as soon as its range of the model's gradients holds the final sum, while the backward goes on.</summary>
-    public GradientSum Compute(long step, long first, Action<string>? phase = null, Action<GradientBucket>? bucketReady = null)
+    /// thread, as soon as its range of the model's gradients holds the final sum, while the backward goes on.
+    /// With <paramref name="weights"/>, the model's weights are still arriving: each op of the forward waits for the ones
+    /// it reads.</summary>
+    public GradientSum Compute(long step, long first, Action<string>? phase = null, Action<GradientBucket>? bucketReady = null,
+        WeightsArrival? weights = null)
     {
         foreach (var r in replicas)
             BatchSampler.Fill(trainData, seed, DataSplit.Train, step, first + r.Offset, r.Graph.Batch, model.Config.BlockSize, r.Graph.Tokens, r.Graph.Targets);
-        return Run(step, first, phase, bucketReady);
+        return Run(step, first, phase, bucketReady, weights);
     }
 
     /// <summary>As <see cref="Compute"/>, on token windows given by the coordinator (Sequences × (block + 1) ids).</summary>
@@ -116,10 +119,12 @@ public sealed class GradientWorker : IDisposable
                 window[..t].CopyTo(r.Graph.Tokens.AsSpan(b * t, t));
                 window[1..].CopyTo(r.Graph.Targets.AsSpan(b * t, t));
             }
-        return Run(step, first, phase, bucketReady);
+        return Run(step, first, phase, bucketReady, null);
     }
 
-    GradientSum Run(long step, long first, Action<string>? phase, Action<GradientBucket>? ready)
+    long[]? weightsNeeded; // per op: the values [0, n) of the flat weights its forward reads
+
+    GradientSum Run(long step, long first, Action<string>? phase, Action<GradientBucket>? ready, WeightsArrival? weights)
     {
         if (ready != null && afterOp == null) throw new InvalidOperationException("bucketReady needs UseBuckets first");
         this.bucketReady = ready;
@@ -134,7 +139,13 @@ public sealed class GradientWorker : IDisposable
         using (TrainingTelemetry.Start("run forward", step))
         {
             // One replica runs inline on the caller, whose kernels then use every core.
-            DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward());
+            Action<int>? waitForWeights = null;
+            if (weights != null)
+            {
+                var needed = weightsNeeded ??= WeightsNeeded();
+                waitForWeights = op => weights.WaitFor(needed[op]);
+            }
+            DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward(waitForWeights));
         }
         phase?.Invoke("backward");
         using (TrainingTelemetry.Start("run backward", step))
@@ -156,6 +167,13 @@ public sealed class GradientWorker : IDisposable
             tokens += r.Graph.Loss.Tokens;
         }
         return new GradientSum(lossSum, tokens);
+    }
+
+    /// For each op, how far into the flat weights its parameters reach.
+    long[] WeightsNeeded()
+    {
+        var ops = replicas[0].Graph.Graph.Ops;
+        return ops.Select(op => op.Parameters.Select(t => model.Parameters.Slot(t.Name)).Select(s => s.Offset + s.Length).DefaultIfEmpty(0).Max()).ToArray();
     }
 
     public void Dispose()
