@@ -232,8 +232,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         // Over a socket, the sum goes out in buckets as the backward finishes them; through shared memory there is no
         // transfer to overlap (the coordinator reads the region once the reply says it is complete).
         var uploader = run.GradientBucketBytes > 0 && !channel.HasSharedMemory
-            ? new BucketUploader(channel, Buckets(worker, run), m.Parameters.Grads, run.GradientDType,
-                run.GradientDType == WireDType.Bf16 ? NarrowingBuffer(m.Parameters.Grads) : null, b => new GradientsBucket(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, b.Offset, b.Count))
+            ? new BucketUploader(channel, worker.UseBuckets(Math.Max(1, run.GradientBucketBytes / sizeof(float))), m.Parameters.Grads,
+                run.GradientDType, run.GradientDType == WireDType.Bf16 ? NarrowingBuffer(m.Parameters.Grads) : null,
+                b => new GradientsBucket(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, b.Offset, b.Count))
             : null;
         var uploading = uploader?.RunAsync(TamperBucket(request.Step, uploader, channel), cancel);
         double forwardAt = 0, backwardAt = 0;
@@ -255,39 +256,37 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         double computeMs = compute.Elapsed.TotalMilliseconds;
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
-        if (uploader != null)
+        if (uploader == null)
         {
-            using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size())) // the part not overlapped
-            {
-                watch.Arm();
-                await uploading!;
-                await channel.SendAsync(MessageKind.Gradients, reply, cancel);
-            }
+            await SendWholeAsync(channel, run, reply, watch);
             return;
         }
-        if (faults?.At("nan", request.Step) == true) m.Parameters.Grads.Span[0] = float.NaN;
-        var gradients = Encode(m.Parameters.Grads, run.GradientDType);
-        using var upload = WorkerTracing.StartUpload(reply, gradients.Length);
-        watch.Arm();
-        if (faults?.At("short", request.Step) == true) gradients = gradients[..^4];
-        if (faults?.At("stall-upload", request.Step) == true)
+        using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size())) // the part not overlapped
         {
-            // Two payload parts, so the hook (after each chunk) fires once half the gradients are on the wire.
-            channel.AfterPayloadChunk = () => { options.Log($"{options.Name}: fault injected: stalled mid-upload at step {request.Step}"); Thread.Sleep(Timeout.Infinite); };
-            int half = gradients.Length / 2;
-            await channel.SendAsync(MessageKind.Gradients, reply, cancel, gradients[..half], gradients[half..]);
-            return;
+            watch.Arm();
+            await uploading!;
+            await channel.SendAsync(MessageKind.Gradients, reply, cancel);
         }
-        await channel.SendAsync(MessageKind.Gradients, reply, cancel, gradients);
     }
 
-    readonly Dictionary<GradientWorker, IReadOnlyList<GradientBucket>> bucketPlans = new();
-
-    IReadOnlyList<GradientBucket> Buckets(GradientWorker worker, JoinAccepted run)
+    /// <summary>The gradient sum in one frame, after the backward (shared memory, or --bucket-cap-mb 0).</summary>
+    async Task SendWholeAsync(FrameChannel channel, JoinAccepted run, GradientsReply reply, SilenceWatch watch)
     {
-        if (!bucketPlans.TryGetValue(worker, out var plan))
-            bucketPlans[worker] = plan = worker.UseBuckets(Math.Max(1, run.GradientBucketBytes / sizeof(float)));
-        return plan;
+        var grads = model!.Parameters.Grads;
+        if (faults?.At("nan", reply.Step) == true) grads.Span[0] = float.NaN;
+        var gradients = Encode(grads, run.GradientDType);
+        using var upload = WorkerTracing.StartUpload(reply, gradients.Length);
+        watch.Arm();
+        if (faults?.At("short", reply.Step) == true) gradients = gradients[..^4];
+        if (faults?.At("stall-upload", reply.Step) == true)
+        {
+            // Two payload parts, so the hook (after each chunk) fires once half the gradients are on the wire.
+            channel.AfterPayloadChunk = () => { options.Log($"{options.Name}: fault injected: stalled mid-upload at step {reply.Step}"); Thread.Sleep(Timeout.Infinite); };
+            int half = gradients.Length / 2;
+            await channel.SendAsync(MessageKind.Gradients, reply, watch.Token, gradients[..half], gradients[half..]);
+            return;
+        }
+        await channel.SendAsync(MessageKind.Gradients, reply, watch.Token, gradients);
     }
 
     /// <summary>The streamed upload's fault injection: nan poisons the first bucket sent, short cuts 4 bytes off the last,

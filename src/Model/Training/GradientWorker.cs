@@ -56,15 +56,19 @@ public sealed class GradientWorker : IDisposable
     public int Sequences { get; }
 
     IReadOnlyList<GradientBucket> buckets = [];
+    long bucketCap;
     GradientBucket[][] bucketsAfterOp = [];
     int[] arrivals = [];
     Action<GradientBucket>? bucketReady;
     Action<int>? afterOp;
 
     /// <summary>Cuts the gradient buffer into buckets of about <paramref name="capFloats"/> values (see
-    /// <see cref="GradientBuckets"/>) for <see cref="Compute"/>'s bucketReady; returns them in the order they complete.</summary>
+    /// <see cref="GradientBuckets"/>) for <see cref="Compute"/>'s bucketReady; returns them in the order they complete
+    /// (planned once per cap).</summary>
     public IReadOnlyList<GradientBucket> UseBuckets(long capFloats)
     {
+        if (capFloats == bucketCap) return buckets;
+        bucketCap = capFloats;
         var graph = replicas[0].Graph.Graph;
         buckets = GradientBuckets.Plan(model.Parameters, graph, capFloats);
         bucketsAfterOp = Enumerable.Range(0, graph.Ops.Count).Select(op => buckets.Where(b => b.CompleteAfterOp == op).ToArray()).ToArray();

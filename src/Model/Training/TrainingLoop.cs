@@ -82,13 +82,6 @@ public sealed class TrainingLoop(
             LastValLoss = valLoss;
             FinalValLossFull = valLossFull;
         }
-        if ((settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters)
-        {
-            using var checkpoint = TrainingTelemetry.Start("save checkpoint", step);
-            checkpoint?.SetTag(TrainingTelemetry.Attr.CheckpointDir, outDir);
-            using (OnPhase?.Invoke("checkpoint", step)) SaveCheckpoint();
-        }
-
         var metrics = new StepMetrics
         {
             Step = step, Loss = sum.MeanLoss, Lr = lr, StepMs = Math.Round(ms, 3),
@@ -99,6 +92,15 @@ public sealed class TrainingLoop(
         log.Write(metrics);
         TrainingTelemetry.RecordStep(span, metrics, sum.Tokens);
         OnStep?.Invoke(metrics);
+
+        // After the step's metrics line: a crash between the two leaves metrics past the checkpoint, which a resumed run
+        // drops; the other order could leave a checkpoint whose step has no metrics line, a gap after the resume.
+        if ((settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters)
+        {
+            using var checkpoint = TrainingTelemetry.Start("save checkpoint", step);
+            checkpoint?.SetTag(TrainingTelemetry.Attr.CheckpointDir, outDir);
+            using (OnPhase?.Invoke("checkpoint", step)) SaveCheckpoint();
+        }
     }
 
     public void SaveCheckpoint() =>
