@@ -26,6 +26,11 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
     public FrameChannel Channel => channel;
     /// <summary>The worker has no corpus of its own: each compute request carries its token windows.</summary>
     public bool SendsWindows => sendsWindows;
+
+    /// <summary>Dev mode with fp32 gradients: the shared-memory region this worker writes its gradient sum to. Passed as a
+    /// call's gradients buffer, the sum is only checked there, not copied; it stays valid until this worker's next call
+    /// (the region outlives the connection, see WorkerConnectionHandler).</summary>
+    public NativeBuffer? GradientRegion { get; set; }
     public TimeSpan SinceLastHeard => Stopwatch.GetElapsedTime(Interlocked.Read(ref lastHeardTicks));
 
     public async Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,

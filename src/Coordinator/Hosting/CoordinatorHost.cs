@@ -18,10 +18,11 @@ public sealed class CoordinatorHost : IAsyncDisposable
     readonly CancellationTokenSource stopping = new();
     readonly Task acceptLoop;
     readonly List<(Socket Socket, Task Handler)> connections = new();
+    readonly WorkerConnectionHandler handler;
 
     CoordinatorHost(TcpListener listener, Uri address, WorkerConnectionHandler handler, X509Certificate2? cert, Action<string> log)
     {
-        (this.listener, Address) = (listener, address);
+        (this.listener, Address, this.handler) = (listener, address, handler);
         acceptLoop = AcceptLoopAsync(handler, cert, log);
     }
 
@@ -114,5 +115,6 @@ public sealed class CoordinatorHost : IAsyncDisposable
         await Task.WhenAny(Task.WhenAll(open.Select(c => c.Handler)), Task.Delay(TimeSpan.FromSeconds(2)));
         foreach (var c in open) c.Socket.Dispose();
         stopping.Dispose();
+        handler.Dispose();
     }
 }

@@ -11,8 +11,12 @@ namespace DistGpt.Coordinator.Hosting;
 /// for its payloads, so tensors skip the socket; with <paramref name="sharedWeights"/> (the coordinator's parameter
 /// memory) the weights region is that one, common to every local worker, and nothing is copied down.</summary>
 public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log, bool offerSharedMemory = false,
-    SharedMemoryRegion? sharedWeights = null)
+    SharedMemoryRegion? sharedWeights = null) : IDisposable
 {
+    // A connection's regions stay mapped after it ends, until the host is disposed: a step may still read the gradients a
+    // worker left in its region just before its connection dropped, or be copying weights into one.
+    readonly List<SharedMemoryRegion> retired = new();
+
     public async Task HandleAsync(Stream stream, EndPoint? remote, Action abort, CancellationToken closed)
     {
         var channel = new FrameChannel(stream, stream);
@@ -63,7 +67,11 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
                 accepted = accepted with { SharedMemory = new SharedMemoryPaths(down!.Path, down.Capacity, up.Path, up.Capacity, shareWeights) };
             }
             await channel.SendAsync(MessageKind.JoinAccepted, accepted);
-            if (down != null) channel.UseSharedMemory(send: down, receive: up!);
+            if (down != null)
+            {
+                channel.UseSharedMemory(send: down, receive: up!);
+                if (accepted.GradientDType == WireDType.Fp32) unsafe { worker.GradientRegion = Model.Engine.NativeBuffer.Over((float*)up!.Pointer, accepted.ParameterCount); }
+            }
             grain.Admit(worker);
             using var stopHeartbeats = CancellationTokenSource.CreateLinkedTokenSource(closed);
             var heartbeats = worker.HeartbeatLoopAsync(stopHeartbeats.Token);
@@ -78,8 +86,20 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
         }
         finally
         {
-            if (down != sharedWeights) down?.Dispose();
-            up?.Dispose();
+            lock (retired)
+            {
+                if (down != null && down != sharedWeights) retired.Add(down);
+                if (up != null) retired.Add(up);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (retired)
+        {
+            foreach (var region in retired) region.Dispose();
+            retired.Clear();
         }
     }
 }

@@ -39,8 +39,14 @@ public sealed class DistributedGradientSource(
         var stragglers = new List<string>();
         var lost = new List<string>();
         var traffic = new WireTraffic();
+        // Where each share's sum is: its own buffer, or (dev mode, fp32) the gradient region its worker wrote it to, read
+        // in place when that worker computes only this share in the round.
+        var sources = shareBuffers.Take(shares.Count).ToArray();
+        bool firstRound = true;
         while (todo.Count > 0)
         {
+            if (!firstRound) MoveOutOfRegions(sources); // a retry may give a worker another share: its region gets rewritten
+            firstRound = false;
             if (alive.Count == 0) alive = (await MembersAsync(cancel)).ToList();
             // One queue per worker this round: round-robin over the live workers.
             var assignment = alive.ToDictionary(w => w, _ => new List<Share>());
@@ -51,19 +57,22 @@ public sealed class DistributedGradientSource(
             {
                 var worker = a.Key;
                 var stop = busy[worker].Token;
+                var region = a.Value.Count == 1 ? (worker as RemoteWorker)?.GradientRegion : null;
                 for (int k = 0; k < a.Value.Count; k++)
                 {
                     var share = a.Value[k];
+                    var target = region ?? shareBuffers[share.Index];
                     using var call = WorkerCall.Start(worker, step, share.Index, share.First, share.Count, traffic);
                     try
                     {
                         var request = new ComputeRequest(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count,
                             TraceParent: call.TraceParent, TraceState: call.TraceState);
                         var windows = worker is RemoteWorker { SendsWindows: true } ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
-                        var reply = await worker.ComputeGradientsAsync(request, weights, windows, shareBuffers[share.Index], stop);
+                        var reply = await worker.ComputeGradientsAsync(request, weights, windows, target, stop);
                         if (!double.IsFinite(reply.LossSum)) // (the worker grain has checked the gradients as they landed)
                             throw new InvalidGradientsException(worker.Name, "NaN or Inf in the loss");
                         replies[share.Index] = reply;
+                        sources[share.Index] = target;
                         lock (computeMs) computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
                         call.Completed(reply);
                     }
@@ -111,7 +120,7 @@ public sealed class DistributedGradientSource(
         double wallMs = clock.Elapsed.TotalMilliseconds;
 
         using var summing = TrainingTelemetry.Start("sum gradients", step);
-        GradientOps.SumInOrder(model.Parameters.Grads, shareBuffers, shares.Count);
+        GradientOps.SumInOrder(model.Parameters.Grads, sources, shares.Count);
         double lossSum = 0;
         long tokens = 0;
         foreach (var r in replies) { lossSum += r!.LossSum; tokens += r.Tokens; }
@@ -128,6 +137,17 @@ public sealed class DistributedGradientSource(
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;
         return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);
+    }
+
+    /// <summary>Copies the shares whose sums are still in their workers' regions into their own buffers.</summary>
+    void MoveOutOfRegions(NativeBuffer[] sources)
+    {
+        for (int i = 0; i < sources.Length; i++)
+            if (!ReferenceEquals(sources[i], shareBuffers[i]))
+            {
+                sources[i].Span.CopyTo(shareBuffers[i].Span);
+                sources[i] = shareBuffers[i];
+            }
     }
 
     /// <summary>A worker to remove from the run (lost, or too many rejected payloads), with the reason.</summary>

@@ -84,6 +84,7 @@ public static unsafe class GradientOps
     public static bool CopyAllFinite(ReadOnlySpan<float> source, Span<float> destination)
     {
         if (source.Length != destination.Length) throw new ArgumentException($"copying {source.Length} values into {destination.Length}");
+        bool inPlace = source.Overlaps(destination, out int offset) && offset == 0; // only checked where it lies
         const int Chunk = 1 << 15;
         int chunks = (source.Length + Chunk - 1) / Chunk, bad = 0;
         fixed (float* src = source, dst = destination)
@@ -93,8 +94,7 @@ public static unsafe class GradientOps
             Compute.For(chunks, c =>
             {
                 int start = c * Chunk, n = Math.Min(Chunk, length - start);
-                var from = new ReadOnlySpan<float>((float*)s + start, n);
-                from.CopyTo(new Span<float>((float*)d + start, n));
+                if (!inPlace) new ReadOnlySpan<float>((float*)s + start, n).CopyTo(new Span<float>((float*)d + start, n));
                 if (!AllFinite(new ReadOnlySpan<float>((float*)d + start, n))) Interlocked.Exchange(ref bad, 1); // checked while in cache
             });
         }
