@@ -5,12 +5,16 @@ using Xunit;
 
 namespace DistGpt.Tests;
 
-/// <summary>DDP-style buckets: the plan covers the gradient buffer exactly, in the order a GPT's backward finishes it, and
-/// a bucket handed on during the backward already holds its final sum, bit for bit the whole-buffer result.</summary>
+/// <summary>Transfers overlapped with the computation, as DDP does. Gradient buckets: the plan covers the gradient buffer
+/// exactly, in the order a GPT's backward finishes it, and a bucket handed on during the backward already holds its
+/// final sum, bit for bit the whole-buffer result. Weights arriving during the forward: each op waits for the values it
+/// reads, the result is the one computed with all weights in place, and a transfer that breaks off stops the forward
+/// with its reason.</summary>
 [Collection(nameof(GemmTests))] // sets Compute.Threads
-public sealed class GradientBucketTests
+public sealed class TransferOverlapTests
 {
-    static readonly GptConfig Config = new(VocabSize: 65, BlockSize: 16, NLayer: 3, NHead: 2, NEmbd: 32, Dropout: 0.1f, Bias: true);
+    static GptConfig Config(float dropout) => new(VocabSize: 65, BlockSize: 16, NLayer: 3, NHead: 2, NEmbd: 32, Dropout: dropout, Bias: true);
+
 
     [Theory]
     [InlineData(1)]          // a bucket per tensor
@@ -18,8 +22,8 @@ public sealed class GradientBucketTests
     [InlineData(1_000_000)]  // everything in one
     public void PlanCoversTheBufferFromItsEndInTheOrderTheBackwardFinishesIt(long capFloats)
     {
-        using var model = new Gpt(Config);
-        using var graph = model.Build(2, Config.BlockSize, withGrad: true);
+        using var model = new Gpt(Config(dropout: 0.1f));
+        using var graph = model.Build(2, 16, withGrad: true);
         var plan = GradientBuckets.Plan(model.Parameters, graph.Graph, capFloats);
         long end = model.Parameters.Count;
         var starts = model.Parameters.Slots.Select(s => s.Offset).ToHashSet();
@@ -50,7 +54,7 @@ public sealed class GradientBucketTests
         Compute.Threads = Math.Max(2, replicas);
         try
         {
-            using var model = new Gpt(Config);
+            using var model = new Gpt(Config(dropout: 0.1f));
             model.Initialize(7);
             var data = TestData.Corpus.Train;
             using var plain = new GradientWorker(model, data, seed: 3, sequences: 5, replicas: replicas);
@@ -78,5 +82,56 @@ public sealed class GradientBucketTests
                 Assert.Equal(expected.AsSpan((int)plan[index].Offset, (int)plan[index].Count).ToArray(), values);
         }
         finally { Compute.Threads = saved; }
+    }
+
+
+    [Fact]
+    public void AForwardFedWeightsInPiecesWaitsForEachAndGivesTheSameGradients()
+    {
+        int saved = Compute.Threads;
+        Compute.Threads = 2;
+        try
+        {
+            using var model = new Gpt(Config(dropout: 0f));
+            model.Initialize(5);
+            var weights = model.Parameters.Values.Span.ToArray();
+            using var worker = new GradientWorker(model, TestData.Corpus.Train, seed: 9, sequences: 4);
+            var whole = worker.Compute(step: 2, first: 0);
+            var expected = model.Parameters.Grads.Span.ToArray();
+
+            // Scramble the weights, then let them "arrive" a tenth at a time from another thread.
+            model.Parameters.Values.Span.Fill(float.NaN);
+            var arrival = new WeightsArrival();
+            long total = model.Parameters.Count, landed = 0;
+            var feeder = Task.Run(() =>
+            {
+                for (int part = 1; part <= 10; part++)
+                {
+                    Thread.Sleep(5);
+                    long end = total * part / 10;
+                    weights.AsSpan((int)landed, (int)(end - landed)).CopyTo(model.Parameters.Values.Span.Slice((int)landed));
+                    Interlocked.Exchange(ref landed, end);
+                    arrival.Advance(end);
+                }
+            });
+            var streamed = worker.Compute(step: 2, first: 0, weights: arrival);
+            feeder.Wait();
+            Assert.Equal(whole.LossSum, streamed.LossSum);
+            Assert.Equal(expected, model.Parameters.Grads.Span.ToArray());
+        }
+        finally { Compute.Threads = saved; }
+    }
+
+    [Fact]
+    public void ATransferThatBreaksOffStopsTheForwardWithItsReason()
+    {
+        using var model = new Gpt(Config(dropout: 0f));
+        model.Initialize(5);
+        using var worker = new GradientWorker(model, TestData.Corpus.Train, seed: 9, sequences: 2, replicas: 1);
+        var arrival = new WeightsArrival();
+        arrival.Advance(10); // not even the token embeddings
+        _ = Task.Run(() => { Thread.Sleep(20); arrival.Fail(new IOException("connection reset by peer")); });
+        var error = Assert.Throws<IOException>(() => worker.Compute(step: 1, first: 0, weights: arrival));
+        Assert.Contains("the weights stopped arriving: connection reset by peer", error.Message);
     }
 }
