@@ -37,7 +37,8 @@ public static unsafe partial class Gemm
         get => kernel;
         set
         {
-            if (value > Best) throw new ArgumentException($"this CPU cannot run the {value} matmul kernel (best: {Best})", nameof(value));
+            if (value > Best)
+                throw new ArgumentException($"this CPU cannot run the {value.ToString().ToLowerInvariant()} matmul kernel (the widest it runs is {Best.ToString().ToLowerInvariant()})");
             kernel = value;
         }
     }

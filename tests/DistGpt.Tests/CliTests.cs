@@ -15,9 +15,11 @@ public sealed class CliTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => temp.Dispose();
 
-    CliResult Distgpt(params string[] args)
+    CliResult Distgpt(params string[] args) => Distgpt(new Dictionary<string, string>(), args);
+
+    CliResult Distgpt(Dictionary<string, string> extraEnv, params string[] args)
     {
-        var env = new Dictionary<string, string> { [TestData.EnvVar] = TestData.CorpusPath() };
+        var env = new Dictionary<string, string>(extraEnv) { [TestData.EnvVar] = TestData.CorpusPath() };
         var r = CliRunner.Run(args, env, Timeout, workingDirectory: temp.Path);
         output.WriteLine($"$ distgpt {string.Join(' ', args)}\n{r}\n");
         Assert.False(r.TimedOut, $"distgpt {string.Join(' ', args)} timed out\n{r}");
@@ -47,6 +49,17 @@ public sealed class CliTests(ITestOutputHelper output) : IDisposable
     }
 
     // ---------------------------------------------------------------- bad input: exit 2, one line
+
+    [Fact]
+    public void AnUnknownOrUnsupportedMatmulKernelExitsTwoWithAOneLineError()
+    {
+        AssertBadInput(Distgpt(new() { ["DISTGPT_GEMM"] = "sse" }, ["bench", "--config", "tiny", "--steps", "1"]), "DISTGPT_GEMM", "unknown matmul kernel 'sse'");
+        // With the runtime's AVX-512 switched off, the CPU "lacks" it, as an AVX2-only machine does.
+        AssertBadInput(Distgpt(new() { ["DISTGPT_GEMM"] = "avx512", ["DOTNET_EnableAVX512"] = "0" }, ["bench", "--config", "tiny", "--steps", "1"]),
+            "cannot run the avx512 matmul kernel");
+        var ok = Distgpt(new() { ["DISTGPT_GEMM"] = "avx2" }, ["bench", "--config", "tiny", "--steps", "2", "--warmup", "1"]);
+        Assert.True(ok.ExitCode == 0, ok.ToString());
+    }
 
     [Fact]
     public void TrainWithAMissingDataFileExitsTwoWithAOneLineError()

@@ -42,7 +42,7 @@ public sealed class SharedMemoryChannelTests : IDisposable
         var before = Directory.GetFiles(SharedMemoryRegion.Directory!, "distgpt-*").ToHashSet();
         using var weights = SharedMemoryRegion.CreateUnlinked(SharedMemoryRegion.Directory!, 1 << 20);
         Assert.StartsWith($"/proc/{Environment.ProcessId}/fd/", weights.Path);
-        Assert.Empty(Directory.GetFiles(SharedMemoryRegion.Directory!, "distgpt-*").Where(f => !before.Contains(f)));
+        Assert.DoesNotContain(Directory.GetFiles(SharedMemoryRegion.Directory!, "distgpt-*"), f => !before.Contains(f));
         using var first = SharedMemoryRegion.Open(weights.Path, 1 << 20);
         using var second = SharedMemoryRegion.Open(weights.Path, 1 << 20);
         weights.Pointer[12345] = 77;
