@@ -86,7 +86,7 @@ public sealed class TransferOverlapTests
 
 
     [Fact]
-    public void AForwardFedWeightsInPiecesWaitsForEachAndGivesTheSameGradients()
+    public async Task AForwardFedWeightsInPiecesWaitsForEachAndGivesTheSameGradients()
     {
         int saved = Compute.Threads;
         Compute.Threads = 2;
@@ -115,7 +115,7 @@ public sealed class TransferOverlapTests
                 }
             });
             var streamed = worker.Compute(step: 2, first: 0, weights: arrival);
-            feeder.Wait();
+            await feeder;
             Assert.Equal(whole.LossSum, streamed.LossSum);
             Assert.Equal(expected, model.Parameters.Grads.Span.ToArray());
         }
