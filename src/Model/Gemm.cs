@@ -56,6 +56,8 @@ public static unsafe partial class Gemm
     readonly record struct Tile(int MR, int NR, bool Wide)
     {
         public static readonly Tile Avx2 = new(6, 16, false), Avx512 = new(8, 32, true);
+
+        public static Tile Of(GemmKernel kernel) => kernel == GemmKernel.Avx512 ? Avx512 : Avx2;
     }
 
     /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C   (row-major; op(X) = X or X^T)
@@ -73,7 +75,7 @@ public static unsafe partial class Gemm
         }
 
         var kind = kernel;
-        var tileShape = kind == GemmKernel.Avx512 ? Tile.Avx512 : Tile.Avx2;
+        var tileShape = Tile.Of(kind);
         int threads = parallel ? Compute.AvailableThreads : 1;
         if (threads == 1 || (long)m * n * k < ParallelThreshold)
         {
@@ -221,7 +223,7 @@ public static unsafe partial class Gemm
         float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
     {
         if (kind == GemmKernel.Portable) Portable(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        else Packed(kind == GemmKernel.Avx512 ? Tile.Avx512 : Tile.Avx2, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        else Packed(Tile.Of(kind), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
 
     // ---------------------------------------------------------------- packed path
@@ -462,7 +464,7 @@ public static unsafe partial class Gemm
         Avx.Store(dst + 7 * ldd, Avx.Permute2x128(s3, s7, 0x31));
     }
 
-    /// tile (MR x NR scratch, row stride ldt) = alpha * tile + beta * C, for the mr x nr corner of C a ragged tile covers.
+    /// C = alpha * tile + beta * C on the mr x nr corner of C a ragged tile covers (tile: MR x NR scratch, row stride ldt).
     /// The same fused operations as the full kernels' stores, so no element depends on which tile it fell in.
     static void StoreEdge(float* tile, int ldt, float* c, int ldc, int mr, int nr, float alpha, float beta)
     {

@@ -169,13 +169,12 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         if (sharedPayload >= 0)
             return GradientOps.CopyAllFinite(MemoryMarshal.Cast<byte, float>(TakeShared(destination.Length)), MemoryMarshal.Cast<byte, float>(destination.Span));
         bool finite = true;
-        for (int o = 0; o < destination.Length; o += ChunkBytes)
+        int checkedTo = 0;
+        await ReadPayloadAsync(destination, cancel, landed =>
         {
-            var chunk = destination.Slice(o, Math.Min(ChunkBytes, destination.Length - o));
-            await ReadExactlyAsync(chunk, cancel);
-            finite &= GradientOps.AllFinite(MemoryMarshal.Cast<byte, float>(chunk.Span));
-        }
-        BytesReceived += destination.Length;
+            finite &= GradientOps.AllFinite(MemoryMarshal.Cast<byte, float>(destination.Span[checkedTo..(int)landed]));
+            checkedTo = (int)landed;
+        });
         return finite;
     }
 

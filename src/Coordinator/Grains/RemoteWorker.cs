@@ -163,16 +163,19 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
             : frame.PayloadLength != bucket.Count * run.GradientDType.Size()
                 ? $"gradient payload of {frame.PayloadLength} bytes for values [{bucket.Offset}, {bucket.Offset + bucket.Count}), expected {bucket.Count * run.GradientDType.Size()} ({run.GradientDType.Name()})"
             : null);
-        var bytes = problem == null ? NativeMemoryManager.Bytes(call.Gradients).Slice(checked((int)bucket.Offset * sizeof(float)), checked((int)bucket.Count * sizeof(float))) : default;
-        if (problem == null && !await ReadGradientsAsync(bytes, cancel)) problem = "NaN or Inf in the gradients";
-        else if (problem != null) await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
-        if (problem != null)
+        if (problem == null)
         {
-            call.Refused = true;
-            call.Done.TrySetException(new InvalidGradientsException(name, problem));
-            return;
+            var place = NativeMemoryManager.Bytes(call.Gradients).Slice(checked((int)bucket.Offset * sizeof(float)), checked((int)bucket.Count * sizeof(float)));
+            if (await ReadGradientsAsync(place, cancel))
+            {
+                call.Covered = bucket.Offset;
+                return;
+            }
+            problem = "NaN or Inf in the gradients";
         }
-        call.Covered = bucket.Offset;
+        else await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+        call.Refused = true;
+        call.Done.TrySetException(new InvalidGradientsException(name, problem));
     }
 
     string? Mismatch(string runId, string configHash, long step, long version, Pending call) =>

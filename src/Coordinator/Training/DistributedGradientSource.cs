@@ -42,11 +42,9 @@ public sealed class DistributedGradientSource(
         // Where each share's sum is: its own buffer, or (dev mode, fp32) the gradient region its worker wrote it to, read
         // in place when that worker computes only this share in the round.
         var sources = shareBuffers.Take(shares.Count).ToArray();
-        bool firstRound = true;
         while (todo.Count > 0)
         {
-            if (!firstRound) MoveOutOfRegions(sources); // a retry may give a worker another share: its region gets rewritten
-            firstRound = false;
+            MoveOutOfRegions(sources); // before a retry round: it may give a worker another share, rewriting its region
             if (alive.Count == 0) alive = (await MembersAsync(cancel)).ToList();
             // One queue per worker this round: round-robin over the live workers.
             var assignment = alive.ToDictionary(w => w, _ => new List<Share>());
