@@ -209,7 +209,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                 throw;
             }
             receiveMs = clock.Elapsed.TotalMilliseconds;
-            watch.Disarm(); // the payload is in: silence is expected while computing
+            if (arrival != null) watch.Disarm(); // the payload is in: silence is expected while computing
         }
         var weightsIn = ReceiveWeightsAsync();
         int[]? windows = null;
@@ -223,7 +223,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                 windows = MemoryMarshal.Cast<byte, int>(bytes).ToArray();
                 receiveMs = clock.Elapsed.TotalMilliseconds;
             }
-            watch.Disarm();
+            watch.Disarm(); // after the windows too: the watch covers the whole payload
         }
 
         if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
