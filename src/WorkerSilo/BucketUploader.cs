@@ -46,12 +46,16 @@ sealed class BucketUploader(FrameChannel channel, IReadOnlyList<GradientBucket> 
         }
     }
 
-    ReadOnlyMemory<byte> Encode(GradientBucket b)
+    ReadOnlyMemory<byte> Encode(GradientBucket b) => Encode(grads, b.Offset, b.Count, dtype, narrowed);
+
+    /// <summary>Values [offset, offset + count) of the gradients in the wire dtype: their own float32 bytes, or narrowed to
+    /// bfloat16 into the same range of <paramref name="narrowed"/> (2 bytes per gradient value).</summary>
+    internal static ReadOnlyMemory<byte> Encode(NativeBuffer grads, long offset, long count, WireDType dtype, byte[]? narrowed)
     {
-        int bytes = checked((int)b.Count * dtype.Size());
-        if (dtype == WireDType.Fp32) return NativeMemoryManager.Bytes(grads).Slice(checked((int)b.Offset * sizeof(float)), bytes);
-        var target = narrowed!.AsMemory(checked((int)b.Offset * sizeof(ushort)), bytes);
-        BFloat16.Narrow(grads.Span.Slice((int)b.Offset, (int)b.Count), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(target.Span));
+        int bytes = checked((int)count * dtype.Size());
+        if (dtype == WireDType.Fp32) return NativeMemoryManager.Bytes(grads).Slice(checked((int)offset * sizeof(float)), bytes);
+        var target = narrowed!.AsMemory(checked((int)offset * sizeof(ushort)), bytes);
+        BFloat16.Narrow(grads.Span.Slice((int)offset, (int)count), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(target.Span));
         return target;
     }
 }

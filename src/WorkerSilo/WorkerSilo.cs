@@ -311,13 +311,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
 
     /// <summary>The gradient payload in the run's wire dtype: the float32 buffer itself, or its bfloat16 narrowing in a
     /// buffer kept for the next step.</summary>
-    ReadOnlyMemory<byte> Encode(NativeBuffer grads, WireDType dtype)
-    {
-        if (dtype == WireDType.Fp32) return NativeMemoryManager.Bytes(grads);
-        var target = NarrowingBuffer(grads);
-        BFloat16.Narrow(grads.Span, MemoryMarshal.Cast<byte, ushort>(target.AsSpan()));
-        return target;
-    }
+    ReadOnlyMemory<byte> Encode(NativeBuffer grads, WireDType dtype) =>
+        BucketUploader.Encode(grads, 0, grads.Length, dtype, dtype == WireDType.Bf16 ? NarrowingBuffer(grads) : null);
 
     /// <summary>2 bytes per gradient value, kept for the next step.</summary>
     byte[] NarrowingBuffer(NativeBuffer grads)
