@@ -6,7 +6,7 @@ namespace DistGpt.Contracts;
 
 public static class BuildInfo
 {
-    public const int ProtocolVersion = 3; // 2: JoinAccepted.GradientDType (bf16 gradient payloads); 3: GradientsBucket frames
+    public const int ProtocolVersion = 4; // 2: JoinAccepted.GradientDType (bf16 gradient payloads); 3: GradientsBucket frames; 4: admission and compute orders by Orleans grains, the data plane opened with a ticket
 
     /// <summary>The informational version of this build; workers of another build are refused.</summary>
     public static string Version { get; } =

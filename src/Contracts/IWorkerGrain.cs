@@ -1,26 +1,14 @@
-using DistGpt.Model.Engine;
-
 namespace DistGpt.Contracts;
 
-/// <summary>A worker silo as the coordinator sees it: one per compute node.</summary>
-public interface IWorkerGrain
+/// <summary>A worker grain: one per compute node, keyed by the worker's name and always activated on that worker's own silo.
+/// A call says what to compute; the weights and the gradient sum travel on the worker's data-plane connection
+/// (/dev/shm in dev mode, the socket stream in cluster mode), never in a grain message.</summary>
+public interface IWorkerGrain : IGrainWithStringKey
 {
-    string Name { get; }
-    int Rank { get; }
+    /// <summary>Computes the gradient sum of the request's share at the weights that arrive on the data plane for the same
+    /// step and version, sends it back there, and returns the loss and timings behind it.</summary>
+    Task<GradientsReply> ComputeGradients(ComputeRequest request);
 
-    /// <summary>Sends the weights, has the worker compute the gradient sum of its sequences, and receives that sum
-    /// into <paramref name="gradients"/>. Throws <see cref="WorkerLostException"/> when the worker dies or goes silent, and
-    /// refuses (as the coordinator's InvalidGradientsException) a sum that is stale, of the wrong size, or not all finite.</summary>
-    Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,
-        NativeBuffer gradients, CancellationToken cancel);
-
-    /// <summary>Tells the worker the run is over.</summary>
-    Task ShutdownAsync(string reason);
-}
-
-public sealed class WorkerLostException(string worker, string reason, Exception? inner = null)
-    : Exception($"worker '{worker}' lost: {reason}", inner)
-{
-    public string Worker { get; } = worker;
-    public string Reason { get; } = reason;
+    /// <summary>The run is over: the worker process leaves the cluster and exits 0.</summary>
+    Task Shutdown(string reason);
 }

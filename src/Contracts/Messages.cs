@@ -13,19 +13,25 @@ public enum MessageKind : byte
     Join = 1, JoinAccepted = 2, JoinRefused = 3, Compute = 4, Gradients = 5, Heartbeat = 6, Shutdown = 7, Failed = 8, GradientsBucket = 9,
 }
 
-/// <summary>Worker → coordinator, first frame on a connection.
-/// SharedMemory: the worker can map the coordinator's /dev/shm regions (it was started next to it, as dev mode does).</summary>
+/// <summary>Worker → coordinator grain: the request to join the run.
+/// SharedMemory: the worker can map the coordinator's /dev/shm regions (it was started next to it, as dev mode does).
+/// Silo: the worker's Orleans silo address, so that Orleans membership declaring it dead ends the worker's part in the run.</summary>
 public sealed record JoinRequest(
     string WorkerName, string BuildVersion, int ProtocolVersion, int Threads,
-    string? DataSha256, string? ExpectedConfigHash, string? ClusterToken, bool SharedMemory = false);
+    string? DataSha256, string? ExpectedConfigHash, string? ClusterToken, bool SharedMemory = false, string? Silo = null);
+
+/// <summary>Worker → coordinator, first frame on a data-plane connection: the ticket the coordinator grain gave this worker
+/// when it admitted it (single use, short-lived), and whether it can map the coordinator's /dev/shm regions.</summary>
+public sealed record DataPlaneHello(string WorkerName, string Ticket, bool SharedMemory);
 
 /// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches, the
 /// element type the worker sends its gradient sums in (the weights always come as float32), and the size of the
-/// buckets a worker streams its sum in during the backward over a socket (0: the whole sum after the backward).</summary>
+/// buckets a worker streams its sum in during the backward over a socket (0: the whole sum after the backward). The coordinator
+/// grain's answer carries the data-plane Ticket; the data plane's answer to the hello adds the SharedMemory regions.</summary>
 public sealed record JoinAccepted(
     string RunId, int Rank, GptConfig Config, string ConfigHash, string Vocabulary, ulong Seed,
     long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32,
-    SharedMemoryPaths? SharedMemory = null, long GradientBucketBytes = 0);
+    SharedMemoryPaths? SharedMemory = null, long GradientBucketBytes = 0, string? Ticket = null);
 
 /// <summary>The two regions a same-host connection moves its payloads through (see Wire.SharedMemoryRegion).
 /// <paramref name="SharedDown"/>: Down is the coordinator's own parameter memory, mapped by every local worker and
@@ -35,7 +41,7 @@ public sealed record SharedMemoryPaths(string Down, long DownBytes, string Up, l
 
 public sealed record JoinRefused(string Reason);
 
-/// <summary>Coordinator → worker: compute the gradient sum of sequences [FirstSequence, FirstSequence + Sequences) of
+/// <summary>Coordinator → worker grain (the order) and on the data plane (the frame whose payload the order names): compute the gradient sum of sequences [FirstSequence, FirstSequence + Sequences) of
 /// Step's global batch at the weights in the payload (version = updates applied so far). When SendsWindows, the payload
 /// carries the token windows (Sequences × (block+1) int32) after the weights, for a worker without its own corpus.
 /// TraceParent/TraceState: the W3C trace context of the coordinator's span for this call (null when not tracing).</summary>

@@ -6,10 +6,14 @@ using DistGpt.Contracts.Wire;
 
 namespace DistGpt.WorkerSilo;
 
-/// <summary>Opens the worker's connection to the coordinator, retrying with exponential backoff until a deadline.</summary>
+/// <summary>The worker's data-plane connection, and the addresses it runs between (the local one is what this worker's
+/// silo advertises; the remote one is the coordinator's host, where its silo is).</summary>
+public sealed record DataPlaneLink(FrameChannel Channel, System.Net.IPAddress Local, System.Net.IPAddress Remote);
+
+/// <summary>Opens the worker's data-plane connection to the coordinator, retrying with exponential backoff until a deadline.</summary>
 public static class CoordinatorConnector
 {
-    public static async Task<FrameChannel> ConnectAsync(WorkerOptions options, DateTime deadline, CancellationToken cancel)
+    public static async Task<DataPlaneLink> ConnectAsync(WorkerOptions options, DateTime deadline, CancellationToken cancel)
     {
         var uri = options.Coordinator;
         var delay = TimeSpan.FromMilliseconds(200);
@@ -23,7 +27,10 @@ public static class CoordinatorConnector
                 await client.ConnectAsync(uri.Host, uri.Port, attemptTimeout.Token);
                 Stream stream = client.GetStream();
                 if (uri.Scheme == "https") stream = await AuthenticateTlsAsync(stream, uri.Host, options.TlsCaPath, cancel);
-                return new FrameChannel(stream, stream);
+                var local = ((System.Net.IPEndPoint)client.Client.LocalEndPoint!).Address;
+                var remote = ((System.Net.IPEndPoint)client.Client.RemoteEndPoint!).Address;
+                return new DataPlaneLink(new FrameChannel(stream, stream), local.IsIPv4MappedToIPv6 ? local.MapToIPv4() : local,
+                    remote.IsIPv4MappedToIPv6 ? remote.MapToIPv4() : remote);
             }
             catch (Exception e) when (e is SocketException or OperationCanceledException or IOException && !cancel.IsCancellationRequested)
             {

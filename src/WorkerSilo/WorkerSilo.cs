@@ -22,24 +22,48 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     readonly TestFaults? faults = TestFaults.FromEnvironment();
     volatile bool heartbeating = true;
 
-    /// <summary>0 when the run ended normally. Throws JoinRefusedException (refused) or RunFailedException (unreachable).</summary>
+    /// <summary>Orders from this worker's grain, waiting for (or met by) their tensors on the data plane.</summary>
+    public ComputeOrders Orders { get; } = new();
+
+    readonly CancellationTokenSource runEnded = new();
+    volatile string? endReason;
+
+    /// <summary>The coordinator (through the worker grain) said the run is over.</summary>
+    public void EndRun(string reason)
+    {
+        endReason ??= reason;
+        runEnded.Cancel();
+    }
+
+    /// <summary>0 when the run ended normally. Throws JoinRefusedException (refused) or RunFailedException (unreachable).
+    /// Each (re)join: reach the coordinator's data plane, start a silo in its cluster, be admitted by the coordinator grain,
+    /// open the data plane with the grain's ticket; then serve compute orders until the run ends or the link drops.</summary>
     public async Task<int> RunAsync(CancellationToken cancel)
     {
         Compute.Threads = options.Threads;
         string? dataSha = options.DataPath == null ? null : Sha256Of(options.DataPath);
+        await using var silo = new WorkerSiloHost(options, this);
         bool joinedBefore = false;
         DateTime? joinRetryUntil = null;
         while (true)
         {
             var deadline = DateTime.UtcNow + options.ConnectTimeout;
-            await using var channel = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
+            var link = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
+            await using var channel = link.Channel;
             JoinAccepted accepted;
-            try { accepted = await WorkerTracing.TraceJoinAsync(options.Name, () => JoinAsync(channel, dataSha, cancel)); }
+            try
+            {
+                accepted = await WorkerTracing.TraceJoinAsync(options.Name, async () =>
+                {
+                    await silo.RestartAsync(link.Local, link.Remote, joinRetryUntil ?? deadline, cancel);
+                    return await JoinAsync(silo, channel, dataSha, cancel);
+                });
+            }
             catch (IOException e) when (!cancel.IsCancellationRequested && DateTime.UtcNow < (joinRetryUntil ??= deadline))
             {
-                // The connection was reset before the coordinator answered: typically a coordinator being killed, whose
-                // listening socket still completed this connect (the kernel's accept queue) just before it closed.
-                options.Log($"{options.Name}: the connection dropped during the join ({e.Message}); reconnecting");
+                // The connection was reset before the coordinator answered (typically a coordinator being killed, whose
+                // listening socket still completed this connect just before it closed), or its grain did not answer yet.
+                options.Log($"{options.Name}: the join did not complete ({e.Message}); retrying");
                 await Task.Delay(TimeSpan.FromMilliseconds(500), cancel);
                 continue;
             }
@@ -48,21 +72,32 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
             joinedBefore = true;
             Prepare(accepted, shared);
-            if (await ServeAsync(channel, accepted, cancel)) return 0;
+            bool finished = await ServeAsync(channel, accepted, cancel);
+            Orders.FailAll("the data-plane connection to the coordinator ended");
+            if (finished) return 0;
             options.Log($"{options.Name}: the coordinator closed the connection; reconnecting");
         }
     }
 
-    async Task<JoinAccepted> JoinAsync(FrameChannel channel, string? dataSha, CancellationToken cancel)
+    /// <summary>Admission by the coordinator grain, then the data-plane hello with its ticket.</summary>
+    async Task<JoinAccepted> JoinAsync(WorkerSiloHost silo, FrameChannel channel, string? dataSha, CancellationToken cancel)
     {
+        bool sharedMemory = options.SharedMemory && SharedMemoryRegion.Directory != null;
         var request = new JoinRequest(options.Name, BuildInfo.Version, BuildInfo.ProtocolVersion, options.Threads, dataSha, options.ExpectConfigHash, options.ClusterToken,
-            SharedMemory: options.SharedMemory && SharedMemoryRegion.Directory != null);
-        await channel.SendAsync(MessageKind.Join, request, cancel);
-        var frame = await channel.ReceiveAsync(cancel) ?? throw new RunFailedException("the coordinator closed the connection during the join");
+            SharedMemory: sharedMemory, Silo: silo.Address);
+        JoinDecision decision;
+        try { decision = await silo.Grains.GetGrain<ICoordinatorGrain>(Fabric.FabricHosting.CoordinatorSilo).Join(request).WaitAsync(TimeSpan.FromSeconds(15), cancel); }
+        catch (Exception e) when (e is not OperationCanceledException || !cancel.IsCancellationRequested)
+        {
+            throw new IOException($"the coordinator grain did not answer: {e.GetBaseException().Message}", e);
+        }
+        if (decision.Accepted is not { } admitted) throw new JoinRefusedException($"the coordinator refused {options.Name}: {decision.RefusedReason}");
+        await channel.SendAsync(MessageKind.Join, new DataPlaneHello(options.Name, admitted.Ticket!, sharedMemory), cancel);
+        var frame = await channel.ReceiveAsync(cancel) ?? throw new IOException("the coordinator closed the data-plane connection during the join");
         return frame.Kind switch
         {
             MessageKind.JoinAccepted => frame.Read<JoinAccepted>(),
-            MessageKind.JoinRefused => throw new JoinRefusedException($"the coordinator refused {options.Name}: {frame.Read<JoinRefused>().Reason}"),
+            MessageKind.JoinRefused => throw new IOException($"the data plane refused the admission ticket: {frame.Read<JoinRefused>().Reason}"),
             _ => throw new ProtocolException($"expected JoinAccepted, got {frame.Kind}"),
         };
     }
@@ -140,7 +175,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         // The coordinator heartbeats too: silence while this worker waits for work or moves tensors means the link or the
         // coordinator is gone (a cut cable sends no FIN), so give up on the connection and rejoin. Not armed while computing.
         var silence = TimeSpan.FromSeconds(run.HeartbeatSeconds);
-        using var watch = new SilenceWatch(silence, cancel);
+        using var endOfRun = CancellationTokenSource.CreateLinkedTokenSource(cancel, runEnded.Token);
+        using var watch = new SilenceWatch(silence, endOfRun.Token);
         await using var watchdog = new Timer(_ => watch.Check(), null, beat, beat);
         try
         {
@@ -155,7 +191,17 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                     case MessageKind.Compute:
                         var request = frame.Read<ComputeRequest>();
                         Interlocked.Exchange(ref currentStep, request.Step);
-                        await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, watch));
+                        var order = await Orders.ClaimAsync(request, watch.Token); // the grain call that says to compute it
+                        try
+                        {
+                            var reply = await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, watch));
+                            order.Done.TrySetResult(reply);
+                        }
+                        catch (Exception e)
+                        {
+                            order.Done.TrySetException(e);
+                            throw;
+                        }
                         break;
                     case MessageKind.Shutdown:
                         options.Log($"{options.Name}: run {run.RunId} finished ({frame.Read<Shutdown>().Reason})");
@@ -173,6 +219,11 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         {
             options.Log($"{options.Name}: connection to the coordinator failed: {e.Message}");
         }
+        catch (OperationCanceledException) when (runEnded.IsCancellationRequested && !cancel.IsCancellationRequested)
+        {
+            options.Log($"{options.Name}: run {run.RunId} finished ({endReason})");
+            return true;
+        }
         catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
         {
             options.Log($"{options.Name}: no word from the coordinator for {silence.TotalSeconds:F0} s");
@@ -180,7 +231,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         return false;
     }
 
-    async Task ComputeAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, SilenceWatch watch)
+    async Task<GradientsReply> ComputeAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, SilenceWatch watch)
     {
         var cancel = watch.Token; // armed since the frame header: covers the payload transfer
         var m = model!;
@@ -259,7 +310,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         if (uploader == null)
         {
             await SendWholeAsync(channel, run, reply, watch);
-            return;
+            return reply;
         }
         using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size())) // the part not overlapped
         {
@@ -267,6 +318,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             await uploading!;
             await channel.SendAsync(MessageKind.Gradients, reply, cancel);
         }
+        return reply;
     }
 
     /// <summary>The gradient sum in one frame, after the backward (shared memory, or --bucket-cap-mb 0).</summary>

@@ -29,10 +29,10 @@ public static class TraceContext
 public static class WorkerTracing
 {
     /// <summary>Runs <paramref name="compute"/> inside the worker's `compute gradients` span, recording a failure on it.</summary>
-    public static async Task TraceComputeAsync(ComputeRequest request, string worker, int rank, Func<Task> compute)
+    public static async Task<T> TraceComputeAsync<T>(ComputeRequest request, string worker, int rank, Func<Task<T>> compute)
     {
         using var span = StartCompute(request, worker, rank);
-        try { await compute(); }
+        try { return await compute(); }
         catch (Exception e)
         {
             TrainingTelemetry.RecordError(span, e);

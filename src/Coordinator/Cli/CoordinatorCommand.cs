@@ -11,12 +11,15 @@ public static class CoordinatorCommand
     {
         var train = new TrainOptions();
         var cluster = new ClusterOptions();
-        var listen = new Option<string>("--listen") { Description = "address to bind and advertise, http://IP:PORT", DefaultValueFactory = _ => "http://0.0.0.0:7070" };
+        var listen = new Option<string>("--listen") { Description = "the data plane's address to bind, http://IP:PORT (workers are given this address)", DefaultValueFactory = _ => "http://0.0.0.0:7070" };
+        var siloPort = new Option<int>("--silo-port") { Description = "the coordinator's Orleans silo port (workers' --coordinator-silo-port)", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultSiloPort };
+        var gatewayPort = new Option<int>("--gateway-port") { Description = "the Orleans gateway port `distgpt status` connects to", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultGatewayPort };
+        var advertise = new Option<string>("--advertise") { Description = "the IP address the silo advertises to workers (default: --listen's, or this host's first non-loopback IPv4 address when --listen is 0.0.0.0)" };
         var minWorkers = new Option<int>("--min-workers") { Description = "workers to wait for before training", DefaultValueFactory = _ => 1 };
         var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others and go on (false: stop the run)", DefaultValueFactory = _ => true };
         var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate: serve TLS" };
         var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
-        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, minWorkers, tolerate, tlsCert, tlsKey };
+        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey };
         train.AddTo(command);
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
@@ -26,7 +29,8 @@ public static class CoordinatorCommand
             if (r.GetValue(minWorkers) < 1) throw new ConfigException($"--min-workers must be positive (got {r.GetValue(minWorkers)})");
             var settings = new CoordinatorSettings
             {
-                Listen = ParseUri(r.GetValue(listen)!, "--listen"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
+                Listen = ParseUri(r.GetValue(listen)!, "--listen"), SiloPort = Port(r.GetValue(siloPort), "--silo-port"),
+                GatewayPort = Port(r.GetValue(gatewayPort), "--gateway-port"), Advertise = Address(r.GetValue(advertise), "--advertise"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
@@ -41,6 +45,12 @@ public static class CoordinatorCommand
     public static Uri ParseUri(string value, string flag) =>
         Uri.TryCreate(value, UriKind.Absolute, out var uri) && uri.Port > 0 && uri.Scheme is "http" or "https"
             ? uri : throw new ConfigException($"{flag} '{value}' is not an address like http://HOST:PORT");
+
+    public static int Port(int port, string flag) =>
+        port is > 0 and <= 65535 ? port : throw new ConfigException($"{flag} must be a port number from 1 to 65535 (got {port})");
+
+    public static System.Net.IPAddress? Address(string? value, string flag) =>
+        value == null ? null : System.Net.IPAddress.TryParse(value, out var ip) ? ip : throw new ConfigException($"{flag} '{value}' is not an IP address");
 
     public static void PrintModel(RunSetup run)
     {

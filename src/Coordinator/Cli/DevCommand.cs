@@ -40,7 +40,7 @@ public static class DevCommand
             string token = cluster.Token(r) ?? Convert.ToHexString(RandomNumberGenerator.GetBytes(24)).ToLowerInvariant();
             var settings = new CoordinatorSettings
             {
-                Listen = new Uri("http://127.0.0.1:0"), MinWorkers = n, ClusterToken = token,
+                Listen = new Uri("http://127.0.0.1:0"), SiloPort = FreePort(), GatewayPort = FreePort(), MinWorkers = n, ClusterToken = token,
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, r.GetValue(cluster.JoinTimeout))),
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), OfferSharedMemory = mode == "shm",
@@ -60,6 +60,7 @@ public static class DevCommand
                     processes = new WorkerProcesses(name =>
                     {
                         var info = WorkerProcesses.SelfCommand(["worker", "--coordinator", address.ToString(), "--name", name,
+                            "--coordinator-silo-port", settings.SiloPort.ToString(), "--silo-port", FreePort().ToString(),
                             "--threads", perWorker.ToString(), "--data", setup.Corpus.Path, "--connect-timeout", "20",
                             ..(settings.OfferSharedMemory ? new[] { "--shared-memory" } : [])]);
                         info.Environment[ClusterOptions.TokenEnvVar] = token; // not on the command line, where ps would show it
@@ -82,5 +83,13 @@ public static class DevCommand
             finally { processes?.Dispose(); }
         }));
         return command;
+    }
+
+    /// <summary>A port nothing on 127.0.0.1 listens on now, for a silo of this machine's run.</summary>
+    static int FreePort()
+    {
+        using var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        probe.Start();
+        return ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
     }
 }

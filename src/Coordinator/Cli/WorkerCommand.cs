@@ -17,8 +17,11 @@ public static class WorkerCommand
         var connectTimeout = new Option<double>("--connect-timeout") { Description = "seconds to keep retrying an unreachable coordinator", DefaultValueFactory = _ => 30 };
         var expectConfig = new Option<string>("--expect-config") { Description = "refuse to join unless the run's model-config hash is this" };
         var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate that signed the coordinator's TLS certificate" };
+        var siloPort = new Option<int>("--silo-port") { Description = "this worker's Orleans silo port", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultWorkerSiloPort };
+        var coordinatorSiloPort = new Option<int>("--coordinator-silo-port") { Description = "the coordinator's Orleans silo port (its --silo-port)", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultSiloPort };
+        var advertise = new Option<string>("--advertise") { Description = "the IP address this worker's silo advertises (default: the one it reaches the coordinator from)" };
         var sharedMemory = new Option<bool>("--shared-memory") { Description = "on the coordinator's host: take tensors through /dev/shm when it offers (dev mode does)" };
-        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, sharedMemory };
+        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, sharedMemory, siloPort, coordinatorSiloPort, advertise };
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             int computeThreads = ThreadsOption.Read(r, threads);
@@ -31,7 +34,10 @@ public static class WorkerCommand
             var options = new WorkerOptions
             {
                 Coordinator = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator"),
-                Name = r.GetValue(name) ?? $"{Environment.MachineName}-{Environment.ProcessId}",
+                Name = WorkerName(r.GetValue(name)),
+                SiloPort = CoordinatorCommand.Port(r.GetValue(siloPort), "--silo-port"),
+                CoordinatorSiloPort = CoordinatorCommand.Port(r.GetValue(coordinatorSiloPort), "--coordinator-silo-port"),
+                Advertise = CoordinatorCommand.Address(r.GetValue(advertise), "--advertise"),
                 Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = TimeSpan.FromSeconds(r.GetValue(connectTimeout)), ExpectConfigHash = r.GetValue(expectConfig),
@@ -42,5 +48,14 @@ public static class WorkerCommand
             return await silo.RunAsync(cancel);
         }));
         return command;
+    }
+
+    /// <summary>--name, or host-pid; a name is also the worker's silo name and appears in logs and metrics, so it is checked here.</summary>
+    static string WorkerName(string? given)
+    {
+        string name = given ?? $"{Environment.MachineName}-{Environment.ProcessId}";
+        if (!Grains.RunMembership.ValidName(name))
+            throw new ConfigException($"--name must be 1 to 64 letters, digits, '.', '_' or '-' (got {System.Text.Json.JsonSerializer.Serialize(name[..Math.Min(name.Length, 80)])})");
+        return name;
     }
 }

@@ -6,9 +6,11 @@ using DistGpt.Model.Training;
 
 namespace DistGpt.Coordinator.Grains;
 
-/// <summary>The coordinator's proxy for one worker silo, over that worker's connection. One call at a time.
-/// The receive loop (run by the connection handler) matches gradient replies to the pending call and tracks heartbeats.</summary>
-public sealed class RemoteWorker(FrameChannel channel, string name, int rank, RunDescription run, bool sendsWindows, Action abort) : IWorkerGrain
+/// <summary>The coordinator's proxy for one worker silo: its worker grain takes the orders (what to compute), its data-plane
+/// connection carries the tensors. One call at a time. The receive loop (run by the connection handler) matches gradient
+/// replies to the pending call and tracks heartbeats.</summary>
+public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, string name, int rank, string? silo, RunDescription run,
+    bool sendsWindows, Action abort) : IWorkerProxy
 {
     sealed record Pending(ComputeRequest Request, NativeBuffer Gradients, TaskCompletionSource<GradientsReply> Done)
     {
@@ -23,6 +25,10 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
 
     public string Name => name;
     public int Rank => rank;
+    /// <summary>The worker's Orleans silo address (Orleans membership declaring it dead ends this worker's part).</summary>
+    public string? Silo => silo;
+    public double? LastComputeMs { get; private set; }
+    public double? LastCommMs { get; private set; }
     public FrameChannel Channel => channel;
     /// <summary>The worker has no corpus of its own: each compute request carries its token windows.</summary>
     public bool SendsWindows => sendsWindows;
@@ -38,9 +44,15 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
     {
         var call = new Pending(request, gradients, new TaskCompletionSource<GradientsReply>(TaskCreationOptions.RunContinuationsAsynchronously));
         if (Interlocked.CompareExchange(ref pending, call, null) != null) throw new InvalidOperationException($"worker '{name}' already has a call in flight");
+        var roundTrip = Stopwatch.StartNew();
         try
         {
             Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
+            // The order goes by grain call; the weights it names follow on the data plane. The data plane's reply ends the
+            // call (its sum is checked as it lands); the order's own answer only matters when it fails first.
+            var order = grain.ComputeGradients(request);
+            _ = order.ContinueWith(t => call.Done.TrySetException(new WorkerLostException(name,
+                    $"its worker grain failed the order: {t.Exception!.GetBaseException().Message}")), TaskContinuationOptions.OnlyOnFaulted);
             // Not cancellable: a frame abandoned half-way would corrupt the stream. A dead link fails the write, or, when a
             // cut cable stalls it (the frame is larger than the socket buffers), the worker's heartbeats stop: then the
             // connection is aborted and the worker is lost, as when it goes silent while computing.
@@ -63,7 +75,13 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
             while (true)
             {
                 var tick = Task.Delay(TimeSpan.FromMilliseconds(250), cancel);
-                if (await Task.WhenAny(call.Done.Task, tick) == call.Done.Task) return await call.Done.Task;
+                if (await Task.WhenAny(call.Done.Task, tick) == call.Done.Task)
+                {
+                    var reply = await call.Done.Task;
+                    LastComputeMs = reply.ComputeMs;
+                    LastCommMs = Math.Max(0, roundTrip.Elapsed.TotalMilliseconds - reply.ComputeMs);
+                    return reply;
+                }
                 cancel.ThrowIfCancellationRequested();
                 if (SinceLastHeard > run.HeartbeatTimeout)
                     throw new WorkerLostException(name, $"no heartbeat for {SinceLastHeard.TotalSeconds:F1} s (--heartbeat-timeout {run.HeartbeatTimeout.TotalSeconds:F0} s)");
@@ -74,6 +92,13 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
 
     /// <summary>Drops the connection (a lost or misbehaving worker); the worker notices and rejoins if it can.</summary>
     public void Abort() => abort();
+
+    /// <summary>The worker is gone (its silo was declared dead): its call fails with the reason, and its connection is dropped.</summary>
+    public void Lose(string reason)
+    {
+        pending?.Done.TrySetException(new WorkerLostException(name, reason));
+        abort();
+    }
 
     /// <summary>Sends heartbeats so that a worker waiting for work can tell a silent coordinator from a dead link.</summary>
     public async Task HeartbeatLoopAsync(CancellationToken cancel)
@@ -90,10 +115,16 @@ public sealed class RemoteWorker(FrameChannel channel, string name, int rank, Ru
         catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException or InvalidOperationException) { }
     }
 
+    /// <summary>Tells the worker grain the run is over (bounded: a worker that is gone is not waited for).</summary>
     public async Task ShutdownAsync(string reason)
     {
-        try { await channel.SendAsync(MessageKind.Shutdown, new Shutdown(run.RunId, reason)); }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { }
+        try { await grain.Shutdown(reason).WaitAsync(TimeSpan.FromSeconds(5)); }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // Gone already, or its silo is: the data plane closing when the coordinator exits tells it too.
+            try { await channel.SendAsync(MessageKind.Shutdown, new Shutdown(run.RunId, reason)); }
+            catch (Exception f) when (f is IOException or ObjectDisposedException or InvalidOperationException) { }
+        }
     }
 
     /// <summary>Reads frames until the connection closes; returns why it ended.</summary>

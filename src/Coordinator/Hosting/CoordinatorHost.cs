@@ -1,3 +1,4 @@
+using DistGpt.Contracts;
 using DistGpt.Contracts.Wire;
 using System.Net;
 using System.Net.Security;
@@ -29,7 +30,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
     /// <summary>The address workers should use (the bound port when 0 was asked for).</summary>
     public Uri Address { get; }
 
-    public static Task<CoordinatorHost> StartAsync(Uri listen, CoordinatorGrain grain, Action<string> log,
+    public static Task<CoordinatorHost> StartAsync(Uri listen, RunMembership grain, Func<string, IWorkerGrain> workerGrain, Action<string> log,
         string? tlsCert = null, string? tlsKey = null, bool offerSharedMemory = false, SharedMemoryRegion? sharedWeights = null)
     {
         if (listen.Scheme is not ("http" or "https"))
@@ -42,17 +43,30 @@ public sealed class CoordinatorHost : IAsyncDisposable
             catch (Exception e) when (e is IOException or System.Security.Cryptography.CryptographicException)
             { throw new ConfigException($"cannot load --tls-cert '{tlsCert}' / --tls-key '{tlsKey}': {e.Message}"); }
         }
-        IPAddress ip = listen.Host is "localhost" ? IPAddress.Loopback
-            : IPAddress.TryParse(listen.Host, out var parsed) ? parsed
-            : throw new ConfigException($"--listen host '{listen.Host}' must be an IP address (e.g. 0.0.0.0 or 127.0.0.1)");
+        IPAddress ip = ListenAddress(listen);
         var listener = new TcpListener(ip, listen.Port);
-        listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        ExclusiveRebind(listener.Server);
         try { listener.Start(); }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse)
+        { throw new ConfigException($"port {listen.Port} is in use on {ip} (another coordinator, or another program): cannot listen on {listen}"); }
         catch (SocketException e) { throw new ConfigException($"cannot listen on {listen}: {e.Message}"); }
         int port = ((IPEndPoint)listener.LocalEndpoint).Port;
         var address = new UriBuilder(cert != null ? "https" : "http", ip.ToString(), port).Uri;
         log($"coordinator listening on {address}");
-        return Task.FromResult(new CoordinatorHost(listener, address, new WorkerConnectionHandler(grain, log, offerSharedMemory && cert == null, sharedWeights), cert, log));
+        return Task.FromResult(new CoordinatorHost(listener, address, new WorkerConnectionHandler(grain, workerGrain, log, offerSharedMemory && cert == null, sharedWeights), cert, log));
+    }
+
+    public static IPAddress ListenAddress(Uri listen) =>
+        listen.Host is "localhost" ? IPAddress.Loopback
+        : IPAddress.TryParse(listen.Host, out var parsed) ? parsed
+        : throw new ConfigException($"--listen host '{listen.Host}' must be an IP address (e.g. 0.0.0.0 or 127.0.0.1)");
+
+    /// <summary>A restarted coordinator must rebind its port while the killed one's connections linger in TIME_WAIT, so the
+    /// listener sets SO_REUSEADDR; .NET's ReuseAddress would also set SO_REUSEPORT on Linux, which lets a second coordinator
+    /// bind the same port and the kernel split the workers between two runs.</summary>
+    static void ExclusiveRebind(Socket socket)
+    {
+        if (OperatingSystem.IsLinux()) socket.SetRawSocketOption(1 /* SOL_SOCKET */, 2 /* SO_REUSEADDR */, BitConverter.GetBytes(1));
     }
 
     /// <summary>Socket settings for tensor traffic: no Nagle delay, buffers that hold a few 1 MiB chunks.</summary>

@@ -5,13 +5,14 @@ using System.Net;
 
 namespace DistGpt.Coordinator.Hosting;
 
-/// <summary>Serves one worker's persistent connection (as Orleans' own networking: one connection per silo).
-/// First frame must be a join; then the connection carries compute calls until either side leaves. With
+/// <summary>Serves one worker's persistent data-plane connection. The first frame must be the hello with the ticket the
+/// coordinator grain gave that worker at admission; then the connection carries the tensors of the compute orders its
+/// worker grain receives, until either side leaves. With
 /// <paramref name="offerSharedMemory"/> (dev mode), a worker that says it runs on this host gets two /dev/shm regions
 /// for its payloads, so tensors skip the socket; with <paramref name="sharedWeights"/> (the coordinator's parameter
 /// memory) the weights region is that one, common to every local worker, and nothing is copied down.</summary>
-public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log, bool offerSharedMemory = false,
-    SharedMemoryRegion? sharedWeights = null) : IDisposable
+public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IWorkerGrain> workerGrain, Action<string> log,
+    bool offerSharedMemory = false, SharedMemoryRegion? sharedWeights = null) : IDisposable
 {
     // A connection's regions stay mapped after it ends, until the host is disposed: a step may still read the gradients a
     // worker left in its region just before its connection dropped, or be copying weights into one.
@@ -38,24 +39,25 @@ public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<strin
             log($"connection from {remote} sent {first.Kind} before joining; closed");
             return;
         }
-        JoinRequest request;
-        try { request = first.Read<JoinRequest>(); }
+        DataPlaneHello hello;
+        try { hello = first.Read<DataPlaneHello>(); }
         catch (ProtocolException e)
         {
             log($"connection from {remote}: {e.Message}");
             return;
         }
-        var decision = grain.Join(request);
-        if (decision.Accepted is not { } accepted)
+        if (grain.Redeem(hello) is not var (accepted, request))
         {
-            await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused(decision.RefusedReason!));
+            log($"connection from {remote}: no valid admission ticket; closed");
+            await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused("no valid admission ticket for this worker (join through the coordinator grain first)"));
             return;
         }
-        var worker = new RemoteWorker(channel, request.WorkerName, accepted.Rank, grain.Run, accepted.SendsWindows, abort);
+        var worker = new RemoteWorker(workerGrain(request.WorkerName), channel, request.WorkerName, accepted.Rank, request.Silo, grain.Run,
+            accepted.SendsWindows, abort);
         SharedMemoryRegion? down = null, up = null;
         try
         {
-            if (offerSharedMemory && request.SharedMemory && SharedMemoryRegion.Directory is { } dir)
+            if (offerSharedMemory && hello.SharedMemory && SharedMemoryRegion.Directory is { } dir)
             {
                 // Weights (and, when they fit, token windows) down; a gradient sum up. A worker that samples its own
                 // batches maps the coordinator's weights themselves; token windows would need a region of its own.

@@ -10,7 +10,12 @@ namespace DistGpt.Coordinator.Training;
 /// <summary>Coordinator settings beyond the training recipe.</summary>
 public sealed record CoordinatorSettings
 {
+    /// <summary>The data plane's address (the one workers are given).</summary>
     public required Uri Listen { get; init; }
+    /// <summary>The coordinator's Orleans silo and gateway ports, and the address the silo advertises (null: --listen's).</summary>
+    public int SiloPort { get; init; } = Fabric.FabricHosting.DefaultSiloPort;
+    public int GatewayPort { get; init; } = Fabric.FabricHosting.DefaultGatewayPort;
+    public System.Net.IPAddress? Advertise { get; init; }
     public int MinWorkers { get; init; } = 1;
     public string? ClusterToken { get; init; }
     public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(10);
@@ -30,7 +35,8 @@ public sealed record CoordinatorSettings
     public Contracts.Wire.SharedMemoryRegion? SharedWeights { get; init; }
 }
 
-/// <summary>The coordinator's run: host the grain, wait for the workers, train with their gradients, tell them to stop.</summary>
+/// <summary>The coordinator's run: host the silo (coordinator grain) and the data plane, wait for the workers, train with their
+/// gradients, tell them to stop.</summary>
 public static class DistributedTraining
 {
     public static async Task<int> RunAsync(RunSetup setup, CoordinatorSettings settings, ProgressView view,
@@ -43,9 +49,13 @@ public static class DistributedTraining
         var model = setup.Model;
         var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
             setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes);
-        var grain = new CoordinatorGrain(run, log);
+        var grain = new RunMembership(run, log);
+        var progress = new RunProgress(run.RunId, train.MaxIters);
         Telemetry.CoordinatorTelemetry.Watch(grain);
-        await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory, settings.SharedWeights);
+        var endpoints = CoordinatorSilo.EndpointsFor(CoordinatorHost.ListenAddress(settings.Listen), settings.Advertise, settings.SiloPort, settings.GatewayPort);
+        await using var silo = await CoordinatorSilo.StartAsync(endpoints, settings.ClusterToken, settings.HeartbeatTimeout, grain, progress, log, cancel);
+        await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, name => silo.Grains.GetGrain<IWorkerGrain>(name), log,
+            settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory, settings.SharedWeights);
         try
         {
             if (onListening != null) await onListening(host.Address);
@@ -68,7 +78,11 @@ public static class DistributedTraining
             var loop = new TrainingLoop(model, setup.Optimizer, setup.Corpus, train, source,
                 new Evaluator(evalGraph, train.BatchSize, setup.Corpus, train.Seed, train.EvalIters), setup.OutDir, setup.RunId, setup.StartStep)
             {
-                OnStep = m => view.Report(m, WorkerSummary(m)),
+                OnStep = m =>
+                {
+                    progress.Report(m);
+                    view.Report(m, WorkerSummary(m));
+                },
             };
             await Task.Run(() => view.Run(setup.StartStep, () => loop.Run(cancel)), cancel);
             log($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}{ProgressView.WholeSplit(loop.FinalValLossFull)}; checkpoint and metrics.jsonl in {setup.OutDir}");

@@ -1,0 +1,21 @@
+using DistGpt.Contracts;
+using DistGpt.Model.Engine;
+
+namespace DistGpt.Coordinator.Grains;
+
+/// <summary>A worker silo as the training logic sees it, whatever carries the calls: ask for a share's gradient sum, tell it
+/// the run is over.</summary>
+public interface IWorkerProxy
+{
+    string Name { get; }
+    int Rank { get; }
+
+    /// <summary>Sends the weights, has the worker compute the gradient sum of its sequences, and receives that sum
+    /// into <paramref name="gradients"/>. Throws <see cref="WorkerLostException"/> when the worker dies or goes silent, and
+    /// refuses (as <see cref="InvalidGradientsException"/>) a sum that is stale, of the wrong size, or not all finite.</summary>
+    Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,
+        NativeBuffer gradients, CancellationToken cancel);
+
+    /// <summary>Tells the worker the run is over.</summary>
+    Task ShutdownAsync(string reason);
+}

@@ -1,0 +1,95 @@
+using System.Net;
+using System.Net.Sockets;
+using DistGpt.Contracts;
+using DistGpt.Coordinator.Grains;
+using DistGpt.Fabric;
+using DistGpt.Model;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Orleans.Runtime;
+
+namespace DistGpt.Coordinator.Hosting;
+
+/// <summary>The coordinator's Orleans silo: the primary of development clustering (it holds the membership table), home
+/// of the coordinator grain and the gateway `distgpt status` connects to. Orleans membership declaring a worker's silo
+/// dead ends that worker's part in the run, as its data-plane connection closing does; whichever comes first.</summary>
+public sealed class CoordinatorSilo : IAsyncDisposable
+{
+    readonly IHost host;
+    readonly CancellationTokenSource stopping = new();
+    readonly Task watch;
+
+    CoordinatorSilo(IHost host, RunMembership membership, SiloEndpoints endpoints, Action<string> log)
+    {
+        (this.host, Endpoints) = (host, endpoints);
+        Grains = host.Services.GetRequiredService<IGrainFactory>();
+        watch = WatchMembershipAsync(host.Services.GetRequiredService<IClusterMembershipService>(), membership, log, stopping.Token);
+    }
+
+    public IGrainFactory Grains { get; }
+    public SiloEndpoints Endpoints { get; }
+
+    public static async Task<CoordinatorSilo> StartAsync(SiloEndpoints endpoints, string? clusterToken, TimeSpan heartbeatTimeout,
+        RunMembership membership, RunProgress progress, Action<string> log, CancellationToken cancel)
+    {
+        var host = FabricHosting.BuildSilo(endpoints, new ClusterAuthentication(clusterToken), new FabricFailure(), heartbeatTimeout, log, services =>
+        {
+            services.AddSingleton(membership);
+            services.AddSingleton(progress);
+        });
+        try { await host.StartAsync(cancel); }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            host.Dispose();
+            var inUse = e as SocketException ?? e.InnerException as SocketException;
+            throw new ConfigException(inUse?.SocketErrorCode == SocketError.AddressAlreadyInUse
+                ? $"the silo port {endpoints.SiloPort} or gateway port {endpoints.GatewayPort} is in use on {endpoints.Advertised} (--silo-port, --gateway-port)"
+                : $"cannot start the coordinator's silo on {endpoints.Advertised}:{endpoints.SiloPort} (gateway {endpoints.GatewayPort}): {e.GetBaseException().Message}");
+        }
+        log($"coordinator silo on {endpoints.Advertised}:{endpoints.SiloPort}, gateway {endpoints.GatewayPort}");
+        return new CoordinatorSilo(host, membership, endpoints, log);
+    }
+
+    /// <summary>The coordinator's silo endpoints for a data-plane address: the same IP unless it listens on every address, then
+    /// --advertise or this host's first non-loopback IPv4 address.</summary>
+    public static SiloEndpoints EndpointsFor(IPAddress listen, IPAddress? advertise, int siloPort, int gatewayPort)
+    {
+        bool any = listen.Equals(IPAddress.Any) || listen.Equals(IPAddress.IPv6Any);
+        var ip = advertise ?? (any ? HostAddress() : listen);
+        return new SiloEndpoints(FabricHosting.CoordinatorSilo, ip, siloPort, gatewayPort, new IPEndPoint(ip, siloPort), any);
+    }
+
+    static IPAddress HostAddress() =>
+        System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
+            .Where(n => n.OperationalStatus == System.Net.NetworkInformation.OperationalStatus.Up)
+            .SelectMany(n => n.GetIPProperties().UnicastAddresses)
+            .Select(a => a.Address)
+            .FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a)) ?? IPAddress.Loopback;
+
+    static async Task WatchMembershipAsync(IClusterMembershipService cluster, RunMembership membership, Action<string> log, CancellationToken stop)
+    {
+        try
+        {
+            await foreach (var snapshot in cluster.MembershipUpdates.WithCancellation(stop))
+                foreach (var silo in snapshot.Members.Values.Where(m => m.Status is SiloStatus.Dead or SiloStatus.ShuttingDown or SiloStatus.Stopping))
+                {
+                    string address = silo.SiloAddress.ToParsableString();
+                    foreach (var worker in membership.Members().OfType<RemoteWorker>().Where(w => w.Silo == address))
+                        worker.Lose($"Orleans membership declared its silo {silo.SiloAddress} {silo.Status.ToString().ToLowerInvariant()}");
+                }
+        }
+        catch (OperationCanceledException) { }
+        catch (Exception e) { log($"membership watch ended: {e.Message}"); }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        stopping.Cancel();
+        await watch;
+        using var bounded = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        try { await host.StopAsync(bounded.Token); }
+        catch (Exception e) when (e is OperationCanceledException or OrleansException or TimeoutException) { }
+        host.Dispose();
+        stopping.Dispose();
+    }
+}

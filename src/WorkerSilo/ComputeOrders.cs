@@ -1,0 +1,70 @@
+using DistGpt.Contracts;
+
+namespace DistGpt.WorkerSilo;
+
+/// <summary>Where the worker grain's orders meet their tensors: a grain call places an order (run, step, version, share) and
+/// waits for its reply; the data-plane loop, having read the header of the payload that order names, claims it and
+/// computes. Either may come first.</summary>
+public sealed class ComputeOrders
+{
+    public sealed record Order(ComputeRequest Request)
+    {
+        public TaskCompletionSource<GradientsReply> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    readonly object gate = new();
+    readonly List<Order> open = new();
+    TaskCompletionSource placed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public Task<GradientsReply> Place(ComputeRequest request)
+    {
+        var order = new Order(request);
+        lock (gate)
+        {
+            open.Add(order);
+            var signal = placed;
+            placed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            signal.TrySetResult();
+        }
+        return order.Done.Task;
+    }
+
+    /// <summary>The order for the payload whose header is <paramref name="payload"/>; orders for earlier steps are stale (the
+    /// coordinator gave up on them) and fail.</summary>
+    public async Task<Order> ClaimAsync(ComputeRequest payload, CancellationToken cancel)
+    {
+        while (true)
+        {
+            Task next;
+            lock (gate)
+            {
+                foreach (var stale in open.Where(o => o.Request.Step < payload.Step).ToList())
+                {
+                    open.Remove(stale);
+                    stale.Done.TrySetException(new InvalidOperationException($"order for step {stale.Request.Step} overtaken by step {payload.Step}"));
+                }
+                var match = open.FirstOrDefault(o => Same(o.Request, payload));
+                if (match != null)
+                {
+                    open.Remove(match);
+                    return match;
+                }
+                next = placed.Task;
+            }
+            await next.WaitAsync(cancel);
+        }
+    }
+
+    /// <summary>The data plane the open orders were waiting on is gone.</summary>
+    public void FailAll(string reason)
+    {
+        lock (gate)
+        {
+            foreach (var o in open) o.Done.TrySetException(new IOException(reason));
+            open.Clear();
+        }
+    }
+
+    static bool Same(ComputeRequest a, ComputeRequest b) =>
+        a.RunId == b.RunId && a.Step == b.Step && a.WeightsVersion == b.WeightsVersion && a.FirstSequence == b.FirstSequence && a.Sequences == b.Sequences;
+}
