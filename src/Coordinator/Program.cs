@@ -11,6 +11,7 @@ var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT
     DevCommand.Create(),
     CoordinatorCommand.Create(),
     WorkerCommand.Create(),
+    StatusCommand.Create(),
     ExchangeBenchCommand.Create(),
     ExchangeBenchCommand.CreatePeer(),
 };

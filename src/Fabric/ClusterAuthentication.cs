@@ -69,7 +69,7 @@ public sealed class ClusterAuthentication(string? token)
             var serverNonce = answer[..NonceBytes];
             if (!CryptographicOperations.FixedTimeEquals(answer.AsSpan(NonceBytes), Mac("server", clientNonce, serverNonce)))
             {
-                Refuse($"the cluster at {connection.RemoteEndPoint} does not know this cluster token (wrong --cluster-token, or not a DistGpt silo)");
+                Refuse($"authentication failed: the cluster at {connection.RemoteEndPoint} has another cluster token (--cluster-token or DISTGPT_CLUSTER_TOKEN), or is no DistGpt silo");
                 connection.Abort();
                 return;
             }

@@ -19,7 +19,10 @@ public static class FabricHosting
     public const string ClusterId = "distgpt", ServiceId = "distgpt";
     /// <summary>The coordinator's silo name, and so the coordinator grain's key (see <see cref="SiloNamedByKeyPlacement"/>).</summary>
     public const string CoordinatorSilo = "coordinator";
-    public const int DefaultSiloPort = 11111, DefaultGatewayPort = 30000, DefaultWorkerSiloPort = 11112;
+    /// <summary>The coordinator's silo and gateway ports default to the two after its data-plane port, so that one address
+    /// (http://HOST:PORT, given to workers and to `distgpt status`) finds all three.</summary>
+    public static int SiloPortOf(int dataPlanePort) => dataPlanePort + 1;
+    public static int GatewayPortOf(int dataPlanePort) => dataPlanePort + 2;
 
     /// <summary>A silo on the generic host. <paramref name="services"/> registers what its grains delegate to.</summary>
     public static IHost BuildSilo(SiloEndpoints endpoints, ClusterAuthentication authentication, FabricFailure failure,
@@ -29,9 +32,9 @@ public static class FabricHosting
         ConfigureLogging(builder.Logging, log);
         services(builder.Services);
         builder.Services.AddSingleton<Orleans.Runtime.IFatalErrorHandler>(failure);
-        builder.Services.AddSerializer(Serialization);
         builder.UseOrleans(silo =>
         {
+            AddGrainRuntime(silo);
             silo.Configure<ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (ClusterId, ServiceId));
             silo.Configure<SiloOptions>(o => o.SiloName = endpoints.SiloName);
             silo.ConfigureEndpoints(endpoints.Advertised, endpoints.SiloPort, endpoints.GatewayPort, endpoints.ListenOnAnyAddress);
@@ -44,9 +47,16 @@ public static class FabricHosting
                 o.ConfigureGatewayInboundConnection(c => c.Use(next => ctx => authentication.AcceptAsync(ctx, next)));
                 o.ConfigureSiloOutboundConnection(c => c.Use(next => ctx => authentication.ConnectAsync(ctx, next)));
             });
-            silo.AddPlacementDirector<SiloNamedByKeyPlacement, SiloNamedByKeyPlacementDirector>();
         });
         return builder.Build();
+    }
+
+    /// <summary>What DistGpt's grains need of any silo, a real one or a test cluster's: their placement rule and the
+    /// serialization of DistGpt's messages.</summary>
+    public static ISiloBuilder AddGrainRuntime(ISiloBuilder silo)
+    {
+        silo.Services.AddSerializer(Serialization);
+        return silo.AddPlacementDirector<SiloNamedByKeyPlacement, SiloNamedByKeyPlacementDirector>();
     }
 
     /// <summary>An Orleans client of the cluster through the coordinator's gateway (`distgpt status`).</summary>
@@ -93,6 +103,13 @@ public static class FabricHosting
         logging.AddProvider(new OneLineLoggerProvider(log));
     }
 
+    /// <summary>One line, without the stack traces some Orleans exception messages embed.</summary>
+    static string Flat(string text)
+    {
+        int stack = text.IndexOf("   at ", StringComparison.Ordinal);
+        return (stack >= 0 ? text[..stack] : text).ReplaceLineEndings(" ").Trim();
+    }
+
     sealed class OneLineLoggerProvider(Action<string> log) : ILoggerProvider
     {
         public ILogger CreateLogger(string category) => new OneLineLogger(category, log);
@@ -105,8 +122,8 @@ public static class FabricHosting
         public bool IsEnabled(LogLevel level) => level != LogLevel.None;
         public void Log<TState>(LogLevel level, EventId id, TState state, Exception? e, Func<TState, Exception?, string> format)
         {
-            string message = format(state, e).ReplaceLineEndings(" ");
-            if (e != null) message += $" ({e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")})";
+            string message = Flat(format(state, e));
+            if (e != null) message += $" ({e.GetType().Name}: {Flat(e.Message)})";
             log($"orleans {level.ToString().ToLowerInvariant()} [{category}]: {message}");
         }
     }

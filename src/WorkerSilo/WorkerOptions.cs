@@ -17,9 +17,10 @@ public sealed record WorkerOptions
     /// <summary>Runs on the coordinator's host: accept its offer to move payloads through /dev/shm instead of the socket.</summary>
     public bool SharedMemory { get; init; }
     public Action<string> Log { get; init; } = Console.WriteLine;
-    /// <summary>This worker's Orleans silo port, and the coordinator's (the primary of the cluster's membership).</summary>
-    public int SiloPort { get; init; } = Fabric.FabricHosting.DefaultWorkerSiloPort;
-    public int CoordinatorSiloPort { get; init; } = Fabric.FabricHosting.DefaultSiloPort;
+    /// <summary>This worker's Orleans silo port (0: a free one, chosen at each start), and the coordinator's (the primary
+    /// of the cluster's membership).</summary>
+    public int SiloPort { get; init; }
+    public required int CoordinatorSiloPort { get; init; }
     /// <summary>The address this worker's silo advertises; null: the one it reaches the coordinator from.</summary>
     public System.Net.IPAddress? Advertise { get; init; }
 }

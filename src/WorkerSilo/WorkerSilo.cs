@@ -48,25 +48,37 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         while (true)
         {
             var deadline = DateTime.UtcNow + options.ConnectTimeout;
-            var link = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
-            await using var channel = link.Channel;
+            // The coordinator is up when its data plane answers (it starts its silo first); this connection also tells which
+            // local address reaches it, the one this worker's silo advertises.
+            var probe = await CoordinatorConnector.ConnectAsync(options, deadline, cancel);
+            await probe.Channel.DisposeAsync();
+            FrameChannel? opened = null;
             JoinAccepted accepted;
             try
             {
                 accepted = await WorkerTracing.TraceJoinAsync(options.Name, async () =>
                 {
-                    await silo.RestartAsync(link.Local, link.Remote, joinRetryUntil ?? deadline, cancel);
-                    return await JoinAsync(silo, channel, dataSha, cancel);
+                    await silo.RestartAsync(probe.Local, probe.Remote, joinRetryUntil ?? deadline, cancel);
+                    var admitted = await AdmitAsync(silo, dataSha, cancel);
+                    opened = (await CoordinatorConnector.ConnectAsync(options, joinRetryUntil ?? deadline, cancel)).Channel;
+                    return await OpenDataPlaneAsync(opened, admitted, cancel);
                 });
             }
             catch (IOException e) when (!cancel.IsCancellationRequested && DateTime.UtcNow < (joinRetryUntil ??= deadline))
             {
                 // The connection was reset before the coordinator answered (typically a coordinator being killed, whose
                 // listening socket still completed this connect just before it closed), or its grain did not answer yet.
+                if (opened != null) await opened.DisposeAsync();
                 options.Log($"{options.Name}: the join did not complete ({e.Message}); retrying");
                 await Task.Delay(TimeSpan.FromMilliseconds(500), cancel);
                 continue;
             }
+            catch
+            {
+                if (opened != null) await opened.DisposeAsync();
+                throw;
+            }
+            await using var channel = opened!;
             joinRetryUntil = null;
             using var shared = MapSharedMemory(channel, accepted);
             options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
@@ -79,20 +91,26 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         }
     }
 
-    /// <summary>Admission by the coordinator grain, then the data-plane hello with its ticket.</summary>
-    async Task<JoinAccepted> JoinAsync(WorkerSiloHost silo, FrameChannel channel, string? dataSha, CancellationToken cancel)
+    bool SharedMemoryWanted => options.SharedMemory && SharedMemoryRegion.Directory != null;
+
+    /// <summary>Admission by the coordinator grain, through this worker's own silo.</summary>
+    async Task<JoinAccepted> AdmitAsync(WorkerSiloHost silo, string? dataSha, CancellationToken cancel)
     {
-        bool sharedMemory = options.SharedMemory && SharedMemoryRegion.Directory != null;
         var request = new JoinRequest(options.Name, BuildInfo.Version, BuildInfo.ProtocolVersion, options.Threads, dataSha, options.ExpectConfigHash, options.ClusterToken,
-            SharedMemory: sharedMemory, Silo: silo.Address);
+            SharedMemory: SharedMemoryWanted, Silo: silo.Address);
         JoinDecision decision;
         try { decision = await silo.Grains.GetGrain<ICoordinatorGrain>(Fabric.FabricHosting.CoordinatorSilo).Join(request).WaitAsync(TimeSpan.FromSeconds(15), cancel); }
         catch (Exception e) when (e is not OperationCanceledException || !cancel.IsCancellationRequested)
         {
             throw new IOException($"the coordinator grain did not answer: {e.GetBaseException().Message}", e);
         }
-        if (decision.Accepted is not { } admitted) throw new JoinRefusedException($"the coordinator refused {options.Name}: {decision.RefusedReason}");
-        await channel.SendAsync(MessageKind.Join, new DataPlaneHello(options.Name, admitted.Ticket!, sharedMemory), cancel);
+        return decision.Accepted ?? throw new JoinRefusedException($"the coordinator refused {options.Name}: {decision.RefusedReason}");
+    }
+
+    /// <summary>The data-plane hello with the admission's ticket; the answer adds the shared-memory regions, if offered.</summary>
+    async Task<JoinAccepted> OpenDataPlaneAsync(FrameChannel channel, JoinAccepted admitted, CancellationToken cancel)
+    {
+        await channel.SendAsync(MessageKind.Join, new DataPlaneHello(options.Name, admitted.Ticket!, SharedMemoryWanted), cancel);
         var frame = await channel.ReceiveAsync(cancel) ?? throw new IOException("the coordinator closed the data-plane connection during the join");
         return frame.Kind switch
         {

@@ -25,7 +25,7 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
     {
         await StopAsync();
         var advertise = options.Advertise ?? local;
-        var endpoints = new SiloEndpoints(options.Name, advertise, options.SiloPort, GatewayPort: 0,
+        var endpoints = new SiloEndpoints(options.Name, advertise, options.SiloPort != 0 ? options.SiloPort : FreePort(advertise), GatewayPort: 0,
             new IPEndPoint(coordinator, options.CoordinatorSiloPort), ListenOnAnyAddress: !IPAddress.IsLoopback(advertise));
         var authentication = new ClusterAuthentication(options.ClusterToken);
         var failure = new FabricFailure();
@@ -42,11 +42,20 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
             if (authentication.Refusal is { } refusal) throw new JoinRefusedException($"the coordinator's cluster refused {options.Name}: {refusal}");
             if (e is OperationCanceledException)
                 throw new RunFailedException($"cannot join the coordinator's cluster at {endpoints.Primary} (its silo port, --coordinator-silo-port); gave up after {options.ConnectTimeout.TotalSeconds:F0} s");
+            if (e.GetBaseException() is System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.AddressAlreadyInUse })
+                throw new Model.ConfigException($"this worker's silo port {endpoints.SiloPort} is in use (--silo-port; leave it out to take a free one)");
             throw new IOException($"the worker silo could not join the cluster at {endpoints.Primary}: {e.GetBaseException().Message}", e);
         }
         host = silo;
         _ = failure.Failed.ContinueWith(t => options.Log($"{options.Name}: Orleans gave up on this silo ({t.Result}); it will be replaced at the next join"),
             TaskContinuationOptions.OnlyOnRanToCompletion);
+    }
+
+    static int FreePort(IPAddress on)
+    {
+        using var probe = new System.Net.Sockets.TcpListener(IPAddress.IsLoopback(on) ? on : IPAddress.Any, 0);
+        probe.Start();
+        return ((IPEndPoint)probe.LocalEndpoint).Port;
     }
 
     public async Task StopAsync()

@@ -12,8 +12,8 @@ public static class CoordinatorCommand
         var train = new TrainOptions();
         var cluster = new ClusterOptions();
         var listen = new Option<string>("--listen") { Description = "the data plane's address to bind, http://IP:PORT (workers are given this address)", DefaultValueFactory = _ => "http://0.0.0.0:7070" };
-        var siloPort = new Option<int>("--silo-port") { Description = "the coordinator's Orleans silo port (workers' --coordinator-silo-port)", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultSiloPort };
-        var gatewayPort = new Option<int>("--gateway-port") { Description = "the Orleans gateway port `distgpt status` connects to", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultGatewayPort };
+        var siloPort = new Option<int?>("--silo-port") { Description = "the coordinator's Orleans silo port (default: --listen's port + 1, where workers look for it)" };
+        var gatewayPort = new Option<int?>("--gateway-port") { Description = "the Orleans gateway port `distgpt status` connects to (default: --listen's port + 2)" };
         var advertise = new Option<string>("--advertise") { Description = "the IP address the silo advertises to workers (default: --listen's, or this host's first non-loopback IPv4 address when --listen is 0.0.0.0)" };
         var minWorkers = new Option<int>("--min-workers") { Description = "workers to wait for before training", DefaultValueFactory = _ => 1 };
         var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others and go on (false: stop the run)", DefaultValueFactory = _ => true };
@@ -27,10 +27,11 @@ public static class CoordinatorCommand
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = train.ReadThreads(r);
             if (r.GetValue(minWorkers) < 1) throw new ConfigException($"--min-workers must be positive (got {r.GetValue(minWorkers)})");
+            var dataPlane = ParseUri(r.GetValue(listen)!, "--listen");
             var settings = new CoordinatorSettings
             {
-                Listen = ParseUri(r.GetValue(listen)!, "--listen"), SiloPort = Port(r.GetValue(siloPort), "--silo-port"),
-                GatewayPort = Port(r.GetValue(gatewayPort), "--gateway-port"), Advertise = Address(r.GetValue(advertise), "--advertise"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
+                Listen = dataPlane, SiloPort = Port(r.GetValue(siloPort) ?? Fabric.FabricHosting.SiloPortOf(dataPlane.Port), "--silo-port"),
+                GatewayPort = Port(r.GetValue(gatewayPort) ?? Fabric.FabricHosting.GatewayPortOf(dataPlane.Port), "--gateway-port"), Advertise = Address(r.GetValue(advertise), "--advertise"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),

@@ -38,9 +38,11 @@ public static class DevCommand
             string mode = r.GetValue(transport)!;
             if (mode is not ("shm" or "tcp")) throw new ConfigException($"--transport must be shm or tcp (got '{mode}')");
             string token = cluster.Token(r) ?? Convert.ToHexString(RandomNumberGenerator.GetBytes(24)).ToLowerInvariant();
+            int dataPort = FreePortTriple();
             var settings = new CoordinatorSettings
             {
-                Listen = new Uri("http://127.0.0.1:0"), SiloPort = FreePort(), GatewayPort = FreePort(), MinWorkers = n, ClusterToken = token,
+                Listen = new Uri($"http://127.0.0.1:{dataPort}"), SiloPort = Fabric.FabricHosting.SiloPortOf(dataPort), GatewayPort = Fabric.FabricHosting.GatewayPortOf(dataPort),
+                MinWorkers = n, ClusterToken = token,
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, r.GetValue(cluster.JoinTimeout))),
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), OfferSharedMemory = mode == "shm",
@@ -53,6 +55,7 @@ public static class DevCommand
             using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             string? failure = null;
             WorkerProcesses? processes = null;
+            string? tokenFile = null;
             try
             {
                 return await DistributedTraining.RunAsync(setup, settings, new ProgressView(setup.Settings.MaxIters), address =>
@@ -60,7 +63,7 @@ public static class DevCommand
                     processes = new WorkerProcesses(name =>
                     {
                         var info = WorkerProcesses.SelfCommand(["worker", "--coordinator", address.ToString(), "--name", name,
-                            "--coordinator-silo-port", settings.SiloPort.ToString(), "--silo-port", FreePort().ToString(),
+                            "--silo-port", FreePort().ToString(),
                             "--threads", perWorker.ToString(), "--data", setup.Corpus.Path, "--connect-timeout", "20",
                             ..(settings.OfferSharedMemory ? new[] { "--shared-memory" } : [])]);
                         info.Environment[ClusterOptions.TokenEnvVar] = token; // not on the command line, where ps would show it
@@ -73,6 +76,8 @@ public static class DevCommand
                         failed.Cancel();
                     };
                     for (int i = 0; i < n; i++) processes.Start($"worker-{i}");
+                    tokenFile = WriteToken(setup.OutDir, token);
+                    Console.WriteLine($"[dev] watch it: DISTGPT_CLUSTER_TOKEN=$(cat {tokenFile}) distgpt status --coordinator {address}");
                     return Task.CompletedTask;
                 }, failed.Token);
             }
@@ -80,9 +85,42 @@ public static class DevCommand
             {
                 throw new RunFailedException(failure);
             }
-            finally { processes?.Dispose(); }
+            finally
+            {
+                processes?.Dispose();
+                if (tokenFile != null) File.Delete(tokenFile);
+            }
         }));
         return command;
+    }
+
+    /// <summary>The run's random token, readable by this user only, for `distgpt status` while the run lasts.</summary>
+    static string WriteToken(string outDir, string token)
+    {
+        string path = Path.Combine(outDir, "cluster-token");
+        File.Delete(path);
+        using (var f = new FileStream(path, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
+            f.Write(System.Text.Encoding.UTF8.GetBytes(token));
+        return path;
+    }
+
+    /// <summary>A data-plane port whose two successors (the silo and gateway ports) are free too on 127.0.0.1.</summary>
+    static int FreePortTriple()
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            int port = FreePort();
+            if (port + 2 > 65535) continue;
+            try
+            {
+                using var silo = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port + 1);
+                using var gateway = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port + 2);
+                silo.Start();
+                gateway.Start();
+                return port;
+            }
+            catch (System.Net.Sockets.SocketException) when (attempt < 50) { }
+        }
     }
 
     /// <summary>A port nothing on 127.0.0.1 listens on now, for a silo of this machine's run.</summary>

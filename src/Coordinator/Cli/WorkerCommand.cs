@@ -17,8 +17,8 @@ public static class WorkerCommand
         var connectTimeout = new Option<double>("--connect-timeout") { Description = "seconds to keep retrying an unreachable coordinator", DefaultValueFactory = _ => 30 };
         var expectConfig = new Option<string>("--expect-config") { Description = "refuse to join unless the run's model-config hash is this" };
         var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate that signed the coordinator's TLS certificate" };
-        var siloPort = new Option<int>("--silo-port") { Description = "this worker's Orleans silo port", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultWorkerSiloPort };
-        var coordinatorSiloPort = new Option<int>("--coordinator-silo-port") { Description = "the coordinator's Orleans silo port (its --silo-port)", DefaultValueFactory = _ => Fabric.FabricHosting.DefaultSiloPort };
+        var siloPort = new Option<int?>("--silo-port") { Description = "this worker's Orleans silo port, which the coordinator must reach (default: a free port)" };
+        var coordinatorSiloPort = new Option<int?>("--coordinator-silo-port") { Description = "the coordinator's Orleans silo port (its --silo-port; default: --coordinator's port + 1)" };
         var advertise = new Option<string>("--advertise") { Description = "the IP address this worker's silo advertises (default: the one it reaches the coordinator from)" };
         var sharedMemory = new Option<bool>("--shared-memory") { Description = "on the coordinator's host: take tensors through /dev/shm when it offers (dev mode does)" };
         var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, sharedMemory, siloPort, coordinatorSiloPort, advertise };
@@ -31,12 +31,13 @@ public static class WorkerCommand
             if (!string.IsNullOrEmpty(dataPath) && !File.Exists(dataPath)) throw new Model.Data.DataException($"data file '{dataPath}' does not exist");
             string? secret = r.GetValue(token);
             if (string.IsNullOrEmpty(secret)) secret = Environment.GetEnvironmentVariable(ClusterOptions.TokenEnvVar);
+            var address = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator");
             var options = new WorkerOptions
             {
-                Coordinator = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator"),
+                Coordinator = address,
                 Name = WorkerName(r.GetValue(name)),
-                SiloPort = CoordinatorCommand.Port(r.GetValue(siloPort), "--silo-port"),
-                CoordinatorSiloPort = CoordinatorCommand.Port(r.GetValue(coordinatorSiloPort), "--coordinator-silo-port"),
+                SiloPort = r.GetValue(siloPort) is { } port ? CoordinatorCommand.Port(port, "--silo-port") : 0,
+                CoordinatorSiloPort = CoordinatorCommand.Port(r.GetValue(coordinatorSiloPort) ?? Fabric.FabricHosting.SiloPortOf(address.Port), "--coordinator-silo-port"),
                 Advertise = CoordinatorCommand.Address(r.GetValue(advertise), "--advertise"),
                 Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,

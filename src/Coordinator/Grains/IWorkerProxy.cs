@@ -9,6 +9,8 @@ public interface IWorkerProxy
 {
     string Name { get; }
     int Rank { get; }
+    /// <summary>The worker's Orleans silo address (null where no silo stands behind it).</summary>
+    string? Silo { get; }
 
     /// <summary>Sends the weights, has the worker compute the gradient sum of its sequences, and receives that sum
     /// into <paramref name="gradients"/>. Throws <see cref="WorkerLostException"/> when the worker dies or goes silent, and
@@ -18,4 +20,7 @@ public interface IWorkerProxy
 
     /// <summary>Tells the worker the run is over.</summary>
     Task ShutdownAsync(string reason);
+
+    /// <summary>The worker is gone (its silo was declared dead): a call in flight fails with the reason, and its link is dropped.</summary>
+    void Lose(string reason);
 }

@@ -12,7 +12,11 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
     /// <summary>A worker admitted by the grain that has not opened its data plane yet keeps its rank this long.</summary>
     static readonly TimeSpan TicketLifetime = TimeSpan.FromSeconds(60);
 
-    sealed record Reservation(JoinAccepted Accepted, JoinRequest Request, DateTime Expires);
+    /// <summary>A rank held for an admitted worker until its data plane is up (Admit) or fails (Leave); a ticket is redeemed once.</summary>
+    sealed record Reservation(JoinAccepted Accepted, JoinRequest Request, DateTime Expires)
+    {
+        public bool Redeemed { get; set; }
+    }
 
     readonly object gate = new();
     readonly Dictionary<string, Reservation> reserved = new();  // name -> accepted but not yet on the data plane
@@ -28,13 +32,18 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
         string? reason = Validate(request);
         lock (gate)
         {
-            foreach (var stale in reserved.Where(r => r.Value.Expires < DateTime.UtcNow).Select(r => r.Key).ToList()) reserved.Remove(stale);
+            foreach (var stale in reserved.Where(r => !r.Value.Redeemed && r.Value.Expires < DateTime.UtcNow).Select(r => r.Key).ToList()) reserved.Remove(stale);
             if (reason == null && members.Values.Any(w => w.Name == request.WorkerName))
                 reason = $"a worker named '{request.WorkerName}' is already in the run; give each worker a unique --name";
             if (reason != null)
             {
                 log($"refused worker {Quoted(request.WorkerName[..Math.Min(request.WorkerName.Length, 80)])}: {reason}");
                 return new JoinDecision(null, reason);
+            }
+            if (reserved.TryGetValue(request.WorkerName, out var earlier) && earlier.Redeemed)
+            {
+                log($"refused worker {Quoted(request.WorkerName)}: its previous admission is still opening its data plane");
+                return new JoinDecision(null, $"a worker named '{request.WorkerName}' is joining the run right now; give each worker a unique --name");
             }
             reserved.Remove(request.WorkerName); // an earlier attempt of the same worker that never reached the data plane
             int rank = 0;
@@ -53,9 +62,9 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
     {
         lock (gate)
         {
-            if (!reserved.TryGetValue(hello.WorkerName, out var r) || r.Expires < DateTime.UtcNow
-                || !BuildInfo.TokensEqual(hello.Ticket, r.Accepted.Ticket)) return null;
-            reserved.Remove(hello.WorkerName);
+            if (!reserved.TryGetValue(hello.WorkerName, out var r) || r.Redeemed || r.Expires < DateTime.UtcNow
+                || !BuildInfo.TokensEqual(hello.Ticket, r.Accepted.Ticket!)) return null;
+            r.Redeemed = true; // the rank stays reserved until Admit or Leave
             return (r.Accepted with { Ticket = null }, r.Request);
         }
     }
@@ -88,6 +97,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
     {
         lock (gate)
         {
+            reserved.Remove(worker.Name);
             members[worker.Rank] = worker;
             Signal();
         }
@@ -100,6 +110,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
         bool removed;
         lock (gate)
         {
+            if (reserved.TryGetValue(worker.Name, out var r) && r.Redeemed && r.Accepted.Rank == worker.Rank) reserved.Remove(worker.Name);
             removed = members.TryGetValue(worker.Rank, out var w) && ReferenceEquals(w, worker) && members.Remove(worker.Rank);
             if (removed) Signal();
         }

@@ -23,7 +23,7 @@ public sealed class CoordinatorSilo : IAsyncDisposable
     {
         (this.host, Endpoints) = (host, endpoints);
         Grains = host.Services.GetRequiredService<IGrainFactory>();
-        watch = WatchMembershipAsync(host.Services.GetRequiredService<IClusterMembershipService>(), membership, log, stopping.Token);
+        watch = LostSiloWatch.RunAsync(host.Services.GetRequiredService<IClusterMembershipService>(), membership, log, stopping.Token);
     }
 
     public IGrainFactory Grains { get; }
@@ -65,22 +65,6 @@ public sealed class CoordinatorSilo : IAsyncDisposable
             .SelectMany(n => n.GetIPProperties().UnicastAddresses)
             .Select(a => a.Address)
             .FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a)) ?? IPAddress.Loopback;
-
-    static async Task WatchMembershipAsync(IClusterMembershipService cluster, RunMembership membership, Action<string> log, CancellationToken stop)
-    {
-        try
-        {
-            await foreach (var snapshot in cluster.MembershipUpdates.WithCancellation(stop))
-                foreach (var silo in snapshot.Members.Values.Where(m => m.Status is SiloStatus.Dead or SiloStatus.ShuttingDown or SiloStatus.Stopping))
-                {
-                    string address = silo.SiloAddress.ToParsableString();
-                    foreach (var worker in membership.Members().OfType<RemoteWorker>().Where(w => w.Silo == address))
-                        worker.Lose($"Orleans membership declared its silo {silo.SiloAddress} {silo.Status.ToString().ToLowerInvariant()}");
-                }
-        }
-        catch (OperationCanceledException) { }
-        catch (Exception e) { log($"membership watch ended: {e.Message}"); }
-    }
 
     public async ValueTask DisposeAsync()
     {

@@ -55,6 +55,7 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
         var worker = new RemoteWorker(workerGrain(request.WorkerName), channel, request.WorkerName, accepted.Rank, request.Silo, grain.Run,
             accepted.SendsWindows, abort);
         SharedMemoryRegion? down = null, up = null;
+        bool admitted = false;
         try
         {
             if (offerSharedMemory && hello.SharedMemory && SharedMemoryRegion.Directory is { } dir)
@@ -75,6 +76,7 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
                 if (accepted.GradientDType == WireDType.Fp32) unsafe { worker.GradientRegion = Model.Engine.NativeBuffer.Over((float*)up!.Pointer, accepted.ParameterCount); }
             }
             grain.Admit(worker);
+            admitted = true;
             using var stopHeartbeats = CancellationTokenSource.CreateLinkedTokenSource(closed);
             var heartbeats = worker.HeartbeatLoopAsync(stopHeartbeats.Token);
             string reason = await worker.ReceiveLoopAsync(closed);
@@ -88,6 +90,7 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
         }
         finally
         {
+            if (!admitted) grain.Leave(worker, "its data plane could not be set up"); // frees the rank it held
             lock (retired)
             {
                 if (down != null && down != sharedWeights) retired.Add(down);

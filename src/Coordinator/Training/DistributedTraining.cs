@@ -13,8 +13,8 @@ public sealed record CoordinatorSettings
     /// <summary>The data plane's address (the one workers are given).</summary>
     public required Uri Listen { get; init; }
     /// <summary>The coordinator's Orleans silo and gateway ports, and the address the silo advertises (null: --listen's).</summary>
-    public int SiloPort { get; init; } = Fabric.FabricHosting.DefaultSiloPort;
-    public int GatewayPort { get; init; } = Fabric.FabricHosting.DefaultGatewayPort;
+    public required int SiloPort { get; init; }
+    public required int GatewayPort { get; init; }
     public System.Net.IPAddress? Advertise { get; init; }
     public int MinWorkers { get; init; } = 1;
     public string? ClusterToken { get; init; }
