@@ -11,7 +11,7 @@ namespace DistGpt.Fabric;
 /// with a mutual challenge-response over the token before Orleans sees a byte. Each side sends a fresh nonce and proves
 /// it knows the token with an HMAC over both nonces and its role; the token itself never crosses the wire, and a
 /// recorded handshake cannot be replayed. Orleans' own endpoints are otherwise open to anyone who can reach them.</summary>
-public sealed class ClusterAuthentication(string? token)
+public sealed class ClusterAuthentication(string? token, Action<string>? log = null)
 {
     static readonly byte[] Magic = "DGPT-AUTH-1"u8.ToArray();
     const int NonceBytes = 32, MacBytes = 32;
@@ -34,7 +34,13 @@ public sealed class ClusterAuthentication(string? token)
         {
             if (peer != null) await failures.DelayAsync(peer, timeout.Token);
             var hello = await ReadAsync(connection.Transport.Input, Magic.Length + NonceBytes, timeout.Token);
-            if (hello == null || !hello.AsSpan(0, Magic.Length).SequenceEqual(Magic)) { connection.Abort(); return; }
+            if (hello == null || !hello.AsSpan(0, Magic.Length).SequenceEqual(Magic))
+            {
+                log?.Invoke($"refused a cluster connection from {connection.RemoteEndPoint}: no DistGpt token handshake");
+                if (peer != null) failures.Record(peer);
+                connection.Abort();
+                return;
+            }
             var clientNonce = hello[Magic.Length..];
             var serverNonce = RandomNumberGenerator.GetBytes(NonceBytes);
             await WriteAsync(connection.Transport.Output, [.. serverNonce, .. Mac("server", clientNonce, serverNonce)], timeout.Token);
@@ -43,6 +49,7 @@ public sealed class ClusterAuthentication(string? token)
             await WriteAsync(connection.Transport.Output, [ok ? Accepted : Rejected], timeout.Token);
             if (!ok)
             {
+                log?.Invoke($"refused a cluster connection from {connection.RemoteEndPoint}: {(proof == null ? "it closed before proving the cluster token" : "wrong cluster token")}");
                 if (peer != null) failures.Record(peer);
                 connection.Abort();
                 return;

@@ -41,6 +41,7 @@ public static class FabricHosting
             silo.UseDevelopmentClustering(endpoints.Primary);
             silo.Configure<ClusterMembershipOptions>(o => TuneFailureDetection(o, heartbeatTimeout));
             silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = CallTimeout);
+            silo.AddActivityPropagation(); // a grain call made inside a step's span carries its trace to the other silo
             silo.Configure<SiloConnectionOptions>(o =>
             {
                 o.ConfigureSiloInboundConnection(c => c.Use(next => ctx => authentication.AcceptAsync(ctx, next)));
@@ -69,6 +70,7 @@ public static class FabricHosting
         {
             client.Configure<ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (ClusterId, ServiceId));
             client.UseStaticClustering(gateway);
+            client.AddActivityPropagation();
             client.Configure<ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromSeconds(10));
             client.Configure<ClientConnectionOptions>(o => o.ConfigureConnection(c => c.Use(next => ctx => authentication.ConnectAsync(ctx, next))));
         });

@@ -218,7 +218,8 @@ public sealed class DistributedTests
         Assert.True(good.ExitCode == 0, good.ToString());
         var rc = coordinator.WaitForExit(Timeout);
         Assert.True(rc.ExitCode == 0, rc.ToString());
-        Assert.Contains("refused worker 'intruder': authentication failed", rc.StdOut);
+        Assert.Contains("refused a cluster connection from 127.0.0.1", rc.StdOut); // the intruder's silo, at the token handshake
+        Assert.Contains("refused worker \"stranger\": data mismatch", rc.StdOut);
         Assert.Equal(6, Metrics(tmp.Path).Count);
         Assert.DoesNotContain(token, rc.StdOut + rc.StdErr);
     }

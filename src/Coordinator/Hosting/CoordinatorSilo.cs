@@ -23,8 +23,20 @@ public sealed class CoordinatorSilo : IAsyncDisposable
     {
         (this.host, Endpoints) = (host, endpoints);
         Grains = host.Services.GetRequiredService<IGrainFactory>();
-        watch = LostSiloWatch.RunAsync(host.Services.GetRequiredService<IClusterMembershipService>(), membership, log, stopping.Token);
+        var cluster = host.Services.GetRequiredService<IClusterMembershipService>();
+        watch = LostSiloWatch.RunAsync(cluster, membership, log, stopping.Token);
+        // A worker whose data plane died is gone (a SIGKILL closes its socket at once): its silo is declared dead right away
+        // rather than after the probes time out, so the whole cluster stops routing to it. A worker that comes back
+        // starts a new silo anyway.
+        membership.Left += (worker, reason) =>
+        {
+            if (!RunOver && worker.Silo is { } address)
+                _ = cluster.TryKill(SiloAddress.FromParsableString(address)).ContinueWith(t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
+        };
     }
+
+    /// <summary>Set once the run has ended: workers leaving then are not declared dead.</summary>
+    public bool RunOver { get; set; }
 
     public IGrainFactory Grains { get; }
     public SiloEndpoints Endpoints { get; }
@@ -32,7 +44,7 @@ public sealed class CoordinatorSilo : IAsyncDisposable
     public static async Task<CoordinatorSilo> StartAsync(SiloEndpoints endpoints, string? clusterToken, TimeSpan heartbeatTimeout,
         RunMembership membership, RunProgress progress, Action<string> log, CancellationToken cancel)
     {
-        var host = FabricHosting.BuildSilo(endpoints, new ClusterAuthentication(clusterToken), new FabricFailure(), heartbeatTimeout, log, services =>
+        var host = FabricHosting.BuildSilo(endpoints, new ClusterAuthentication(clusterToken, log), new FabricFailure(), heartbeatTimeout, log, services =>
         {
             services.AddSingleton(membership);
             services.AddSingleton(progress);

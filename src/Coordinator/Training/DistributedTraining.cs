@@ -86,11 +86,13 @@ public static class DistributedTraining
             };
             await Task.Run(() => view.Run(setup.StartStep, () => loop.Run(cancel)), cancel);
             log($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}{ProgressView.WholeSplit(loop.FinalValLossFull)}; checkpoint and metrics.jsonl in {setup.OutDir}");
+            silo.RunOver = true;
             await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync($"training finished at step {loop.Step}")));
             return ExitCodes.Ok;
         }
         catch
         {
+            silo.RunOver = true;
             await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync("the coordinator stopped")));
             throw;
         }
