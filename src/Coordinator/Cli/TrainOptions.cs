@@ -34,11 +34,12 @@ public sealed class TrainOptions
     public readonly Option<string> Data = new("--data") { Description = $"corpus file (else ${DataLocator.EnvVar}, else {DataLocator.LocalPath}, else download)" };
     public readonly Option<string> Out = new("--out") { Description = "output directory for metrics.jsonl and checkpoints", DefaultValueFactory = _ => "out" };
     public readonly Option<bool> Resume = new("--resume") { Description = "continue from the checkpoint in --out" };
+    public readonly Option<bool> Overwrite = new("--overwrite") { Description = "start afresh in an --out that holds a checkpoint, replacing it" };
     public readonly Option<string> ConfigFile = new("--config") { Description = "JSON file of settings with nanoGPT's names (n_layer, learning_rate, …)" };
 
     public IEnumerable<Option> All => [BatchSize, BlockSize, NLayer, NHead, NEmbd, Dropout, Bias, LearningRate, MinLr, WarmupIters,
         LrDecayIters, DecayLr, MaxIters, EvalInterval, EvalIters, WeightDecay, Beta1, Beta2, GradClip, Seed, CheckpointInterval,
-        Threads, Data, Out, Resume, ConfigFile];
+        Threads, Data, Out, Resume, Overwrite, ConfigFile];
 
     public void AddTo(Command command)
     {

@@ -38,6 +38,14 @@ public static class Checkpoint
         catch (CheckpointException) { return false; }
     }
 
+    /// <summary>Removes the checkpoint of <paramref name="outDir"/> and any leftovers of an interrupted save.</summary>
+    public static void Delete(string outDir)
+    {
+        string final = PathIn(outDir);
+        foreach (string dir in new[] { final + ".tmp", final + ".old", final })
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+    }
+
     public static unsafe void Save(string outDir, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
         long step, string runId, string dataSha256)
     {
