@@ -13,7 +13,7 @@ public sealed class Generator(Gpt model) : IDisposable
     public int[] Generate(int[] prompt, int maxNewTokens, float temperature, int topK, ulong seed)
     {
         if (prompt.Length == 0) throw new ConfigException("--prompt must not be empty");
-        if (temperature <= 0) throw new ConfigException($"--temperature must be positive (got {temperature})");
+        Check.Positive(temperature, "--temperature");
         var rng = new RandomStream(Rng.Key(seed, 0x5a3913));
         var tokens = new List<int>(prompt);
         int v = model.Config.VocabSize, block = model.Config.BlockSize;

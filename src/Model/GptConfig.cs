@@ -8,13 +8,22 @@ public sealed record GptConfig(int VocabSize, int BlockSize, int NLayer, int NHe
     /// <summary>Throws <see cref="ConfigException"/> naming the offending field.</summary>
     public void Validate()
     {
-        if (VocabSize < 1) throw new ConfigException($"vocab_size must be positive (got {VocabSize})");
-        if (BlockSize < 1) throw new ConfigException($"--block-size must be positive (got {BlockSize})");
-        if (NLayer < 1) throw new ConfigException($"--n-layer must be positive (got {NLayer})");
-        if (NHead < 1) throw new ConfigException($"--n-head must be positive (got {NHead})");
-        if (NEmbd < 1) throw new ConfigException($"--n-embd must be positive (got {NEmbd})");
+        Check.InRange(VocabSize, 1, ushort.MaxValue, "vocab_size");
+        Check.InRange(BlockSize, 1, 1 << 20, "--block-size");
+        Check.InRange(NLayer, 1, 1 << 12, "--n-layer");
+        Check.InRange(NHead, 1, 1 << 12, "--n-head");
+        Check.InRange(NEmbd, 1, 1 << 20, "--n-embd");
         if (NEmbd % NHead != 0) throw new ConfigException($"--n-embd ({NEmbd}) must be divisible by --n-head ({NHead})");
-        if (Dropout < 0 || Dropout >= 1) throw new ConfigException($"--dropout must be in [0, 1) (got {Dropout})");
+        Check.InRange(Dropout, 0, 1, "--dropout", maxExclusive: true);
+    }
+
+    /// <summary>Weights in the model (wte, wpe, the blocks, ln_f; lm_head shares wte), in long arithmetic so an absurd
+    /// shape gives a large number rather than an overflow.</summary>
+    public long ParameterCount()
+    {
+        long c = NEmbd;
+        long layer = 12 * c * c + 2 * c + (Bias ? 11 * c : 0);
+        return (VocabSize + (long)BlockSize) * c + NLayer * layer + (Bias ? 2 * c : c);
     }
 
     /// <summary>A short stable hash of everything that shapes the parameters, used to refuse mismatched peers.</summary>
@@ -28,3 +37,23 @@ public sealed record GptConfig(int VocabSize, int BlockSize, int NLayer, int NHe
 
 /// <summary>A user-fixable configuration problem; the CLI prints the message and exits with code 2.</summary>
 public sealed class ConfigException(string message) : Exception(message);
+
+/// <summary>Range checks that also refuse NaN and infinities (a NaN fails every comparison, so "x &lt; 0" lets it through).</summary>
+public static class Check
+{
+    public static void InRange(long value, long min, long max, string name)
+    {
+        if (value < min || value > max) throw new ConfigException($"{name} must be between {min} and {max} (got {value})");
+    }
+
+    public static void InRange(double value, double min, double max, string name, bool maxExclusive = false)
+    {
+        bool ok = double.IsFinite(value) && value >= min && (maxExclusive ? value < max : value <= max);
+        if (!ok) throw new ConfigException($"{name} must be {(double.IsPositiveInfinity(max) ? $"a finite number >= {min}" : $"in [{min}, {max}{(maxExclusive ? ")" : "]")}")} (got {value})");
+    }
+
+    public static void Positive(double value, string name)
+    {
+        if (!(value > 0 && double.IsFinite(value))) throw new ConfigException($"{name} must be a positive finite number (got {value})");
+    }
+}

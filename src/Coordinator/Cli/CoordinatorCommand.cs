@@ -23,7 +23,7 @@ public static class CoordinatorCommand
         {
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = train.ReadThreads(r);
-            if (r.GetValue(minWorkers) < 1) throw new ConfigException($"--min-workers must be positive (got {r.GetValue(minWorkers)})");
+            Check.InRange(r.GetValue(minWorkers), 1, 1 << 16, "--min-workers");
             var settings = new CoordinatorSettings
             {
                 Listen = ParseUri(r.GetValue(listen)!, "--listen"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),

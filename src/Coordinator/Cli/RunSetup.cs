@@ -39,6 +39,8 @@ public sealed class RunSetup : IDisposable
         string dataPath = DataLocator.Resolve(r.GetValue(options.Data));
         var corpus = TextCorpus.Load(dataPath, ckpt == null ? null : CharTokenizer.FromCharacters(ckpt.State.Vocabulary));
         modelConfig = modelConfig with { VocabSize = corpus.Tokenizer.VocabSize };
+        MemoryEstimate.ForTraining(modelConfig, settings.BatchSize, Compute.Threads)
+            .RequireAtMost(MemoryEstimate.AvailableBytes(), settings.BatchSize, modelConfig.BlockSize);
         corpus.RequireBlock(modelConfig.BlockSize);
         if (ckpt != null && ckpt.State.Step >= settings.MaxIters)
             throw new ConfigException($"--resume: the checkpoint in '{outDir}' is at step {ckpt.State.Step}; pass a --max-iters above it to train further");
