@@ -46,40 +46,59 @@ public static class Checkpoint
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
     }
 
-    public static unsafe void Save(string outDir, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
+    public static void Save(string outDir, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
         long step, string runId, string dataSha256)
     {
-        Directory.CreateDirectory(outDir);
         string final = PathIn(outDir), tmp = final + ".tmp", old = final + ".old";
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
+        string writing = tmp;
+        try
+        {
+            Directory.CreateDirectory(outDir);
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+            Directory.CreateDirectory(tmp);
+            WriteFiles(tmp, model, optimizer, tokenizer, settings, step, runId, dataSha256, path => writing = path);
+            // The swap: until the first rename the old checkpoint is whole in `final`; between the two, in `old`
+            // (which Resolve falls back to); after the second the new one is.
+            writing = final;
+            if (Directory.Exists(old)) Directory.Delete(old, true);
+            if (Directory.Exists(final)) Directory.Move(final, old);
+            Directory.Move(tmp, final);
+            if (Directory.Exists(old)) Directory.Delete(old, true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            try { if (Directory.Exists(tmp)) Directory.Delete(tmp, true); }
+            catch (Exception) { } // the error below names the problem; a leftover tmp is removed by the next save
+            throw OutputWriteException.Writing(writing, e);
+        }
+    }
+
+    static unsafe void WriteFiles(string tmp, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
+        long step, string runId, string dataSha256, Action<string> writing)
+    {
         var p = model.Parameters;
 
         var weights = p.Slots.Select(s => (s.Name, s.Shape, (ReadOnlyMemory<float>)p.ValuesOf(s).ToArray())).ToList();
         var wte = p.Slot("transformer.wte.weight");
         weights.Add(("lm_head.weight", wte.Shape, p.ValuesOf(wte).ToArray())); // tied: stored twice so load_state_dict(strict=True) works
         var meta = new Dictionary<string, string> { ["format"] = "pt", ["step"] = step.ToString() };
-        string modelSha = WriteDurably(System.IO.Path.Combine(tmp, ModelFile), s => SafeTensors.Write(s, weights, meta));
+        string modelSha = WriteDurably(System.IO.Path.Combine(tmp, ModelFile), s => SafeTensors.Write(s, weights, meta), writing);
 
         var moments = new List<(string, int[], ReadOnlyMemory<float>)>();
         foreach (var s in p.Slots)
             moments.Add(("exp_avg." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvg.Pointer + s.Offset, (int)s.Length).ToArray()));
         foreach (var s in p.Slots)
             moments.Add(("exp_avg_sq." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvgSq.Pointer + s.Offset, (int)s.Length).ToArray()));
-        string optSha = WriteDurably(System.IO.Path.Combine(tmp, OptimizerFile), s => SafeTensors.Write(s, moments));
+        string optSha = WriteDurably(System.IO.Path.Combine(tmp, OptimizerFile), s => SafeTensors.Write(s, moments), writing);
 
         var state = new CheckpointState(Format, runId, step, model.Config, tokenizer.Characters, settings, optimizer.StepCount, dataSha256,
             new Dictionary<string, string> { [ModelFile] = modelSha, [OptimizerFile] = optSha });
-        WriteDurably(System.IO.Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json.Indented));
-
-        if (Directory.Exists(old)) Directory.Delete(old, true);
-        if (Directory.Exists(final)) Directory.Move(final, old);
-        Directory.Move(tmp, final);
-        if (Directory.Exists(old)) Directory.Delete(old, true);
+        WriteDurably(System.IO.Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json.Indented), writing);
     }
 
-    static string WriteDurably(string path, Action<Stream> write)
+    static string WriteDurably(string path, Action<Stream> write, Action<string> writing)
     {
+        writing(path);
         using (var f = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
         {
             write(f);
