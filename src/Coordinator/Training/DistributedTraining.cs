@@ -55,7 +55,7 @@ public static class DistributedTraining
             using var source = new DistributedGradientSource(grain, model, setup.Corpus, train, run,
                 new DistributedOptions
                 {
-                    TolerateFailures = settings.TolerateFailures, StragglerTimeout = settings.StragglerTimeout, MaxRejections = settings.MaxRejections,
+                    Shares = settings.MinWorkers, TolerateFailures = settings.TolerateFailures, StragglerTimeout = settings.StragglerTimeout, MaxRejections = settings.MaxRejections,
                 }, log)
             {
                 OnWorkerDropped = (worker, reason) =>

@@ -1,0 +1,55 @@
+using System.Diagnostics;
+using Xunit;
+
+namespace DistGpt.Tests.Hardening;
+
+/// <summary>Fixed shares (finding 12): the global batch stays cut into the starting world size's shares whoever is left
+/// to compute them, so a run that loses a worker ends with the very weights of a fault-free run.</summary>
+[Collection(ProcessHeavy.Name)]
+public sealed class FixedSharesTests
+{
+    const string Run = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1 " +
+                       "--min-workers 2 --max-iters 20 --eval-interval 20";
+    static readonly TimeSpan Timeout = TimeSpan.FromMinutes(2);
+
+    /// <summary>A coordinator and workers alpha and beta; with <paramref name="killBetaAtStep"/>, beta stalls before
+    /// computing that step and is SIGKILLed there, so alpha computes both shares of every later step.</summary>
+    static byte[] FinalWeights(TempDirectory dir, int? killBetaAtStep)
+    {
+        int port = DistributedTests.FreePort();
+        string token = "tok-" + Guid.NewGuid().ToString("n");
+        Dictionary<string, string> Env(string? fault = null)
+        {
+            var env = new Dictionary<string, string> { [TestData.EnvVar] = TestData.CorpusPath(), ["DISTGPT_CLUSTER_TOKEN"] = token };
+            if (fault != null) env["DISTGPT_TEST_FAULT"] = fault;
+            return env;
+        }
+        using var coordinator = CliRunner.Start(CliRunner.Split($"coordinator --listen http://127.0.0.1:{port} {Run} --out {dir.Path}"), Env());
+        string worker = $"worker --coordinator http://127.0.0.1:{port} --threads 1 --name";
+        using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha"), Env());
+        using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), Env(killBetaAtStep is { } s ? $"stall-compute:{s}" : null));
+        if (killBetaAtStep != null)
+        {
+            Assert.True(beta.WaitForOutput(o => o.Contains("stalled before computing"), Timeout), beta.StdOut + beta.StdErr);
+            Process.GetProcessById(beta.Id).Kill();
+        }
+        var r = coordinator.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        if (killBetaAtStep != null) Assert.Contains("worker 'beta' lost", r.StdOut);
+        var metrics = DistributedTests.Metrics(dir.Path);
+        Assert.Equal(killBetaAtStep == null ? 2 : 1, metrics[^1].GetProperty("workers").GetInt32());
+        return File.ReadAllBytes(Path.Combine(dir.Path, "ckpt", "model.safetensors"));
+    }
+
+    [Fact]
+    public void ARunThatLosesAWorkerEndsWithTheFaultFreeRunsWeightsBitForBit()
+    {
+        using var clean = new TempDirectory("shares-clean");
+        using var faulty = new TempDirectory("shares-faulty");
+        byte[] expected = FinalWeights(clean, killBetaAtStep: null);
+        byte[] actual = FinalWeights(faulty, killBetaAtStep: 5);
+        Assert.True(expected.AsSpan().SequenceEqual(actual), "model.safetensors differs from the fault-free run's");
+        var losses = (string d) => DistributedTests.Metrics(d).Select(m => m.GetProperty("loss").GetDouble()).ToArray();
+        Assert.Equal(losses(clean.Path), losses(faulty.Path));
+    }
+}
