@@ -16,7 +16,12 @@ public static class CoordinatorCommand
         var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others and go on (false: stop the run)", DefaultValueFactory = _ => true };
         var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate: serve TLS" };
         var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
-        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, minWorkers, tolerate, tlsCert, tlsKey };
+        var replicas = new Option<int>("--replicas-per-share")
+        {
+            Description = "graphs every worker cuts its share of a step into, whatever its --threads, so a share's gradient sum has the same bits on any worker (default: this host's cores; best set to the workers' --threads)",
+            DefaultValueFactory = _ => Environment.ProcessorCount,
+        };
+        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, minWorkers, tolerate, tlsCert, tlsKey, replicas };
         train.AddTo(command);
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
@@ -24,12 +29,14 @@ public static class CoordinatorCommand
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = train.ReadThreads(r);
             Check.InRange(r.GetValue(minWorkers), 1, 1 << 16, "--min-workers");
+            Check.InRange(r.GetValue(replicas), 1, ThreadsOption.Max, "--replicas-per-share");
             var settings = new CoordinatorSettings
             {
                 Listen = ParseUri(r.GetValue(listen)!, "--listen"), MinWorkers = r.GetValue(minWorkers), ClusterToken = cluster.Token(r),
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
+                ReplicasPerShare = r.GetValue(replicas),
             };
             using var setup = RunSetup.Create(train, r);
             PrintModel(setup);

@@ -45,6 +45,7 @@ public static class DevCommand
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, cluster.Seconds(r, cluster.JoinTimeout).TotalSeconds)),
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), OfferSharedMemory = mode == "shm",
+                ReplicasPerShare = perWorker,
             };
             using var weights = new Hosting.SharedWeights(); // outlives the model (disposed after it)
             using var setup = RunSetup.Create(train, r, settings.OfferSharedMemory ? weights.Allocate : null);

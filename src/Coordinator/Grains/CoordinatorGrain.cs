@@ -32,7 +32,7 @@ public sealed class CoordinatorGrain(RunDescription run, Action<string> log) : I
             reserved[request.WorkerName] = rank;
             return new JoinDecision(new JoinAccepted(run.RunId, rank, run.Config, run.ConfigHash, run.Vocabulary, run.Seed,
                 run.ParameterCount, SendsWindows: request.DataSha256 == null, run.HeartbeatTimeout.TotalSeconds, run.GradientDType,
-                GradientBucketBytes: run.GradientBucketBytes), null);
+                GradientBucketBytes: run.GradientBucketBytes, ReplicasPerShare: run.ReplicasPerShare), null);
         }
     }
 

@@ -22,6 +22,9 @@ public sealed record CoordinatorSettings
     public WireDType GradientDType { get; init; } = WireDType.Fp32;
     /// <summary>Bucket size for streaming gradient sums during the backward (--bucket-cap-mb); 0 sends them whole after it.</summary>
     public long GradientBucketBytes { get; init; } = ClusterOptions.DefaultBucketBytes;
+    /// <summary>Graphs every worker cuts a share into (--replicas-per-share; dev: --worker-threads), whatever its own
+    /// --threads: a share's gradient sum then has the same bits whoever computes it.</summary>
+    public int ReplicasPerShare { get; init; }
     public string? TlsCert { get; init; }
     public string? TlsKey { get; init; }
     /// <summary>Offer /dev/shm payload regions to workers that run on this host (dev mode's children).</summary>
@@ -42,7 +45,8 @@ public static class DistributedTraining
         Action<string> log = msg => Telemetry.TraceLog.Write("coordinator", msg);
         var model = setup.Model;
         var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
-            setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes);
+            setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes,
+            settings.ReplicasPerShare);
         var grain = new CoordinatorGrain(run, log);
         Telemetry.CoordinatorTelemetry.Watch(grain);
         await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory, settings.SharedWeights);

@@ -4,17 +4,18 @@ using Xunit;
 namespace DistGpt.Tests.Hardening;
 
 /// <summary>Fixed shares (finding 12): the global batch stays cut into the starting world size's shares whoever is left
-/// to compute them, so a run that loses a worker ends with the very weights of a fault-free run.</summary>
+/// to compute them, and a share's sum has the same bits on a worker of any --threads (the coordinator fixes the replicas
+/// per share), so a run that loses a worker ends with the very weights of a fault-free run.</summary>
 [Collection(ProcessHeavy.Name)]
 public sealed class FixedSharesTests
 {
     const string Run = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1 " +
-                       "--min-workers 2 --max-iters 20 --eval-interval 20";
+                       "--min-workers 2 --max-iters 20 --eval-interval 20 --replicas-per-share 2";
     static readonly TimeSpan Timeout = TimeSpan.FromMinutes(2);
 
     /// <summary>A coordinator and workers alpha and beta; with <paramref name="killBetaAtStep"/>, beta stalls before
     /// computing that step and is SIGKILLed there, so alpha computes both shares of every later step.</summary>
-    static byte[] FinalWeights(TempDirectory dir, int? killBetaAtStep)
+    static byte[] FinalWeights(TempDirectory dir, int? killBetaAtStep, int alphaThreads = 1)
     {
         int port = DistributedTests.FreePort();
         string token = "tok-" + Guid.NewGuid().ToString("n");
@@ -25,9 +26,9 @@ public sealed class FixedSharesTests
             return env;
         }
         using var coordinator = CliRunner.Start(CliRunner.Split($"coordinator --listen http://127.0.0.1:{port} {Run} --out {dir.Path}"), Env());
-        string worker = $"worker --coordinator http://127.0.0.1:{port} --threads 1 --name";
-        using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha"), Env());
-        using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), Env(killBetaAtStep is { } s ? $"stall-compute:{s}" : null));
+        string worker = $"worker --coordinator http://127.0.0.1:{port} --name";
+        using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha --threads {alphaThreads}"), Env());
+        using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta --threads 1"), Env(killBetaAtStep is { } s ? $"stall-compute:{s}" : null));
         if (killBetaAtStep != null)
         {
             Assert.True(beta.WaitForOutput(o => o.Contains("stalled before computing"), Timeout), beta.StdOut + beta.StdErr);
@@ -42,12 +43,12 @@ public sealed class FixedSharesTests
     }
 
     [Fact]
-    public void ARunThatLosesAWorkerEndsWithTheFaultFreeRunsWeightsBitForBit()
+    public void ARunThatLosesAWorkerEndsWithTheFaultFreeRunsWeightsBitForBitEvenOnAWorkerWithMoreThreads()
     {
         using var clean = new TempDirectory("shares-clean");
         using var faulty = new TempDirectory("shares-faulty");
         byte[] expected = FinalWeights(clean, killBetaAtStep: null);
-        byte[] actual = FinalWeights(faulty, killBetaAtStep: 5);
+        byte[] actual = FinalWeights(faulty, killBetaAtStep: 5, alphaThreads: 2); // beta's share then computed on 2 cores, not 1
         Assert.True(expected.AsSpan().SequenceEqual(actual), "model.safetensors differs from the fault-free run's");
         var losses = (string d) => DistributedTests.Metrics(d).Select(m => m.GetProperty("loss").GetDouble()).ToArray();
         Assert.Equal(losses(clean.Path), losses(faulty.Path));
