@@ -73,6 +73,8 @@ public sealed class TrainOptions
             EvalIters = Get(EvalIters, defaults.EvalIters), WeightDecay = Get(WeightDecay, defaults.WeightDecay),
             Beta1 = Get(Beta1, defaults.Beta1), Beta2 = Get(Beta2, defaults.Beta2), GradClip = Get(GradClip, defaults.GradClip),
             Seed = Get(Seed, defaults.Seed), CheckpointInterval = Get(CheckpointInterval, defaults.CheckpointInterval),
+            // Not flags: fixed by the run's first coordinator, carried by its checkpoints.
+            Shares = defaults.Shares, ReplicasPerShare = defaults.ReplicasPerShare,
         };
         var known = All.Select(o => o.Name.TrimStart('-').Replace('-', '_')).ToHashSet();
         foreach (var key in file.Keys)

@@ -198,7 +198,7 @@ public sealed class DistributedGradientSource(
 public sealed record DistributedOptions
 {
     /// <summary>The shares the global batch is cut into every step: the starting world size (--min-workers; dev mode's
-    /// --workers), kept when workers are lost or join, so the gradient sum keeps its bits.</summary>
+    /// --workers; a resumed run's checkpoint), kept when workers are lost or join, so the gradient sum keeps its bits.</summary>
     public required int Shares { get; init; }
     /// <summary>Recompute a lost worker's share on the survivors instead of stopping the run.</summary>
     public bool TolerateFailures { get; init; }

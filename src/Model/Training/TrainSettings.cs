@@ -19,6 +19,11 @@ public sealed record TrainSettings
     public ulong Seed { get; init; } = 1337;
     /// <summary>Steps between checkpoints (0: only the final one).</summary>
     public int CheckpointInterval { get; init; } = 250;
+    /// <summary>Distributed runs: the shares the global batch is cut into every step (the starting world size) and the
+    /// replicas every worker cuts a share into, kept in the checkpoint so a resumed run cuts the batch as the first one
+    /// did and keeps its bits (0: not fixed yet, or a single process).</summary>
+    public int Shares { get; init; }
+    public int ReplicasPerShare { get; init; }
 
     [System.Text.Json.Serialization.JsonIgnore]
     public LearningRateSchedule Schedule => new(LearningRate, MinLr, WarmupIters, LrDecayIters, DecayLr);
@@ -40,5 +45,7 @@ public sealed record TrainSettings
         Check.InRange(WeightDecay, 0, double.PositiveInfinity, "--weight-decay");
         Check.InRange(GradClip, 0, double.PositiveInfinity, "--grad-clip");
         Check.InRange(CheckpointInterval, 0, Large, "--checkpoint-interval");
+        Check.InRange(Shares, 0, BatchSize, "shares");
+        Check.InRange(ReplicasPerShare, 0, 1 << 10, "replicas_per_share");
     }
 }

@@ -53,4 +53,24 @@ public sealed class FixedSharesTests
         var losses = (string d) => DistributedTests.Metrics(d).Select(m => m.GetProperty("loss").GetDouble()).ToArray();
         Assert.Equal(losses(clean.Path), losses(faulty.Path));
     }
+
+    [Fact]
+    public void AResumeWithAnotherWorldSizeKeepsTheRunsSharesAndItsBits()
+    {
+        const string Model = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1 --eval-interval 10 --checkpoint-interval 5";
+        var env = new Dictionary<string, string> { [TestData.EnvVar] = TestData.CorpusPath() };
+        void Dev(string flags)
+        {
+            var r = CliRunner.Run($"dev {Model} {flags}", env, Timeout);
+            Assert.True(r.ExitCode == 0, r.ToString());
+        }
+        using var whole = new TempDirectory("shares-whole");
+        using var resumed = new TempDirectory("shares-resumed");
+        Dev($"--workers 2 --worker-threads 1 --max-iters 10 --out {whole.Path}");
+        Dev($"--workers 2 --worker-threads 1 --max-iters 5 --out {resumed.Path}");
+        Dev($"--workers 1 --worker-threads 3 --max-iters 10 --resume --out {resumed.Path}"); // one worker, other threads
+        Assert.Equal(1, DistributedTests.Metrics(resumed.Path)[^1].GetProperty("workers").GetInt32());
+        Assert.True(File.ReadAllBytes(Path.Combine(whole.Path, "ckpt", "model.safetensors")).AsSpan()
+            .SequenceEqual(File.ReadAllBytes(Path.Combine(resumed.Path, "ckpt", "model.safetensors"))), "the resumed run's weights differ");
+    }
 }
