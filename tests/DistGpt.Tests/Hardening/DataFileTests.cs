@@ -41,19 +41,21 @@ public sealed class DataFileTests : IDisposable
     {
         string run = cli.TrainedRun();
         var before = UserErrors.Snapshot(run);
+        // Each corpus through the next of the ways a corpus is read, so every way meets several kinds of bad file.
+        Func<string, CliResult>[] readers =
+        [
+            path => cli.Distgpt(["train", "--resume", "--max-iters", "3", "--out", run, "--data", path, .. UserErrors.Tiny]),
+            path => cli.Distgpt(["dev", "--workers", "1", "--max-iters", "3", "--resume", "--out", run, "--data", path, .. UserErrors.Tiny]),
+            path => cli.Distgpt("bench", "--config", "tiny", "--steps", "1", "--data", path),
+            path => cli.Distgpt(new() { [TestData.EnvVar] = path }, ["train", "--max-iters", "1", "--out", temp.Combine("fresh"), .. UserErrors.Tiny]),
+        ];
         var clock = Stopwatch.StartNew();
+        int k = 0;
         foreach (var (path, problem) in BadCorpora())
         {
-            foreach (string[] command in new[]
-                     {
-                         ["train", "--resume", "--max-iters", "3", "--out", run, .. UserErrors.Tiny],
-                         ["dev", "--workers", "1", "--max-iters", "3", "--resume", "--out", run, .. UserErrors.Tiny],
-                         new[] { "bench", "--config", "tiny", "--steps", "1" },
-                     })
-                UserErrors.AssertBadInput(cli.Distgpt([.. command, "--data", path]), path, problem);
-            UserErrors.AssertBadInput(cli.Distgpt(new() { [TestData.EnvVar] = path }, ["train", "--max-iters", "1", "--out", temp.Combine("fresh"), .. UserErrors.Tiny]), path, problem);
+            UserErrors.AssertBadInput(readers[k++ % readers.Length](path), path, problem);
             Assert.Equal(before, UserErrors.Snapshot(run));
         }
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"took {clock.Elapsed}");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"took {clock.Elapsed}");
     }
 }

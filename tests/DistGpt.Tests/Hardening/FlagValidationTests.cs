@@ -84,7 +84,7 @@ public sealed class FlagValidationTests : IDisposable
         var before = UserErrors.Snapshot(run);
         var random = new Random(20261202);
         var clock = Stopwatch.StartNew();
-        for (int i = 0; i < 16 && clock.Elapsed < TimeSpan.FromSeconds(20); i++)
+        for (int i = 0; i < 12 && clock.Elapsed < TimeSpan.FromSeconds(10); i++)
         {
             var (command, fixedFlags, numeric) = Surfaces[i % Surfaces.Length];
             string flag = numeric[random.Next(numeric.Length)], value = BadValues[random.Next(BadValues.Length)];
