@@ -56,8 +56,11 @@ public sealed class TrainOptions
             string key = o.Name.TrimStart('-').Replace('-', '_');
             if (file.TryGetValue(key, out var v))
             {
-                try { return v.Deserialize<T>()!; }
-                catch (JsonException) { throw new ConfigException($"--config: '{key}' must be a {typeof(T).Name} (got {v})"); }
+                try { return v.Deserialize<T>() ?? throw new JsonException("null"); }
+                catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException or OverflowException)
+                {
+                    throw new ConfigException($"--config: '{key}' must be a {typeof(T).Name} (got {v})");
+                }
             }
             return fallback;
         }
@@ -94,8 +97,10 @@ public sealed class TrainOptions
     static Dictionary<string, JsonElement> LoadConfigFile(string? path)
     {
         if (string.IsNullOrEmpty(path)) return new();
-        if (!File.Exists(path)) throw new ConfigException($"--config file '{path}' does not exist");
+        if (!File.Exists(path))
+            throw new ConfigException($"--config file '{path}' {(Directory.Exists(path) ? "is a directory, not a file" : "does not exist")}");
         try { return JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(File.ReadAllText(path)) ?? new(); }
-        catch (JsonException e) { throw new ConfigException($"--config file '{path}' is not valid JSON: {e.Message}"); }
+        catch (JsonException e) { throw new ConfigException($"--config file '{path}' is not a JSON object of settings: {e.Message}"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ConfigException($"--config file '{path}' cannot be read: {e.Message}"); }
     }
 }

@@ -72,6 +72,8 @@ public sealed class FlagValidationTests : IDisposable
         ("sample", [], ["--max-new-tokens", "--temperature", "--top-k", "--seed", "--threads"]),
         ("bench", ["--config", "tiny"], ["--steps", "--warmup", "--threads"]),
         ("worker", ["--coordinator", "http://127.0.0.1:1"], ["--connect-timeout", "--threads"]),
+        ("bench-exchange", ["--config", "tiny"], ["--rounds"]),
+        ("bench-gemm", [], ["--threads"]),
     ];
 
     /// <summary>Bad for every numeric flag: not a number, not finite, negative, past float or int range, absurdly large.</summary>
@@ -84,14 +86,14 @@ public sealed class FlagValidationTests : IDisposable
         var before = UserErrors.Snapshot(run);
         var random = new Random(20261202);
         var clock = Stopwatch.StartNew();
-        for (int i = 0; i < 12 && clock.Elapsed < TimeSpan.FromSeconds(10); i++)
+        for (int i = 0; i < 16 && clock.Elapsed < TimeSpan.FromSeconds(12); i++)
         {
             var (command, fixedFlags, numeric) = Surfaces[i % Surfaces.Length];
             string flag = numeric[random.Next(numeric.Length)], value = BadValues[random.Next(BadValues.Length)];
             string[] target = command switch
             {
                 "sample" => ["--checkpoint", run],
-                "bench" or "worker" => [],
+                "bench" or "worker" or "bench-exchange" or "bench-gemm" => [],
                 _ => ["--resume", "--out", run, .. Without(UserErrors.Tiny, [flag])],
             };
             var r = cli.Distgpt([command, .. fixedFlags, .. target, flag, value]);
@@ -99,5 +101,20 @@ public sealed class FlagValidationTests : IDisposable
             Assert.Equal(before, UserErrors.Snapshot(run));
         }
         output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s");
+    }
+
+    [Theory]
+    [InlineData("{\"dropout\": \"NaN\"}", "dropout")]
+    [InlineData("{\"learning_rate\": 1e39}", "learning-rate")]
+    [InlineData("{\"warmup_iters\": 1e10}", "warmup_iters")]
+    [InlineData("{\"min_lr\": null}", "min_lr")]
+    [InlineData("[1, 2]", "not a JSON object")]
+    [InlineData("DIR", "is a directory")]
+    public void ABadConfigFileIsOneLineNamingTheSetting(string content, string mention) // (keys the tiny flags do not override)
+    {
+        string path = temp.Combine("config.json");
+        if (content == "DIR") Directory.CreateDirectory(path);
+        else File.WriteAllText(path, content);
+        UserErrors.AssertBadInput(Train("--config", path), mention);
     }
 }
