@@ -8,7 +8,7 @@ namespace DistGpt.Coordinator.Grains;
 
 /// <summary>The coordinator's proxy for one worker silo, over that worker's connection. One call at a time.
 /// The receive loop (run by the connection handler) matches gradient replies to the pending call and tracks heartbeats.</summary>
-public sealed class RemoteWorker(FrameChannel channel, string name, int rank, RunDescription run, bool sendsWindows, Action abort) : IWorkerGrain
+public sealed class RemoteWorker(FrameChannel channel, string name, int rank, RunDescription run, bool sendsWindows, Action abort) : IWorkerProxy
 {
     sealed record Pending(ComputeRequest Request, NativeBuffer Gradients, TaskCompletionSource<GradientsReply> Done)
     {

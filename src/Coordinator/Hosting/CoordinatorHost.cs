@@ -29,7 +29,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
     /// <summary>The address workers should use (the bound port when 0 was asked for).</summary>
     public Uri Address { get; }
 
-    public static Task<CoordinatorHost> StartAsync(Uri listen, CoordinatorGrain grain, Action<string> log,
+    public static Task<CoordinatorHost> StartAsync(Uri listen, RunMembership grain, Action<string> log,
         string? tlsCert = null, string? tlsKey = null, bool offerSharedMemory = false, SharedMemoryRegion? sharedWeights = null)
     {
         if (listen.Scheme is not ("http" or "https"))

@@ -10,7 +10,7 @@ namespace DistGpt.Coordinator.Hosting;
 /// <paramref name="offerSharedMemory"/> (dev mode), a worker that says it runs on this host gets two /dev/shm regions
 /// for its payloads, so tensors skip the socket; with <paramref name="sharedWeights"/> (the coordinator's parameter
 /// memory) the weights region is that one, common to every local worker, and nothing is copied down.</summary>
-public sealed class WorkerConnectionHandler(CoordinatorGrain grain, Action<string> log, bool offerSharedMemory = false,
+public sealed class WorkerConnectionHandler(RunMembership grain, Action<string> log, bool offerSharedMemory = false,
     SharedMemoryRegion? sharedWeights = null) : IDisposable
 {
     // A connection's regions stay mapped after it ends, until the host is disposed: a step may still read the gradients a

@@ -14,13 +14,13 @@ namespace DistGpt.Coordinator.Telemetry;
 public sealed class WorkerCall : IDisposable
 {
     readonly Activity? span;
-    readonly IWorkerGrain worker;
+    readonly IWorkerProxy worker;
     readonly FrameChannel? channel;
     readonly WireTraffic? traffic;
     readonly long started = Stopwatch.GetTimestamp(), sent0, received0, sharedSent0, sharedReceived0;
     bool done;
 
-    WorkerCall(IWorkerGrain worker, Activity? span, WireTraffic? traffic)
+    WorkerCall(IWorkerProxy worker, Activity? span, WireTraffic? traffic)
     {
         (this.worker, this.span, this.traffic) = (worker, span, traffic);
         channel = (worker as RemoteWorker)?.Channel;
@@ -29,7 +29,7 @@ public sealed class WorkerCall : IDisposable
     }
 
     /// <summary>Starts the call's span; <paramref name="traffic"/>, when given, receives the bytes the call moved.</summary>
-    public static WorkerCall Start(IWorkerGrain worker, long step, int shareIndex, long first, int sequences, WireTraffic? traffic = null)
+    public static WorkerCall Start(IWorkerProxy worker, long step, int shareIndex, long first, int sequences, WireTraffic? traffic = null)
     {
         var span = Source.StartActivity("request gradients", ActivityKind.Client);
         span?.SetTag(Attr.Step, step).SetTag(Attr.WorkerName, worker.Name).SetTag(Attr.WorkerRank, worker.Rank)
@@ -119,13 +119,13 @@ public static class CoordinatorTelemetry
 
     /// <summary>Records membership changes: an `admit worker` / `remove worker` span each (a trace of its own) and the
     /// active-workers gauge.</summary>
-    public static void Watch(CoordinatorGrain grain)
+    public static void Watch(RunMembership grain)
     {
         grain.Joined += w => Membership("admit worker", w, grain.Count, grain.Run.RunId, null);
         grain.Left += (w, reason) => Membership("remove worker", w, grain.Count, grain.Run.RunId, reason);
     }
 
-    static void Membership(string name, IWorkerGrain worker, int active, string runId, string? reason)
+    static void Membership(string name, IWorkerProxy worker, int active, string runId, string? reason)
     {
         ActiveWorkers.Record(active);
         if (!Tracing) return;

@@ -18,7 +18,7 @@ namespace DistGpt.Coordinator.Training;
 /// (when failures are tolerated), so every step still covers the whole global batch exactly once, and a run with
 /// failures gives the bits of a fault-free one.</summary>
 public sealed class DistributedGradientSource(
-    CoordinatorGrain grain, Gpt model, TextCorpus corpus, TrainSettings settings, RunDescription run, DistributedOptions options,
+    RunMembership grain, Gpt model, TextCorpus corpus, TrainSettings settings, RunDescription run, DistributedOptions options,
     Action<string> log) : IGradientSource, IDisposable
 {
     readonly List<NativeBuffer> shareBuffers = new();
@@ -151,21 +151,21 @@ public sealed class DistributedGradientSource(
     }
 
     /// <summary>A worker to remove from the run (lost, or too many rejected payloads), with the reason.</summary>
-    public Action<IWorkerGrain, string>? OnWorkerDropped { get; init; }
+    public Action<IWorkerProxy, string>? OnWorkerDropped { get; init; }
 
     /// <summary>A worker skipped for a step under the "drop" straggler policy.</summary>
-    public Action<IWorkerGrain, long>? OnStraggler { get; init; }
+    public Action<IWorkerProxy, long>? OnStraggler { get; init; }
 
     readonly Dictionary<string, int> rejections = new();
 
     /// <summary>Counts a rejected payload; true when the worker has used up its allowance and must be dropped.</summary>
-    bool Reject(IWorkerGrain worker)
+    bool Reject(IWorkerProxy worker)
     {
         int n = rejections[worker.Name] = rejections.GetValueOrDefault(worker.Name) + 1;
         return n >= options.MaxRejections;
     }
 
-    async Task<IReadOnlyList<IWorkerGrain>> MembersAsync(CancellationToken cancel)
+    async Task<IReadOnlyList<IWorkerProxy>> MembersAsync(CancellationToken cancel)
     {
         var members = grain.Members();
         if (members.Count > 0) return members;

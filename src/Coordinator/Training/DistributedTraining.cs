@@ -51,7 +51,7 @@ public static class DistributedTraining
         var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
             setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes,
             train.ReplicasPerShare);
-        var grain = new CoordinatorGrain(run, log);
+        var grain = new RunMembership(run, log);
         Telemetry.CoordinatorTelemetry.Watch(grain);
         await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, log, settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory, settings.SharedWeights);
         try
