@@ -26,12 +26,14 @@ public sealed record DataPlaneHello(string WorkerName, string Ticket, bool Share
 
 /// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches, the
 /// element type the worker sends its gradient sums in (the weights always come as float32), and the size of the
-/// buckets a worker streams its sum in during the backward over a socket (0: the whole sum after the backward). The coordinator
-/// grain's answer carries the data-plane Ticket; the data plane's answer to the hello adds the SharedMemory regions.</summary>
+/// buckets a worker streams its sum in during the backward over a socket (0: the whole sum after the backward).
+/// ReplicasPerShare: the graphs every worker cuts a share into, whatever its --threads, so a share's gradient sum has the
+/// same bits whoever computes it (0: the worker's own thread count). The coordinator grain's answer carries the
+/// data-plane Ticket; the data plane's answer to the hello adds the SharedMemory regions.</summary>
 public sealed record JoinAccepted(
     string RunId, int Rank, GptConfig Config, string ConfigHash, string Vocabulary, ulong Seed,
     long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32,
-    SharedMemoryPaths? SharedMemory = null, long GradientBucketBytes = 0, string? Ticket = null);
+    SharedMemoryPaths? SharedMemory = null, long GradientBucketBytes = 0, int ReplicasPerShare = 0, string? Ticket = null);
 
 /// <summary>The two regions a same-host connection moves its payloads through (see Wire.SharedMemoryRegion).
 /// <paramref name="SharedDown"/>: Down is the coordinator's own parameter memory, mapped by every local worker and

@@ -25,12 +25,15 @@ if (Environment.GetEnvironmentVariable("DISTGPT_GEMM") is { Length: > 0 } gemm)
         return ExitCodes.BadInput;
     }
 }
+// An exception on a thread no command awaits would otherwise end the process with a stack trace.
+AppDomain.CurrentDomain.UnhandledException += (_, e) => Environment.Exit(ExitCodes.Report((Exception)e.ExceptionObject));
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)
 {
-    foreach (var e in parse.Errors) Console.Error.WriteLine($"error: {e.Message}");
     var command = parse.CommandResult.Command;
-    Console.Error.WriteLine(command == root ? "see 'distgpt --help'" : $"see 'distgpt {command.Name} --help'");
+    string help = command == root ? "see 'distgpt --help'" : $"see 'distgpt {command.Name} --help'";
+    Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => e.Message))} ({help})");
     return ExitCodes.BadInput;
 }
-return await parse.InvokeAsync();
+try { return await parse.InvokeAsync(); }
+catch (Exception e) { return ExitCodes.Report(e); }

@@ -13,11 +13,11 @@ public sealed class Generator(Gpt model) : IDisposable
     public int[] Generate(int[] prompt, int maxNewTokens, float temperature, int topK, ulong seed)
     {
         if (prompt.Length == 0) throw new ConfigException("--prompt must not be empty");
-        if (temperature <= 0) throw new ConfigException($"--temperature must be positive (got {temperature})");
+        Check.Positive(temperature, "--temperature");
         var rng = new RandomStream(Rng.Key(seed, 0x5a3913));
         var tokens = new List<int>(prompt);
         int v = model.Config.VocabSize, block = model.Config.BlockSize;
-        var probs = new float[v];
+        var scaled = new float[v];
         for (int n = 0; n < maxNewTokens; n++)
         {
             int len = Math.Min(tokens.Count, block);
@@ -28,23 +28,36 @@ public sealed class Generator(Gpt model) : IDisposable
             g.Step.Training = false;
             g.Forward();
             var logits = g.Logits.DataSpan.Slice((len - 1) * v, v);
-            for (int j = 0; j < v; j++) probs[j] = logits[j] / temperature;
+            for (int j = 0; j < v; j++) scaled[j] = logits[j] / temperature;
             if (topK > 0 && topK < v)
             {
-                float kth = probs.OrderDescending().ElementAt(topK - 1);
-                for (int j = 0; j < v; j++) if (probs[j] < kth) probs[j] = float.NegativeInfinity;
+                float kth = scaled.OrderDescending().ElementAt(topK - 1);
+                for (int j = 0; j < v; j++) if (scaled[j] < kth) scaled[j] = float.NegativeInfinity;
             }
-            System.Numerics.Tensors.TensorPrimitives.SoftMax(probs, probs);
-            float u = rng.NextFloat(), acc = 0;
-            int next = v - 1;
-            for (int j = 0; j < v; j++)
-            {
-                acc += probs[j];
-                if (u < acc) { next = j; break; }
-            }
-            tokens.Add(next);
+            tokens.Add(Sample(scaled, rng.NextFloat()));
         }
         return tokens.ToArray();
+    }
+
+    /// <summary>Draws a token from logits already divided by the temperature, with <paramref name="u"/> uniform in [0, 1).
+    /// The largest logit is subtracted before exp, so a low temperature (large logits) cannot overflow to Inf/NaN; and
+    /// a draw past the (rounded) total falls on the last token that has any weight, never on one that has none.</summary>
+    public static int Sample(float[] scaledLogits, float u)
+    {
+        var weights = scaledLogits.AsSpan();
+        float max = System.Numerics.Tensors.TensorPrimitives.Max(weights);
+        System.Numerics.Tensors.TensorPrimitives.Subtract(weights, max, weights);
+        System.Numerics.Tensors.TensorPrimitives.Exp(weights, weights); // in (0, 1], the likeliest token exactly 1
+        float target = u * System.Numerics.Tensors.TensorPrimitives.Sum(weights), acc = 0;
+        int next = -1;
+        for (int j = 0; j < weights.Length; j++)
+        {
+            if (!(weights[j] > 0)) continue;
+            next = j;
+            acc += weights[j];
+            if (target < acc) break;
+        }
+        return next;
     }
 
     public void Dispose()

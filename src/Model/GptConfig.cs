@@ -8,13 +8,22 @@ public sealed record GptConfig(int VocabSize, int BlockSize, int NLayer, int NHe
     /// <summary>Throws <see cref="ConfigException"/> naming the offending field.</summary>
     public void Validate()
     {
-        if (VocabSize < 1) throw new ConfigException($"vocab_size must be positive (got {VocabSize})");
-        if (BlockSize < 1) throw new ConfigException($"--block-size must be positive (got {BlockSize})");
-        if (NLayer < 1) throw new ConfigException($"--n-layer must be positive (got {NLayer})");
-        if (NHead < 1) throw new ConfigException($"--n-head must be positive (got {NHead})");
-        if (NEmbd < 1) throw new ConfigException($"--n-embd must be positive (got {NEmbd})");
+        Check.InRange(VocabSize, 1, ushort.MaxValue, "vocab_size");
+        Check.InRange(BlockSize, 1, 1 << 20, "--block-size");
+        Check.InRange(NLayer, 1, 1 << 12, "--n-layer");
+        Check.InRange(NHead, 1, 1 << 12, "--n-head");
+        Check.InRange(NEmbd, 1, 1 << 20, "--n-embd");
         if (NEmbd % NHead != 0) throw new ConfigException($"--n-embd ({NEmbd}) must be divisible by --n-head ({NHead})");
-        if (Dropout < 0 || Dropout >= 1) throw new ConfigException($"--dropout must be in [0, 1) (got {Dropout})");
+        Check.InRange(Dropout, 0, 1, "--dropout", maxExclusive: true);
+    }
+
+    /// <summary>Weights in the model (wte, wpe, the blocks, ln_f; lm_head shares wte), in long arithmetic so an absurd
+    /// shape gives a large number rather than an overflow.</summary>
+    public long ParameterCount()
+    {
+        long c = NEmbd;
+        long layer = 12 * c * c + 2 * c + (Bias ? 11 * c : 0);
+        return (VocabSize + (long)BlockSize) * c + NLayer * layer + (Bias ? 2 * c : c);
     }
 
     /// <summary>A short stable hash of everything that shapes the parameters, used to refuse mismatched peers.</summary>

@@ -18,7 +18,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     string? modelHash;
     bool modelInRegions;
     TextCorpus? corpus;
-    readonly Dictionary<int, GradientWorker> workers = new();
+    readonly Dictionary<(int Sequences, int Replicas), GradientWorker> workers = new();
     readonly TestFaults? faults = TestFaults.FromEnvironment();
     volatile bool heartbeating = true;
 
@@ -171,12 +171,12 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         corpus = accepted.SendsWindows ? null : TextCorpus.Load(options.DataPath!, CharTokenizer.FromCharacters(accepted.Vocabulary));
     }
 
-    GradientWorker WorkerFor(int sequences, ulong seed)
+    GradientWorker WorkerFor(int sequences, ulong seed, int replicas)
     {
-        if (workers.TryGetValue(sequences, out var w)) return w;
+        if (workers.TryGetValue((sequences, replicas), out var w)) return w;
         foreach (var old in workers.Values) old.Dispose();
         workers.Clear();
-        return workers[sequences] = new GradientWorker(model!, corpus?.Train ?? [], seed, sequences);
+        return workers[(sequences, replicas)] = new GradientWorker(model!, corpus?.Train ?? [], seed, sequences, replicas > 0 ? replicas : null);
     }
 
     /// <summary>Serves compute requests; true when the coordinator ended the run, false when the connection dropped.</summary>
@@ -297,7 +297,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
 
         if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
         if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
-        var worker = WorkerFor(request.Sequences, run.Seed);
+        var worker = WorkerFor(request.Sequences, run.Seed, run.ReplicasPerShare);
         // Over a socket, the sum goes out in buckets as the backward finishes them; through shared memory there is no
         // transfer to overlap (the coordinator reads the region once the reply says it is complete).
         var uploader = run.GradientBucketBytes > 0 && !channel.HasSharedMemory

@@ -49,7 +49,8 @@ public static class BenchCommand
         command.SetAction((r, _) => ExitCodes.Guard(() =>
         {
             var preset = Find(r.GetValue(config)!);
-            if (r.GetValue(steps) < 1) throw new ConfigException($"--steps must be positive (got {r.GetValue(steps)})");
+            Check.InRange(r.GetValue(steps), 1, 1 << 20, "--steps");
+            Check.InRange(r.GetValue(warmup), 0, 1 << 20, "--warmup");
             Compute.Threads = ThreadsOption.Read(r, threads);
             var corpus = TextCorpus.Load(DataLocator.Resolve(r.GetValue(data)));
             var result = Run(preset, corpus, r.GetValue(steps), r.GetValue(warmup));

@@ -35,23 +35,29 @@ public sealed class ClusterOptions
     public long BucketBytes(ParseResult r)
     {
         double mb = r.GetValue(BucketCapMB);
-        return mb is >= 0 and <= 1 << 20 ? (long)(mb * (1 << 20)) : throw new ConfigException($"--bucket-cap-mb must be between 0 and 1048576 (got {mb})");
+        Check.InRange(mb, 0, 1 << 20, "--bucket-cap-mb");
+        return (long)(mb * (1 << 20));
     }
 
     public Contracts.WireDType GradientDType(ParseResult r) =>
         Contracts.WireDTypes.Parse(r.GetValue(WireDType)) ?? throw new ConfigException($"--wire-dtype must be fp32 or bf16 (got '{r.GetValue(WireDType)}')");
 
-    public TimeSpan? Straggler(ParseResult r) => r.GetValue(StragglerPolicy) switch
+    public TimeSpan? Straggler(ParseResult r)
     {
-        "wait" => null,
-        "drop" => Seconds(r, StragglerTimeout),
-        var other => throw new ConfigException($"--straggler-policy must be wait or drop (got '{other}')"),
-    };
+        var patience = Seconds(r, StragglerTimeout); // checked under either policy: a bad value is a mistake either way
+        return r.GetValue(StragglerPolicy) switch
+        {
+            "wait" => null,
+            "drop" => patience,
+            var other => throw new ConfigException($"--straggler-policy must be wait or drop (got '{other}')"),
+        };
+    }
 
     public int Rejections(ParseResult r)
     {
         int n = r.GetValue(MaxRejections);
-        return n >= 1 ? n : throw new ConfigException($"--max-rejections must be positive (got {n})");
+        Check.InRange(n, 1, 1 << 20, "--max-rejections");
+        return n;
     }
 
     public string? Token(ParseResult r)
@@ -61,10 +67,13 @@ public sealed class ClusterOptions
         return string.IsNullOrEmpty(token) ? null : token;
     }
 
-    public TimeSpan Seconds(ParseResult r, Option<double> option)
+    /// <summary>Every duration flag of the cluster commands goes through here: positive, finite, at most a year.</summary>
+    public static TimeSpan Seconds(double s, string flag)
     {
-        double s = r.GetValue(option);
-        if (!(s > 0)) throw new ConfigException($"{option.Name} must be positive (got {s})");
+        Check.InRange(s, 0, 365 * 86400, flag);
+        if (s == 0) throw new ConfigException($"{flag} must be positive (got 0)");
         return TimeSpan.FromSeconds(s);
     }
+
+    public TimeSpan Seconds(ParseResult r, Option<double> option) => Seconds(r.GetValue(option), option.Name);
 }

@@ -19,14 +19,20 @@ public static class CoordinatorCommand
         var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others and go on (false: stop the run)", DefaultValueFactory = _ => true };
         var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate: serve TLS" };
         var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
-        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey };
+        var replicas = new Option<int>("--replicas-per-share")
+        {
+            Description = "graphs every worker cuts its share of a step into, whatever its --threads, so a share's gradient sum has the same bits on any worker (default: this host's cores; best set to the workers' --threads)",
+            DefaultValueFactory = _ => Environment.ProcessorCount,
+        };
+        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey, replicas };
         train.AddTo(command);
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = train.ReadThreads(r);
-            if (r.GetValue(minWorkers) < 1) throw new ConfigException($"--min-workers must be positive (got {r.GetValue(minWorkers)})");
+            Check.InRange(r.GetValue(minWorkers), 1, 1 << 16, "--min-workers");
+            Check.InRange(r.GetValue(replicas), 1, ThreadsOption.Max, "--replicas-per-share");
             var dataPlane = ParseUri(r.GetValue(listen)!, "--listen");
             var settings = new CoordinatorSettings
             {
@@ -35,6 +41,7 @@ public static class CoordinatorCommand
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
+                ReplicasPerShare = r.GetValue(replicas),
             };
             using var setup = RunSetup.Create(train, r);
             PrintModel(setup);

@@ -31,5 +31,7 @@ public static class DataLocator
     }
 
     static string Existing(string path, string source) =>
-        File.Exists(path) ? path : throw new DataException($"data file '{path}' (from {source}) does not exist");
+        File.Exists(path) ? path : throw new DataException(Directory.Exists(path)
+            ? $"data file '{path}' (from {source}) is a directory, not a file"
+            : $"data file '{path}' (from {source}) does not exist");
 }

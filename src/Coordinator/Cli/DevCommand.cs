@@ -30,9 +30,10 @@ public static class DevCommand
         {
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null); // children inherit OTEL_*
             int n = r.GetValue(workers);
-            if (n < 1) throw new ConfigException($"--workers must be positive (got {n})");
+            Check.InRange(n, 1, 256, "--workers");
             int perWorker = r.GetResult(workerThreads) is { Implicit: false } ? r.GetValue(workerThreads) : Math.Max(1, Environment.ProcessorCount / n);
-            if (perWorker < 1) throw new ConfigException($"--worker-threads must be positive (got {perWorker})");
+            Check.InRange(perWorker, 1, ThreadsOption.Max, "--worker-threads");
+            Check.InRange(r.GetValue(maxRestarts), 0, 1 << 20, "--max-restarts");
             Compute.Threads = train.ReadThreads(r);
             bool restarting = r.GetValue(restart);
             string mode = r.GetValue(transport)!;
@@ -43,9 +44,10 @@ public static class DevCommand
             {
                 Listen = new Uri($"http://127.0.0.1:{dataPort}"), SiloPort = Fabric.FabricHosting.SiloPortOf(dataPort), GatewayPort = Fabric.FabricHosting.GatewayPortOf(dataPort),
                 MinWorkers = n, ClusterToken = token,
-                HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, r.GetValue(cluster.JoinTimeout))),
+                HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, cluster.Seconds(r, cluster.JoinTimeout).TotalSeconds)),
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), OfferSharedMemory = mode == "shm",
+                ReplicasPerShare = perWorker,
             };
             using var weights = new Hosting.SharedWeights(); // outlives the model (disposed after it)
             using var setup = RunSetup.Create(train, r, settings.OfferSharedMemory ? weights.Allocate : null);

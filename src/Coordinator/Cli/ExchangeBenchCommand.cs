@@ -23,8 +23,12 @@ public static class ExchangeBenchCommand
         var rounds = new Option<int>("--rounds") { Description = "timed round trips per transport", DefaultValueFactory = _ => 10 };
         var dtype = new ClusterOptions().WireDType;
         var command = new Command("bench-exchange", "Time a weights-down + gradients-up exchange with a worker process, next to raw TCP.") { config, rounds, dtype };
-        command.SetAction((r, _) => ExitCodes.GuardAsync(() => RunAsync(BenchCommand.Find(r.GetValue(config)!), r.GetValue(rounds),
-            WireDTypes.Parse(r.GetValue(dtype)) ?? throw new ConfigException($"--wire-dtype must be fp32 or bf16 (got '{r.GetValue(dtype)}')"))));
+        command.SetAction((r, _) => ExitCodes.GuardAsync(() =>
+        {
+            Check.InRange(r.GetValue(rounds), 1, 1 << 16, "--rounds");
+            return RunAsync(BenchCommand.Find(r.GetValue(config)!), r.GetValue(rounds),
+                WireDTypes.Parse(r.GetValue(dtype)) ?? throw new ConfigException($"--wire-dtype must be fp32 or bf16 (got '{r.GetValue(dtype)}')"));
+        }));
         return command;
     }
 

@@ -16,22 +16,31 @@ public sealed class RunSetup : IDisposable
     public required long StartStep { get; init; }
     public required string RunId { get; init; }
     public required string OutDir { get; init; }
+    /// <summary>Held (locked) until the run is disposed.</summary>
+    public required OutputDirectory Output { get; init; }
 
     /// <param name="parameterMemory">where the model's weights live (dev mode: <see cref="Hosting.SharedWeights"/>); default their own buffer</param>
     public static RunSetup Create(TrainOptions options, ParseResult r, Func<long, Model.Engine.NativeBuffer>? parameterMemory = null)
     {
-        string outDir = r.GetValue(options.Out)!;
-        bool resume = r.GetValue(options.Resume);
-        LoadedCheckpoint? ckpt = null;
-        if (resume)
+        var output = OutputDirectory.Claim(r.GetValue(options.Out)!, r.GetValue(options.Resume), r.GetValue(options.Overwrite));
+        try { return Create(options, r, output, parameterMemory); }
+        catch
         {
-            if (!Checkpoint.Exists(outDir)) throw new CheckpointException($"--resume: no checkpoint in '{outDir}' (expected {Checkpoint.PathIn(outDir)})");
-            ckpt = Checkpoint.Open(outDir);
+            output.Dispose();
+            throw;
         }
+    }
+
+    static RunSetup Create(TrainOptions options, ParseResult r, OutputDirectory output, Func<long, Model.Engine.NativeBuffer>? parameterMemory)
+    {
+        string outDir = output.Path;
+        var ckpt = r.GetValue(options.Resume) ? Checkpoint.Open(outDir) : null;
         var (modelConfig, settings) = options.Read(r, ckpt?.State.Config, ckpt?.State.Settings);
         string dataPath = DataLocator.Resolve(r.GetValue(options.Data));
         var corpus = TextCorpus.Load(dataPath, ckpt == null ? null : CharTokenizer.FromCharacters(ckpt.State.Vocabulary));
         modelConfig = modelConfig with { VocabSize = corpus.Tokenizer.VocabSize };
+        MemoryEstimate.ForTraining(modelConfig, settings.BatchSize, Compute.Threads)
+            .RequireAtMost(MemoryEstimate.AvailableBytes(), settings.BatchSize, modelConfig.BlockSize);
         corpus.RequireBlock(modelConfig.BlockSize);
         if (ckpt != null && ckpt.State.Step >= settings.MaxIters)
             throw new ConfigException($"--resume: the checkpoint in '{outDir}' is at step {ckpt.State.Step}; pass a --max-iters above it to train further");
@@ -44,10 +53,9 @@ public sealed class RunSetup : IDisposable
             ckpt.LoadOptimizer(model, optimizer);
         }
         else model.Initialize(settings.Seed);
-        Directory.CreateDirectory(outDir);
         return new RunSetup
         {
-            Corpus = corpus, Model = model, Optimizer = optimizer, Settings = settings, OutDir = outDir,
+            Corpus = corpus, Model = model, Optimizer = optimizer, Settings = settings, OutDir = outDir, Output = output,
             StartStep = ckpt?.State.Step ?? 0, RunId = ckpt?.State.RunId ?? Guid.NewGuid().ToString("n")[..12],
         };
     }
@@ -56,5 +64,6 @@ public sealed class RunSetup : IDisposable
     {
         Optimizer.Dispose();
         Model.Dispose();
+        Output.Dispose();
     }
 }

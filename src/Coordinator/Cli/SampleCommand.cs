@@ -20,8 +20,10 @@ public static class SampleCommand
         var command = new Command("sample", "Generate text from a checkpoint.") { checkpoint, prompt, maxNew, temperature, topK, seed, threads };
         command.SetAction((r, _) => ExitCodes.Guard(() =>
         {
-            if (r.GetValue(maxNew) < 0) throw new ConfigException($"--max-new-tokens must be >= 0 (got {r.GetValue(maxNew)})");
-            if (r.GetValue(topK) < 0) throw new ConfigException($"--top-k must be >= 0 (got {r.GetValue(topK)})");
+            // Every numeric flag of sample, checked here before anything is loaded.
+            Check.InRange(r.GetValue(maxNew), 0, 1 << 24, "--max-new-tokens");
+            Check.InRange(r.GetValue(topK), 0, 1 << 20, "--top-k");
+            Check.Positive(r.GetValue(temperature), "--temperature");
             Compute.Threads = ThreadsOption.Read(r, threads);
             var ckpt = Checkpoint.Open(r.GetValue(checkpoint)!);
             using var model = new Gpt(ckpt.State.Config with { Dropout = 0 });

@@ -14,6 +14,8 @@ public static class ThreadsOption
 
     public static int Read(ParseResult r, Option<int> option) => Check(r.GetValue(option));
 
+    public const int Max = 1024;
+
     public static int Check(int threads) =>
-        threads >= 1 ? threads : throw new ConfigException($"--threads must be positive (got {threads})");
+        threads is >= 1 and <= Max ? threads : throw new ConfigException($"--threads must be between 1 and {Max} (got {threads})");
 }

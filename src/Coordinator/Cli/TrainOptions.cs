@@ -34,11 +34,12 @@ public sealed class TrainOptions
     public readonly Option<string> Data = new("--data") { Description = $"corpus file (else ${DataLocator.EnvVar}, else {DataLocator.LocalPath}, else download)" };
     public readonly Option<string> Out = new("--out") { Description = "output directory for metrics.jsonl and checkpoints", DefaultValueFactory = _ => "out" };
     public readonly Option<bool> Resume = new("--resume") { Description = "continue from the checkpoint in --out" };
+    public readonly Option<bool> Overwrite = new("--overwrite") { Description = "start afresh in an --out that holds a checkpoint, replacing it" };
     public readonly Option<string> ConfigFile = new("--config") { Description = "JSON file of settings with nanoGPT's names (n_layer, learning_rate, …)" };
 
     public IEnumerable<Option> All => [BatchSize, BlockSize, NLayer, NHead, NEmbd, Dropout, Bias, LearningRate, MinLr, WarmupIters,
         LrDecayIters, DecayLr, MaxIters, EvalInterval, EvalIters, WeightDecay, Beta1, Beta2, GradClip, Seed, CheckpointInterval,
-        Threads, Data, Out, Resume, ConfigFile];
+        Threads, Data, Out, Resume, Overwrite, ConfigFile];
 
     public void AddTo(Command command)
     {
@@ -55,8 +56,11 @@ public sealed class TrainOptions
             string key = o.Name.TrimStart('-').Replace('-', '_');
             if (file.TryGetValue(key, out var v))
             {
-                try { return v.Deserialize<T>()!; }
-                catch (JsonException) { throw new ConfigException($"--config: '{key}' must be a {typeof(T).Name} (got {v})"); }
+                try { return v.Deserialize<T>() ?? throw new JsonException("null"); }
+                catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException or OverflowException)
+                {
+                    throw new ConfigException($"--config: '{key}' must be a {typeof(T).Name} (got {v})");
+                }
             }
             return fallback;
         }
@@ -72,6 +76,8 @@ public sealed class TrainOptions
             EvalIters = Get(EvalIters, defaults.EvalIters), WeightDecay = Get(WeightDecay, defaults.WeightDecay),
             Beta1 = Get(Beta1, defaults.Beta1), Beta2 = Get(Beta2, defaults.Beta2), GradClip = Get(GradClip, defaults.GradClip),
             Seed = Get(Seed, defaults.Seed), CheckpointInterval = Get(CheckpointInterval, defaults.CheckpointInterval),
+            // Not flags: fixed by the run's first coordinator, carried by its checkpoints.
+            Shares = defaults.Shares, ReplicasPerShare = defaults.ReplicasPerShare,
         };
         var known = All.Select(o => o.Name.TrimStart('-').Replace('-', '_')).ToHashSet();
         foreach (var key in file.Keys)
@@ -91,8 +97,10 @@ public sealed class TrainOptions
     static Dictionary<string, JsonElement> LoadConfigFile(string? path)
     {
         if (string.IsNullOrEmpty(path)) return new();
-        if (!File.Exists(path)) throw new ConfigException($"--config file '{path}' does not exist");
+        if (!File.Exists(path))
+            throw new ConfigException($"--config file '{path}' {(Directory.Exists(path) ? "is a directory, not a file" : "does not exist")}");
         try { return JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(File.ReadAllText(path)) ?? new(); }
-        catch (JsonException e) { throw new ConfigException($"--config file '{path}' is not valid JSON: {e.Message}"); }
+        catch (JsonException e) { throw new ConfigException($"--config file '{path}' is not a JSON object of settings: {e.Message}"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ConfigException($"--config file '{path}' cannot be read: {e.Message}"); }
     }
 }

@@ -25,10 +25,11 @@ public static class WorkerCommand
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             int computeThreads = ThreadsOption.Read(r, threads);
-            if (!(r.GetValue(connectTimeout) > 0)) throw new ConfigException($"--connect-timeout must be positive (got {r.GetValue(connectTimeout)})");
+            var connectWait = ClusterOptions.Seconds(r.GetValue(connectTimeout), "--connect-timeout");
             string? dataPath = r.GetValue(data);
             if (string.IsNullOrEmpty(dataPath)) dataPath = Environment.GetEnvironmentVariable(DataLocator.EnvVar);
-            if (!string.IsNullOrEmpty(dataPath) && !File.Exists(dataPath)) throw new Model.Data.DataException($"data file '{dataPath}' does not exist");
+            if (!string.IsNullOrEmpty(dataPath) && !File.Exists(dataPath))
+                throw new Model.Data.DataException($"data file '{dataPath}' {(Directory.Exists(dataPath) ? "is a directory, not a file" : "does not exist")}");
             string? secret = r.GetValue(token);
             if (string.IsNullOrEmpty(secret)) secret = Environment.GetEnvironmentVariable(ClusterOptions.TokenEnvVar);
             var address = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator");
@@ -41,7 +42,7 @@ public static class WorkerCommand
                 Advertise = CoordinatorCommand.Address(r.GetValue(advertise), "--advertise"),
                 Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
-                ConnectTimeout = TimeSpan.FromSeconds(r.GetValue(connectTimeout)), ExpectConfigHash = r.GetValue(expectConfig),
+                ConnectTimeout = connectWait, ExpectConfigHash = r.GetValue(expectConfig),
                 TlsCaPath = r.GetValue(tlsCa), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),
             };
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.WorkerService, options.Name);

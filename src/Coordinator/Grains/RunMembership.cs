@@ -50,7 +50,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
             while (members.ContainsKey(rank) || reserved.Values.Any(r => r.Accepted.Rank == rank)) rank++;
             var accepted = new JoinAccepted(run.RunId, rank, run.Config, run.ConfigHash, run.Vocabulary, run.Seed,
                 run.ParameterCount, SendsWindows: request.DataSha256 == null, run.HeartbeatTimeout.TotalSeconds, run.GradientDType,
-                GradientBucketBytes: run.GradientBucketBytes, Ticket: Convert.ToHexString(RandomNumberGenerator.GetBytes(32)));
+                GradientBucketBytes: run.GradientBucketBytes, ReplicasPerShare: run.ReplicasPerShare, Ticket: Convert.ToHexString(RandomNumberGenerator.GetBytes(32)));
             reserved[request.WorkerName] = new Reservation(accepted, request, DateTime.UtcNow + TicketLifetime);
             return new JoinDecision(accepted, null);
         }

@@ -10,11 +10,13 @@ using DistGpt.Model.Training;
 
 namespace DistGpt.Coordinator.Training;
 
-/// <summary>Gets a step's gradient sum from the worker silos. The global batch of B sequences is cut into one share per
-/// active worker (contiguous sequence ranges, sizes differing by at most one); each share's gradient sum lands in its own
-/// buffer and the shares are added in share order, so the result does not depend on arrival order. A share whose worker
-/// is lost or sends invalid gradients is recomputed by a surviving worker (when failures are tolerated), so every step
-/// still covers the whole global batch exactly once.</summary>
+/// <summary>Gets a step's gradient sum from the worker silos. The global batch of B sequences is cut into N0 shares,
+/// N0 the starting world size (<see cref="DistributedOptions.Shares"/>), fixed for the whole run: share r is sequences
+/// [r*B/N0, (r+1)*B/N0), whoever computes it. Each share's gradient sum lands in its own buffer and the shares are added
+/// in share order, so the result depends neither on arrival order nor on how many workers are left: a worker may compute
+/// several shares in a step. A share whose worker is lost or sends invalid gradients is recomputed by a surviving worker
+/// (when failures are tolerated), so every step still covers the whole global batch exactly once, and a run with
+/// failures gives the bits of a fault-free one.</summary>
 public sealed class DistributedGradientSource(
     RunMembership grain, Gpt model, TextCorpus corpus, TrainSettings settings, RunDescription run, DistributedOptions options,
     Action<string> log) : IGradientSource, IDisposable
@@ -28,7 +30,7 @@ public sealed class DistributedGradientSource(
     async Task<StepGradients> ComputeAsync(long step, CancellationToken cancel)
     {
         var members = await MembersAsync(cancel);
-        var shares = Split(settings.BatchSize, members.Count);
+        var shares = Split(settings.BatchSize, options.Shares);
         while (shareBuffers.Count < shares.Count) shareBuffers.Add(new NativeBuffer(model.Parameters.Count));
         var replies = new GradientsReply?[shares.Count];
         var weights = model.Parameters.Values;
@@ -176,19 +178,15 @@ public sealed class DistributedGradientSource(
     ReadOnlyMemory<byte> Windows(long step, Share share) =>
         MemoryMarshal.AsBytes(BatchSampler.Windows(corpus.Train, settings.Seed, step, share.First, share.Count, model.Config.BlockSize).AsSpan()).ToArray();
 
-    /// <summary>B sequences over n workers: contiguous ranges, the first B mod n one longer.</summary>
-    static List<Share> Split(int batch, int workers)
+    /// <summary>B sequences in n shares: share r is [r*B/n, (r+1)*B/n).</summary>
+    static List<Share> Split(int batch, int shares)
     {
-        int n = Math.Min(workers, batch);
-        var shares = new List<Share>(n);
-        long first = 0;
-        for (int i = 0; i < n; i++)
+        int n = Math.Clamp(shares, 1, batch);
+        return Enumerable.Range(0, n).Select(r =>
         {
-            int count = batch / n + (i < batch % n ? 1 : 0);
-            shares.Add(new Share(i, first, count));
-            first += count;
-        }
-        return shares;
+            long first = (long)r * batch / n, end = (long)(r + 1) * batch / n;
+            return new Share(r, first, (int)(end - first));
+        }).ToList();
     }
 
     public void Dispose()
@@ -199,6 +197,9 @@ public sealed class DistributedGradientSource(
 
 public sealed record DistributedOptions
 {
+    /// <summary>The shares the global batch is cut into every step: the starting world size (--min-workers; dev mode's
+    /// --workers; a resumed run's checkpoint), kept when workers are lost or join, so the gradient sum keeps its bits.</summary>
+    public required int Shares { get; init; }
     /// <summary>Recompute a lost worker's share on the survivors instead of stopping the run.</summary>
     public bool TolerateFailures { get; init; }
     public TimeSpan RejoinTimeout { get; init; } = TimeSpan.FromSeconds(60);

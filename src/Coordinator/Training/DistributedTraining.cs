@@ -27,6 +27,9 @@ public sealed record CoordinatorSettings
     public WireDType GradientDType { get; init; } = WireDType.Fp32;
     /// <summary>Bucket size for streaming gradient sums during the backward (--bucket-cap-mb); 0 sends them whole after it.</summary>
     public long GradientBucketBytes { get; init; } = ClusterOptions.DefaultBucketBytes;
+    /// <summary>Graphs every worker cuts a share into (--replicas-per-share; dev: --worker-threads), whatever its own
+    /// --threads: a share's gradient sum then has the same bits whoever computes it. A resumed run keeps its checkpoint's.</summary>
+    public int ReplicasPerShare { get; init; }
     public string? TlsCert { get; init; }
     public string? TlsKey { get; init; }
     /// <summary>Offer /dev/shm payload regions to workers that run on this host (dev mode's children).</summary>
@@ -42,13 +45,18 @@ public static class DistributedTraining
     public static async Task<int> RunAsync(RunSetup setup, CoordinatorSettings settings, ProgressView view,
         Func<Uri, Task>? onListening, CancellationToken cancel)
     {
-        var train = setup.Settings;
-        if (train.BatchSize % settings.MinWorkers != 0)
-            throw new ConfigException($"--batch-size {train.BatchSize} does not divide among {settings.MinWorkers} workers; use a multiple of {settings.MinWorkers}");
+        // How the batch is cut is fixed by the run's first coordinator, for good: a resumed run keeps its checkpoint's.
+        var train = setup.Settings.Shares > 0 ? setup.Settings
+            : setup.Settings with { Shares = settings.MinWorkers, ReplicasPerShare = settings.ReplicasPerShare };
+        if (train.BatchSize % train.Shares != 0)
+            throw new ConfigException(train.Shares == settings.MinWorkers
+                ? $"--batch-size {train.BatchSize} does not divide among {settings.MinWorkers} workers; use a multiple of {settings.MinWorkers}"
+                : $"--batch-size {train.BatchSize} does not divide into the {train.Shares} shares this run started with; use a multiple of {train.Shares}");
         Action<string> log = msg => Telemetry.TraceLog.Write("coordinator", msg);
         var model = setup.Model;
         var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
-            setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes);
+            setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes,
+            train.ReplicasPerShare);
         var grain = new RunMembership(run, log);
         var progress = new RunProgress(run.RunId, train.MaxIters);
         Telemetry.CoordinatorTelemetry.Watch(grain);
@@ -65,7 +73,7 @@ public static class DistributedTraining
             using var source = new DistributedGradientSource(grain, model, setup.Corpus, train, run,
                 new DistributedOptions
                 {
-                    TolerateFailures = settings.TolerateFailures, StragglerTimeout = settings.StragglerTimeout, MaxRejections = settings.MaxRejections,
+                    Shares = train.Shares, TolerateFailures = settings.TolerateFailures, StragglerTimeout = settings.StragglerTimeout, MaxRejections = settings.MaxRejections,
                 }, log)
             {
                 OnWorkerDropped = (worker, reason) =>

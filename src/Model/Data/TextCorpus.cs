@@ -18,9 +18,27 @@ public sealed class TextCorpus
     /// <summary>Loads and checks the file; a problem a user can fix throws <see cref="DataException"/> naming the file.</summary>
     public static TextCorpus Load(string path, CharTokenizer? tokenizer = null)
     {
+        if (Directory.Exists(path)) throw new DataException($"data file '{path}' is a directory, not a file");
         if (!File.Exists(path)) throw new DataException($"data file '{path}' does not exist");
-        byte[] bytes = File.ReadAllBytes(path);
-        if (bytes.Length == 0) throw new DataException($"data file '{path}' is empty");
+        byte[] bytes;
+        try
+        {
+            // The length first: a device or /proc file reports 0 and could stream forever (/dev/zero).
+            long length = new FileInfo(path).Length;
+            if (length == 0) throw new DataException($"data file '{path}' is empty (or not a regular file)");
+            if (length > 1L << 30) throw new DataException($"data file '{path}' is {length:N0} bytes; at most 1 GiB is supported");
+            bytes = new byte[length];
+            using var f = File.OpenRead(path);
+            f.ReadExactly(bytes);
+        }
+        catch (FileNotFoundException)
+        {
+            throw new DataException($"data file '{path}' does not exist (a link to nowhere?)");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new DataException($"data file '{path}' cannot be read ({e.Message.TrimEnd('.')})");
+        }
         string text;
         try { text = new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(bytes); }
         catch (DecoderFallbackException e) { throw new DataException($"data file '{path}' is not valid UTF-8 (bad byte at index {e.Index})"); }

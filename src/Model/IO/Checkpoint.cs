@@ -5,10 +5,43 @@ using DistGpt.Model.Training;
 
 namespace DistGpt.Model.IO;
 
-/// <summary>What checkpoint.json records beside the two safetensors files.</summary>
+/// <summary>What checkpoint.json records beside the two safetensors files. <see cref="StateSha256"/> is the SHA-256 of
+/// the rest (<see cref="Digest"/>), so an edit of the file itself is caught as a corrupted tensor file is.</summary>
 public sealed record CheckpointState(
     int Format, string RunId, long Step, GptConfig Config, string Vocabulary, TrainSettings Settings,
-    long OptimizerSteps, string DataSha256, IReadOnlyDictionary<string, string> FileSha256);
+    long OptimizerSteps, string DataSha256, IReadOnlyDictionary<string, string> FileSha256, string? StateSha256 = null)
+{
+    /// <summary>SHA-256 of the canonical JSON of every field but <see cref="StateSha256"/> (our serializer's compact form,
+    /// fields in declaration order), so whitespace does not matter but any value does.</summary>
+    public string Digest() =>
+        Convert.ToHexString(SHA256.HashData(JsonSerializer.SerializeToUtf8Bytes(this with { StateSha256 = null }, Json.Options))).ToLowerInvariant();
+
+    /// <summary>Every field in range and consistent with the others; throws <see cref="CheckpointException"/> naming
+    /// <paramref name="path"/> and the field.</summary>
+    public void Validate(string path)
+    {
+        void Require(bool ok, string problem)
+        {
+            if (!ok) throw new CheckpointException($"'{path}' is invalid: {problem}");
+        }
+        Require(RunId.Length > 0, "run_id is empty");
+        try
+        {
+            Config.Validate();
+            Settings.Validate();
+        }
+        catch (ConfigException e) { Require(false, e.Message); }
+        Require(Step >= 1 && Step <= Settings.MaxIters, $"step {Step} is not in [1, max_iters {Settings.MaxIters}]");
+        Require(OptimizerSteps >= 0 && OptimizerSteps <= Step, $"optimizer_steps {OptimizerSteps} is not in [0, step {Step}]");
+        var vocabulary = CharTokenizer.FromCharacters(Vocabulary);
+        Require(vocabulary.Characters == Vocabulary && vocabulary.VocabSize == Config.VocabSize,
+            $"the vocabulary is not {Config.VocabSize} distinct characters in order");
+        Require(IsSha256(DataSha256), "data_sha256 is not a SHA-256");
+        Require(FileSha256.Count == 2 && FileSha256.Values.All(IsSha256), "file_sha256 must hold the SHA-256 of the two tensor files");
+    }
+
+    static bool IsSha256(string? s) => s is { Length: 64 } && s.All(char.IsAsciiHexDigitLower);
+}
 
 /// <summary>A checkpoint directory: model.safetensors (nanoGPT state_dict names, loadable by PyTorch),
 /// optimizer.safetensors (AdamW moments) and checkpoint.json (config, vocabulary, step, sampler seed, checksums).
@@ -17,7 +50,8 @@ public static class Checkpoint
 {
     public const string DirectoryName = "ckpt";
     const string ModelFile = "model.safetensors", OptimizerFile = "optimizer.safetensors", StateFile = "checkpoint.json";
-    const int Format = 1;
+    /// <summary>2: checkpoint.json carries its own digest. Format 1 files cannot be verified and are refused.</summary>
+    const int Format = 2;
 
     public static string PathIn(string outDir) => System.IO.Path.Combine(outDir, DirectoryName);
 
@@ -38,40 +72,68 @@ public static class Checkpoint
         catch (CheckpointException) { return false; }
     }
 
-    public static unsafe void Save(string outDir, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
+    /// <summary>Removes the checkpoint of <paramref name="outDir"/> and any leftovers of an interrupted save.</summary>
+    public static void Delete(string outDir)
+    {
+        string final = PathIn(outDir);
+        foreach (string dir in new[] { final + ".tmp", final + ".old", final })
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+    }
+
+    public static void Save(string outDir, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
         long step, string runId, string dataSha256)
     {
-        Directory.CreateDirectory(outDir);
         string final = PathIn(outDir), tmp = final + ".tmp", old = final + ".old";
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
+        string writing = tmp;
+        try
+        {
+            Directory.CreateDirectory(outDir);
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+            Directory.CreateDirectory(tmp);
+            WriteFiles(tmp, model, optimizer, tokenizer, settings, step, runId, dataSha256, path => writing = path);
+            // The swap: until the first rename the old checkpoint is whole in `final`; between the two, in `old`
+            // (which Resolve falls back to); after the second the new one is.
+            writing = final;
+            if (Directory.Exists(old)) Directory.Delete(old, true);
+            if (Directory.Exists(final)) Directory.Move(final, old);
+            Directory.Move(tmp, final);
+            if (Directory.Exists(old)) Directory.Delete(old, true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            try { if (Directory.Exists(tmp)) Directory.Delete(tmp, true); }
+            catch (Exception) { } // the error below names the problem; a leftover tmp is removed by the next save
+            throw OutputWriteException.Writing(writing, e);
+        }
+    }
+
+    static unsafe void WriteFiles(string tmp, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
+        long step, string runId, string dataSha256, Action<string> writing)
+    {
         var p = model.Parameters;
 
         var weights = p.Slots.Select(s => (s.Name, s.Shape, (ReadOnlyMemory<float>)p.ValuesOf(s).ToArray())).ToList();
         var wte = p.Slot("transformer.wte.weight");
         weights.Add(("lm_head.weight", wte.Shape, p.ValuesOf(wte).ToArray())); // tied: stored twice so load_state_dict(strict=True) works
         var meta = new Dictionary<string, string> { ["format"] = "pt", ["step"] = step.ToString() };
-        string modelSha = WriteDurably(System.IO.Path.Combine(tmp, ModelFile), s => SafeTensors.Write(s, weights, meta));
+        string modelSha = WriteDurably(System.IO.Path.Combine(tmp, ModelFile), s => SafeTensors.Write(s, weights, meta), writing);
 
         var moments = new List<(string, int[], ReadOnlyMemory<float>)>();
         foreach (var s in p.Slots)
             moments.Add(("exp_avg." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvg.Pointer + s.Offset, (int)s.Length).ToArray()));
         foreach (var s in p.Slots)
             moments.Add(("exp_avg_sq." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvgSq.Pointer + s.Offset, (int)s.Length).ToArray()));
-        string optSha = WriteDurably(System.IO.Path.Combine(tmp, OptimizerFile), s => SafeTensors.Write(s, moments));
+        string optSha = WriteDurably(System.IO.Path.Combine(tmp, OptimizerFile), s => SafeTensors.Write(s, moments), writing);
 
         var state = new CheckpointState(Format, runId, step, model.Config, tokenizer.Characters, settings, optimizer.StepCount, dataSha256,
             new Dictionary<string, string> { [ModelFile] = modelSha, [OptimizerFile] = optSha });
-        WriteDurably(System.IO.Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json.Indented));
-
-        if (Directory.Exists(old)) Directory.Delete(old, true);
-        if (Directory.Exists(final)) Directory.Move(final, old);
-        Directory.Move(tmp, final);
-        if (Directory.Exists(old)) Directory.Delete(old, true);
+        state = state with { StateSha256 = state.Digest() };
+        WriteDurably(System.IO.Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json.Indented), writing);
     }
 
-    static string WriteDurably(string path, Action<Stream> write)
+    static string WriteDurably(string path, Action<Stream> write, Action<string> writing)
     {
+        writing(path);
         using (var f = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
         {
             write(f);
@@ -87,15 +149,25 @@ public static class Checkpoint
         dir = Resolve(dir);
         string statePath = System.IO.Path.Combine(dir, StateFile);
         CheckpointState state;
-        try { state = JsonSerializer.Deserialize<CheckpointState>(File.ReadAllText(statePath), Json.Options) ?? throw new JsonException("empty"); }
+        try { state = JsonSerializer.Deserialize<CheckpointState>(File.ReadAllBytes(statePath), Json.Strict) ?? throw new JsonException("empty"); }
         catch (JsonException e) { throw new CheckpointException($"'{statePath}' is corrupted: {e.Message}"); }
-        if (state.Format != Format) throw new CheckpointException($"'{statePath}' has format {state.Format}; this build reads format {Format}");
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new CheckpointException($"cannot read '{statePath}': {e.Message}"); }
+        if (state.Format != Format)
+            throw new CheckpointException($"'{statePath}' has format {state.Format}; this build reads format {Format} only (older checkpoints carry no digest of {StateFile}, so they cannot be verified)");
+        if (state.StateSha256 != state.Digest())
+            throw new CheckpointException($"'{statePath}' has been edited or corrupted (its content does not match the SHA-256 recorded in it)");
+        state.Validate(statePath);
         SafeTensors.File Verified(string name)
         {
             string path = System.IO.Path.Combine(dir, name);
             if (!File.Exists(path)) throw new CheckpointException($"checkpoint file '{path}' is missing");
             string sha;
-            using (var f = File.OpenRead(path)) sha = Convert.ToHexString(SHA256.HashData(f)).ToLowerInvariant();
+            try
+            {
+                using var f = File.OpenRead(path);
+                sha = Convert.ToHexString(SHA256.HashData(f)).ToLowerInvariant();
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new CheckpointException($"cannot read '{path}': {e.Message}"); }
             if (!state.FileSha256.TryGetValue(name, out var expected) || expected != sha)
                 throw new CheckpointException($"checkpoint file '{path}' is corrupted or truncated (SHA-256 {sha[..12]}… does not match the one recorded in {StateFile})");
             return SafeTensors.Read(path);

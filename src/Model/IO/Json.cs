@@ -14,4 +14,13 @@ public static class Json
     };
 
     public static readonly JsonSerializerOptions Indented = new(Options) { WriteIndented = true };
+
+    /// <summary>For files we must trust (checkpoint.json): a null where the type has none, a missing constructor field
+    /// or an unknown field is an error, not a default.</summary>
+    public static readonly JsonSerializerOptions Strict = new(Options)
+    {
+        RespectNullableAnnotations = true,
+        RespectRequiredConstructorParameters = true,
+        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+    };
 }

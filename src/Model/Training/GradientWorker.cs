@@ -36,7 +36,10 @@ public sealed class GradientWorker : IDisposable
         }
     }
 
-    /// <param name="replicas">graphs the slice is cut into; default one per core (Compute.Threads), at most one per sequence.</param>
+    /// <param name="replicas">graphs the slice is cut into; default one per core (Compute.Threads), at most one per sequence.
+    /// The sum depends on the slice and this count only, not on the cores that run the replicas (each matmul element is
+    /// one chain whatever the split, row reductions use <see cref="Engine.RowChunks"/>), so workers told the same count
+    /// give the same bits.</param>
     public GradientWorker(Gpt model, ushort[] trainData, ulong seed, int sequences, int? replicas = null)
     {
         (this.model, this.trainData, this.seed) = (model, trainData, seed);

@@ -34,9 +34,16 @@ public sealed class MetricsLog : IDisposable
     public MetricsLog(string path, long resumeStep)
     {
         Path = path;
-        if (resumeStep > 0 && File.Exists(path)) KeepUpTo(path, resumeStep);
-        else if (resumeStep == 0 && File.Exists(path)) File.Delete(path);
-        writer = new StreamWriter(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read)) { AutoFlush = true };
+        try
+        {
+            if (resumeStep > 0 && File.Exists(path)) KeepUpTo(path, resumeStep);
+            else if (resumeStep == 0 && File.Exists(path)) File.Delete(path);
+            writer = new StreamWriter(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read)) { AutoFlush = true };
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw OutputWriteException.Writing(path, e);
+        }
     }
 
     static void KeepUpTo(string path, long step)
@@ -47,14 +54,30 @@ public sealed class MetricsLog : IDisposable
             catch (JsonException) { return false; }
         }).ToList();
         string tmp = path + ".tmp";
-        File.WriteAllLines(tmp, kept);
-        File.Move(tmp, path, overwrite: true);
+        try
+        {
+            File.WriteAllLines(tmp, kept);
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            try { File.Delete(tmp); } catch (IOException) { }
+            throw OutputWriteException.Writing(tmp, e);
+        }
     }
 
-    public void Write(StepMetrics m) => writer.WriteLine(JsonSerializer.Serialize(m, Json.Options));
+    public void Write(StepMetrics m)
+    {
+        try { writer.WriteLine(JsonSerializer.Serialize(m, Json.Options)); }
+        catch (IOException e) { throw OutputWriteException.Writing(Path, e); }
+    }
 
     public static IEnumerable<StepMetrics> Read(string path) =>
         File.ReadLines(path).Where(l => l.Length > 0).Select(l => JsonSerializer.Deserialize<StepMetrics>(l, Json.Options)!);
 
-    public void Dispose() => writer.Dispose();
+    public void Dispose()
+    {
+        try { writer.Dispose(); }
+        catch (IOException) { } // a line that could not be written has already been reported by Write
+    }
 }

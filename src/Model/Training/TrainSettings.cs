@@ -19,25 +19,33 @@ public sealed record TrainSettings
     public ulong Seed { get; init; } = 1337;
     /// <summary>Steps between checkpoints (0: only the final one).</summary>
     public int CheckpointInterval { get; init; } = 250;
+    /// <summary>Distributed runs: the shares the global batch is cut into every step (the starting world size) and the
+    /// replicas every worker cuts a share into, kept in the checkpoint so a resumed run cuts the batch as the first one
+    /// did and keeps its bits (0: not fixed yet, or a single process).</summary>
+    public int Shares { get; init; }
+    public int ReplicasPerShare { get; init; }
 
     [System.Text.Json.Serialization.JsonIgnore]
     public LearningRateSchedule Schedule => new(LearningRate, MinLr, WarmupIters, LrDecayIters, DecayLr);
 
     public void Validate()
     {
-        void Positive(int v, string flag) { if (v < 1) throw new ConfigException($"{flag} must be positive (got {v})"); }
-        Positive(BatchSize, "--batch-size");
-        Positive(MaxIters, "--max-iters");
-        Positive(EvalInterval, "--eval-interval");
-        Positive(EvalIters, "--eval-iters");
-        if (WarmupIters < 0) throw new ConfigException($"--warmup-iters must be >= 0 (got {WarmupIters})");
+        const int Large = 1 << 30;
+        Check.InRange(BatchSize, 1, 1 << 20, "--batch-size");
+        Check.InRange(MaxIters, 1, Large, "--max-iters");
+        Check.InRange(EvalInterval, 1, Large, "--eval-interval");
+        Check.InRange(EvalIters, 1, 1 << 20, "--eval-iters");
+        Check.InRange(WarmupIters, 0, Large, "--warmup-iters");
+        Check.InRange(LrDecayIters, 0, Large, "--lr-decay-iters");
         if (DecayLr && LrDecayIters <= WarmupIters) throw new ConfigException($"--lr-decay-iters ({LrDecayIters}) must exceed --warmup-iters ({WarmupIters})");
-        if (!(LearningRate > 0)) throw new ConfigException($"--learning-rate must be positive (got {LearningRate})");
-        if (MinLr < 0) throw new ConfigException($"--min-lr must be >= 0 (got {MinLr})");
-        if (Beta1 is < 0 or >= 1) throw new ConfigException($"--beta1 must be in [0, 1) (got {Beta1})");
-        if (Beta2 is < 0 or >= 1) throw new ConfigException($"--beta2 must be in [0, 1) (got {Beta2})");
-        if (WeightDecay < 0) throw new ConfigException($"--weight-decay must be >= 0 (got {WeightDecay})");
-        if (GradClip < 0) throw new ConfigException($"--grad-clip must be >= 0 (got {GradClip})");
-        if (CheckpointInterval < 0) throw new ConfigException($"--checkpoint-interval must be >= 0 (got {CheckpointInterval})");
+        Check.Positive(LearningRate, "--learning-rate");
+        Check.InRange(MinLr, 0, double.PositiveInfinity, "--min-lr");
+        Check.InRange(Beta1, 0, 1, "--beta1", maxExclusive: true);
+        Check.InRange(Beta2, 0, 1, "--beta2", maxExclusive: true);
+        Check.InRange(WeightDecay, 0, double.PositiveInfinity, "--weight-decay");
+        Check.InRange(GradClip, 0, double.PositiveInfinity, "--grad-clip");
+        Check.InRange(CheckpointInterval, 0, Large, "--checkpoint-interval");
+        Check.InRange(Shares, 0, BatchSize, "shares");
+        Check.InRange(ReplicasPerShare, 0, 1 << 10, "replicas_per_share");
     }
 }
