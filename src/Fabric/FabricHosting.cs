@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Orleans.Configuration;
+using Orleans.Connections.Security;
 using Orleans.Hosting;
 using Orleans.Serialization;
 
@@ -26,7 +27,7 @@ public static class FabricHosting
 
     /// <summary>A silo on the generic host. <paramref name="services"/> registers what its grains delegate to.</summary>
     public static IHost BuildSilo(SiloEndpoints endpoints, ClusterAuthentication authentication, FabricFailure failure,
-        TimeSpan heartbeatTimeout, Action<string> log, Action<IServiceCollection> services)
+        TimeSpan heartbeatTimeout, Action<string> log, Action<IServiceCollection> services, FabricTls? tls = null)
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         ConfigureLogging(builder.Logging, log);
@@ -44,6 +45,12 @@ public static class FabricHosting
             silo.AddActivityPropagation(); // a grain call made inside a step's span carries its trace to the other silo
             silo.Configure<SiloConnectionOptions>(o =>
             {
+                if (tls != null) // first: the token handshake below then runs inside TLS
+                {
+                    o.ConfigureSiloInboundConnection(c => c.UseServerTls(tls.Options(peersShowCertificates: true)));
+                    o.ConfigureGatewayInboundConnection(c => c.UseServerTls(tls.Options(peersShowCertificates: false)));
+                    o.ConfigureSiloOutboundConnection(c => c.UseClientTls(tls.Options(peersShowCertificates: true)));
+                }
                 o.ConfigureSiloInboundConnection(c => c.Use(next => ctx => authentication.AcceptAsync(ctx, next)));
                 o.ConfigureGatewayInboundConnection(c => c.Use(next => ctx => authentication.AcceptAsync(ctx, next)));
                 o.ConfigureSiloOutboundConnection(c => c.Use(next => ctx => authentication.ConnectAsync(ctx, next)));
@@ -61,7 +68,7 @@ public static class FabricHosting
     }
 
     /// <summary>An Orleans client of the cluster through the coordinator's gateway (`distgpt status`).</summary>
-    public static IHost BuildClient(IPEndPoint gateway, ClusterAuthentication authentication, Action<string> log)
+    public static IHost BuildClient(IPEndPoint gateway, ClusterAuthentication authentication, Action<string> log, FabricTls? tls = null)
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         ConfigureLogging(builder.Logging, log);
@@ -72,6 +79,10 @@ public static class FabricHosting
             client.UseStaticClustering(gateway);
             client.AddActivityPropagation();
             client.Configure<ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromSeconds(10));
+            client.Configure<ClientConnectionOptions>(o => o.ConfigureConnection(c =>
+            {
+                if (tls != null) c.UseClientTls(tls.Options(peersShowCertificates: true)); // the gateway must show the cluster's certificate
+            }));
             client.Configure<ClientConnectionOptions>(o => o.ConfigureConnection(c => c.Use(next => ctx => authentication.ConnectAsync(ctx, next))));
         });
         return builder.Build();

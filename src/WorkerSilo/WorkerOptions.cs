@@ -14,6 +14,8 @@ public sealed record WorkerOptions
     /// <summary>Refuse to join a run whose model-config hash differs (optional pin for cluster deployments).</summary>
     public string? ExpectConfigHash { get; init; }
     public string? TlsCaPath { get; init; }
+    /// <summary>TLS between silos (an https:// coordinator): this worker's silo certificate and the cluster's CA.</summary>
+    public Fabric.FabricTls? SiloTls { get; init; }
     /// <summary>Runs on the coordinator's host: accept its offer to move payloads through /dev/shm instead of the socket.</summary>
     public bool SharedMemory { get; init; }
     public Action<string> Log { get; init; } = Console.WriteLine;

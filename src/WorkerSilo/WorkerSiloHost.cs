@@ -30,7 +30,7 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
         var authentication = new ClusterAuthentication(options.ClusterToken);
         var failure = new FabricFailure();
         var silo = FabricHosting.BuildSilo(endpoints, authentication, failure, TimeSpan.FromSeconds(10), options.Log,
-            services => services.AddSingleton(worker));
+            services => services.AddSingleton(worker), options.SiloTls);
         using var start = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         start.CancelAfter(deadline - DateTime.UtcNow is var left && left > TimeSpan.Zero ? left : TimeSpan.Zero);
         authentication.Refused += _ => start.Cancel();

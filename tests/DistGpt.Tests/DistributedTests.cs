@@ -20,13 +20,30 @@ public sealed class DistributedTests
         return env;
     }
 
+    /// <summary>A coordinator port P whose silo and gateway ports (P + 1, P + 2) are free too, below Linux's ephemeral range
+    /// (32768 and up), so that no worker silo or client socket the kernel numbers can take one of them meanwhile.</summary>
     public static int FreePort()
     {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
+        for (int attempt = 0; ; attempt++)
+        {
+            int port = Random.Shared.Next(20_000, 32_000);
+            var listeners = new List<TcpListener>();
+            try
+            {
+                for (int p = port; p < port + 3; p++)
+                {
+                    var l = new TcpListener(IPAddress.Loopback, p);
+                    l.Start();
+                    listeners.Add(l);
+                }
+                return port;
+            }
+            catch (SocketException) when (attempt < 100) { }
+            finally
+            {
+                foreach (var l in listeners) l.Stop();
+            }
+        }
     }
 
     public static List<JsonElement> Metrics(string outDir) =>

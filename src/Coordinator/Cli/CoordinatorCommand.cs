@@ -17,14 +17,15 @@ public static class CoordinatorCommand
         var advertise = new Option<string>("--advertise") { Description = "the IP address the silo advertises to workers (default: --listen's, or this host's first non-loopback IPv4 address when --listen is 0.0.0.0)" };
         var minWorkers = new Option<int>("--min-workers") { Description = "workers to wait for before training", DefaultValueFactory = _ => 1 };
         var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others and go on (false: stop the run)", DefaultValueFactory = _ => true };
-        var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate: serve TLS" };
+        var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate, signed by --tls-ca: TLS on the data plane (--listen https://), between silos and at the gateway" };
         var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
+        var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate of the cluster: the workers' silo certificates must chain to it" };
         var replicas = new Option<int>("--replicas-per-share")
         {
             Description = "graphs every worker cuts its share of a step into, whatever its --threads, so a share's gradient sum has the same bits on any worker (default: this host's cores; best set to the workers' --threads)",
             DefaultValueFactory = _ => Environment.ProcessorCount,
         };
-        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey, replicas };
+        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey, tlsCa, replicas };
         train.AddTo(command);
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
@@ -41,6 +42,7 @@ public static class CoordinatorCommand
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
+                SiloTls = ClusterTls(dataPlane, r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)),
                 ReplicasPerShare = r.GetValue(replicas),
             };
             using var setup = RunSetup.Create(train, r);
@@ -53,6 +55,21 @@ public static class CoordinatorCommand
     public static Uri ParseUri(string value, string flag) =>
         Uri.TryCreate(value, UriKind.Absolute, out var uri) && uri.Port > 0 && uri.Scheme is "http" or "https"
             ? uri : throw new ConfigException($"{flag} '{value}' is not an address like http://HOST:PORT");
+
+    /// <summary>TLS is all or nothing: https:// needs the certificate, its key and the cluster's CA (the silos use them
+    /// too), and a certificate with http:// would be silently unused.</summary>
+    static Fabric.FabricTls? ClusterTls(Uri listen, string? cert, string? key, string? ca)
+    {
+        if (listen.Scheme == "https")
+        {
+            if (cert == null || key == null || ca == null)
+                throw new ConfigException($"--listen {listen} asks for TLS: give --tls-cert, --tls-key and --tls-ca (the CA that signed the coordinator's and the workers' certificates)");
+            return Fabric.FabricTls.Load(cert, key, ca);
+        }
+        if (cert != null || key != null || ca != null)
+            throw new ConfigException($"--tls-cert/--tls-key/--tls-ca are given but --listen {listen} is plain http://; use https:// to serve TLS");
+        return null;
+    }
 
     public static int Port(int port, string flag) =>
         port is > 0 and <= 65535 ? port : throw new ConfigException($"{flag} must be a port number from 1 to 65535 (got {port})");

@@ -19,8 +19,9 @@ public static class StatusCommand
         var gatewayPort = new Option<int?>("--gateway-port") { Description = "the coordinator's Orleans gateway port (its --gateway-port; default: --coordinator's port + 2)" };
         var token = new Option<string>("--cluster-token") { Description = $"shared secret (else ${ClusterOptions.TokenEnvVar})" };
         var json = new Option<bool>("--json") { Description = "one JSON object instead of the table" };
+        var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate of the cluster (with an https:// coordinator)" };
         var timeout = new Option<double>("--timeout") { Description = "seconds to wait for the coordinator", DefaultValueFactory = _ => 10 };
-        var command = new Command("status", "Show a running cluster: run, step, losses, tokens/s and every silo.") { coordinator, gatewayPort, token, json, timeout };
+        var command = new Command("status", "Show a running cluster: run, step, losses, tokens/s and every silo.") { coordinator, gatewayPort, token, json, timeout, tlsCa };
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             var uri = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator");
@@ -32,7 +33,10 @@ public static class StatusCommand
             var gateway = new IPEndPoint(await ResolveAsync(uri.Host), port);
 
             var authentication = new ClusterAuthentication(string.IsNullOrEmpty(secret) ? null : secret);
-            using var client = FabricHosting.BuildClient(gateway, authentication, _ => { });
+            FabricTls? tls = uri.Scheme == "https"
+                ? FabricTls.Load(null, null, r.GetValue(tlsCa) ?? throw new ConfigException($"the coordinator {uri} uses TLS: give --tls-ca (the cluster's CA)"))
+                : r.GetValue(tlsCa) != null ? throw new ConfigException($"--tls-ca is given but --coordinator {uri} is plain http://") : null;
+            using var client = FabricHosting.BuildClient(gateway, authentication, _ => { }, tls);
             using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             deadline.CancelAfter(TimeSpan.FromSeconds(seconds));
             authentication.Refused += _ => deadline.Cancel();

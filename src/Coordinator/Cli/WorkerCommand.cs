@@ -16,12 +16,14 @@ public static class WorkerCommand
         var token = new Option<string>("--cluster-token") { Description = $"shared secret (else ${ClusterOptions.TokenEnvVar})" };
         var connectTimeout = new Option<double>("--connect-timeout") { Description = "seconds to keep retrying an unreachable coordinator", DefaultValueFactory = _ => 30 };
         var expectConfig = new Option<string>("--expect-config") { Description = "refuse to join unless the run's model-config hash is this" };
-        var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate that signed the coordinator's TLS certificate" };
+        var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate of the cluster (it signed the coordinator's certificate); with an https:// coordinator" };
+        var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate of this worker's silo, signed by --tls-ca (with an https:// coordinator)" };
+        var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
         var siloPort = new Option<int?>("--silo-port") { Description = "this worker's Orleans silo port, which the coordinator must reach (default: a free port)" };
         var coordinatorSiloPort = new Option<int?>("--coordinator-silo-port") { Description = "the coordinator's Orleans silo port (its --silo-port; default: --coordinator's port + 1)" };
         var advertise = new Option<string>("--advertise") { Description = "the IP address this worker's silo advertises (default: the one it reaches the coordinator from)" };
         var sharedMemory = new Option<bool>("--shared-memory") { Description = "on the coordinator's host: take tensors through /dev/shm when it offers (dev mode does)" };
-        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, sharedMemory, siloPort, coordinatorSiloPort, advertise };
+        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, tlsCert, tlsKey, sharedMemory, siloPort, coordinatorSiloPort, advertise };
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             int computeThreads = ThreadsOption.Read(r, threads);
@@ -43,13 +45,28 @@ public static class WorkerCommand
                 Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = connectWait, ExpectConfigHash = r.GetValue(expectConfig),
-                TlsCaPath = r.GetValue(tlsCa), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),
+                TlsCaPath = r.GetValue(tlsCa), SiloTls = WorkerTls(address, r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),
             };
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.WorkerService, options.Name);
             using var silo = new WorkerSilo.WorkerSilo(options);
             return await silo.RunAsync(cancel);
         }));
         return command;
+    }
+
+    /// <summary>An https:// coordinator runs TLS on the data plane and between silos: the worker needs the cluster's CA and a
+    /// certificate of its own for its silo; TLS files with an http:// coordinator would be silently unused.</summary>
+    static Fabric.FabricTls? WorkerTls(Uri coordinator, string? cert, string? key, string? ca)
+    {
+        if (coordinator.Scheme == "https")
+        {
+            if (ca == null || cert == null || key == null)
+                throw new ConfigException($"the coordinator {coordinator} uses TLS: give --tls-ca (the cluster's CA) and --tls-cert/--tls-key (this worker's silo certificate, signed by that CA)");
+            return Fabric.FabricTls.Load(cert, key, ca);
+        }
+        if (cert != null || key != null || ca != null)
+            throw new ConfigException($"--tls-ca/--tls-cert/--tls-key are given but --coordinator {coordinator} is plain http://; use https:// for TLS");
+        return null;
     }
 
     /// <summary>--name, or host-pid; a name is also the worker's silo name and appears in logs and metrics, so it is checked here.</summary>

@@ -42,13 +42,13 @@ public sealed class CoordinatorSilo : IAsyncDisposable
     public SiloEndpoints Endpoints { get; }
 
     public static async Task<CoordinatorSilo> StartAsync(SiloEndpoints endpoints, string? clusterToken, TimeSpan heartbeatTimeout,
-        RunMembership membership, RunProgress progress, Action<string> log, CancellationToken cancel)
+        RunMembership membership, RunProgress progress, Action<string> log, FabricTls? tls, CancellationToken cancel)
     {
         var host = FabricHosting.BuildSilo(endpoints, new ClusterAuthentication(clusterToken, log), new FabricFailure(), heartbeatTimeout, log, services =>
         {
             services.AddSingleton(membership);
             services.AddSingleton(progress);
-        });
+        }, tls);
         try { await host.StartAsync(cancel); }
         catch (Exception e) when (e is not OperationCanceledException)
         {
@@ -58,7 +58,7 @@ public sealed class CoordinatorSilo : IAsyncDisposable
                 ? $"the silo port {endpoints.SiloPort} or gateway port {endpoints.GatewayPort} is in use on {endpoints.Advertised} (--silo-port, --gateway-port)"
                 : $"cannot start the coordinator's silo on {endpoints.Advertised}:{endpoints.SiloPort} (gateway {endpoints.GatewayPort}): {e.GetBaseException().Message}");
         }
-        log($"coordinator silo on {endpoints.Advertised}:{endpoints.SiloPort}, gateway {endpoints.GatewayPort}");
+        log($"coordinator silo on {endpoints.Advertised}:{endpoints.SiloPort}, gateway {endpoints.GatewayPort}{(tls != null ? " (TLS)" : "")}");
         return new CoordinatorSilo(host, membership, endpoints, log);
     }
 

@@ -31,6 +31,8 @@ public sealed record CoordinatorSettings
     /// --threads: a share's gradient sum then has the same bits whoever computes it. A resumed run keeps its checkpoint's.</summary>
     public int ReplicasPerShare { get; init; }
     public string? TlsCert { get; init; }
+    /// <summary>TLS between the silos and at the gateway (with https://): this node's certificate and the cluster's CA.</summary>
+    public Fabric.FabricTls? SiloTls { get; init; }
     public string? TlsKey { get; init; }
     /// <summary>Offer /dev/shm payload regions to workers that run on this host (dev mode's children).</summary>
     public bool OfferSharedMemory { get; init; }
@@ -61,7 +63,7 @@ public static class DistributedTraining
         var progress = new RunProgress(run.RunId, train.MaxIters);
         Telemetry.CoordinatorTelemetry.Watch(grain);
         var endpoints = CoordinatorSilo.EndpointsFor(CoordinatorHost.ListenAddress(settings.Listen), settings.Advertise, settings.SiloPort, settings.GatewayPort);
-        await using var silo = await CoordinatorSilo.StartAsync(endpoints, settings.ClusterToken, settings.HeartbeatTimeout, grain, progress, log, cancel);
+        await using var silo = await CoordinatorSilo.StartAsync(endpoints, settings.ClusterToken, settings.HeartbeatTimeout, grain, progress, log, settings.SiloTls, cancel);
         await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, name => silo.Grains.GetGrain<IWorkerGrain>(name), log,
             settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory, settings.SharedWeights);
         try
