@@ -2,9 +2,9 @@ using DistGpt.Contracts;
 
 namespace DistGpt.WorkerSilo;
 
-/// <summary>Where the worker grain's orders meet their tensors: a grain call places an order (run, step, version, share) and
-/// waits for its reply; the data-plane loop, having read the header of the payload that order names, claims it and
-/// computes. Either may come first.</summary>
+/// <summary>Where the worker grain's orders meet their tensors: a grain call places an order (run, step, version, share); the
+/// data-plane loop, having read the header of the payload that order names, starts computing and sends the sum once it
+/// has claimed the order. Either may come first.</summary>
 public sealed class ComputeOrders
 {
     public sealed record Order(ComputeRequest Request)
@@ -16,6 +16,7 @@ public sealed class ComputeOrders
     readonly List<Order> open = new();
     TaskCompletionSource placed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>The order's outcome: the reply sent on the data plane, or why none was.</summary>
     public Task<GradientsReply> Place(ComputeRequest request)
     {
         var order = new Order(request);
@@ -26,6 +27,7 @@ public sealed class ComputeOrders
             placed = new(TaskCreationOptions.RunContinuationsAsynchronously);
             signal.TrySetResult();
         }
+        _ = order.Done.Task.ContinueWith(t => t.Exception, TaskContinuationOptions.OnlyOnFaulted); // reported on the data plane
         return order.Done.Task;
     }
 

@@ -9,7 +9,11 @@ namespace DistGpt.WorkerSilo;
 [SiloNamedByKeyPlacement, Reentrant]
 public sealed class WorkerGrain(WorkerSilo worker) : Grain, IWorkerGrain
 {
-    public Task<GradientsReply> ComputeGradients(ComputeRequest request) => worker.Orders.Place(request);
+    public Task ComputeGradients(ComputeRequest request)
+    {
+        worker.Orders.Place(request);
+        return Task.CompletedTask;
+    }
 
     public Task Shutdown(string reason)
     {

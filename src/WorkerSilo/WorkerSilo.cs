@@ -209,16 +209,22 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                     case MessageKind.Compute:
                         var request = frame.Read<ComputeRequest>();
                         Interlocked.Exchange(ref currentStep, request.Step);
-                        var order = await Orders.ClaimAsync(request, watch.Token); // the grain call that says to compute it
-                        try
+                        // The grain call that orders this share: the computation starts on the payload as it lands, and the sum
+                        // goes back only against the order (whose latency so overlaps the compute instead of preceding it).
+                        using (var unclaimed = CancellationTokenSource.CreateLinkedTokenSource(watch.Token))
                         {
-                            var reply = await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, watch));
-                            order.Done.TrySetResult(reply);
-                        }
-                        catch (Exception e)
-                        {
-                            order.Done.TrySetException(e);
-                            throw;
+                            var order = Orders.ClaimAsync(request, unclaimed.Token);
+                            try
+                            {
+                                var reply = await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, watch, order));
+                                (await order).Done.TrySetResult(reply);
+                            }
+                            catch (Exception e)
+                            {
+                                if (order.IsCompletedSuccessfully) order.Result.Done.TrySetException(e);
+                                unclaimed.Cancel();
+                                throw;
+                            }
                         }
                         break;
                     case MessageKind.Shutdown:
@@ -249,7 +255,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         return false;
     }
 
-    async Task<GradientsReply> ComputeAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, SilenceWatch watch)
+    async Task<GradientsReply> ComputeAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, SilenceWatch watch,
+        Task<ComputeOrders.Order> order)
     {
         var cancel = watch.Token; // armed since the frame header: covers the payload transfer
         var m = model!;
@@ -325,6 +332,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         double computeMs = compute.Elapsed.TotalMilliseconds;
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
+        await order; // no sum leaves without the grain's order for it
         if (uploader == null)
         {
             await SendWholeAsync(channel, run, reply, watch);

@@ -48,11 +48,11 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
         try
         {
             Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
-            // The order goes by grain call; the weights it names follow on the data plane. The data plane's reply ends the
-            // call (its sum is checked as it lands); the order's own answer only matters when it fails first.
+            // The order goes by (one-way) grain call; the weights it names follow on the data plane, whose reply ends the call
+            // (its sum is checked as it lands). An order that cannot even be sent fails the call at once.
             var order = grain.ComputeGradients(request);
             _ = order.ContinueWith(t => call.Done.TrySetException(new WorkerLostException(name,
-                    $"its worker grain failed the order: {t.Exception!.GetBaseException().Message}")), TaskContinuationOptions.OnlyOnFaulted);
+                    $"its worker grain could not be given the order: {t.Exception!.GetBaseException().Message}")), TaskContinuationOptions.OnlyOnFaulted);
             // Not cancellable: a frame abandoned half-way would corrupt the stream. A dead link fails the write, or, when a
             // cut cable stalls it (the frame is larger than the socket buffers), the worker's heartbeats stop: then the
             // connection is aborted and the worker is lost, as when it goes silent while computing.
