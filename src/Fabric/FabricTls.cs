@@ -12,6 +12,22 @@ namespace DistGpt.Fabric;
 /// checks the gateway's.</summary>
 public sealed record FabricTls(X509Certificate2? Certificate, X509Certificate2 Authority)
 {
+    /// <summary>TLS is all or nothing: an https:// address (the coordinator's --listen, a worker's --coordinator) needs this
+    /// node's certificate and key and the cluster's CA, since the silos use them too; TLS files with http:// would be
+    /// silently unused.</summary>
+    public static FabricTls? For(Uri address, string flag, string? cert, string? key, string? ca)
+    {
+        if (address.Scheme == "https")
+        {
+            if (cert == null || key == null || ca == null)
+                throw new ConfigException($"{flag} {address} uses TLS: give --tls-cert/--tls-key (this node's certificate) and --tls-ca (the cluster's CA, which signed every node's)");
+            return Load(cert, key, ca);
+        }
+        if (cert != null || key != null || ca != null)
+            throw new ConfigException($"--tls-cert/--tls-key/--tls-ca are given but {flag} {address} is plain http://; use https:// for TLS");
+        return null;
+    }
+
     /// <summary>Loads PEM files, with one clear line naming the file that is missing or unreadable.</summary>
     public static FabricTls Load(string? certPath, string? keyPath, string caPath, string certFlag = "--tls-cert", string keyFlag = "--tls-key", string caFlag = "--tls-ca")
     {

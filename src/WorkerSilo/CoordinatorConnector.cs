@@ -26,7 +26,7 @@ public static class CoordinatorConnector
                 attemptTimeout.CancelAfter(TimeSpan.FromSeconds(5));
                 await client.ConnectAsync(uri.Host, uri.Port, attemptTimeout.Token);
                 Stream stream = client.GetStream();
-                if (uri.Scheme == "https") stream = await AuthenticateTlsAsync(stream, uri.Host, options.TlsCaPath, cancel);
+                if (uri.Scheme == "https") stream = await AuthenticateTlsAsync(stream, uri.Host, options.TlsCaPath, attemptTimeout.Token); // a silent peer must not hold the worker
                 var local = ((System.Net.IPEndPoint)client.Client.LocalEndPoint!).Address;
                 var remote = ((System.Net.IPEndPoint)client.Client.RemoteEndPoint!).Address;
                 return new DataPlaneLink(new FrameChannel(stream, stream), local.IsIPv4MappedToIPv6 ? local.MapToIPv4() : local,

@@ -61,7 +61,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                     await silo.RestartAsync(probe.Local, probe.Remote, joinRetryUntil ?? deadline, cancel);
                     var admitted = await AdmitAsync(silo, dataSha, cancel);
                     opened = (await CoordinatorConnector.ConnectAsync(options, joinRetryUntil ?? deadline, cancel)).Channel;
-                    return await OpenDataPlaneAsync(opened, admitted, cancel);
+                    return await OpenDataPlaneAsync(opened, admitted, joinRetryUntil ?? deadline, cancel);
                 });
             }
             catch (IOException e) when (!cancel.IsCancellationRequested && DateTime.UtcNow < (joinRetryUntil ??= deadline))
@@ -108,10 +108,21 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     }
 
     /// <summary>The data-plane hello with the admission's ticket; the answer adds the shared-memory regions, if offered.</summary>
-    async Task<JoinAccepted> OpenDataPlaneAsync(FrameChannel channel, JoinAccepted admitted, CancellationToken cancel)
+    async Task<JoinAccepted> OpenDataPlaneAsync(FrameChannel channel, JoinAccepted admitted, DateTime deadline, CancellationToken cancel)
     {
-        await channel.SendAsync(MessageKind.Join, new DataPlaneHello(options.Name, admitted.Ticket!, SharedMemoryWanted), cancel);
-        var frame = await channel.ReceiveAsync(cancel) ?? throw new IOException("the coordinator closed the data-plane connection during the join");
+        using var answer = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        answer.CancelAfter(deadline - DateTime.UtcNow is var left && left > TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
+        Frame? frame;
+        try
+        {
+            await channel.SendAsync(MessageKind.Join, new DataPlaneHello(options.Name, admitted.Ticket!, SharedMemoryWanted), answer.Token);
+            frame = await channel.ReceiveAsync(answer.Token);
+        }
+        catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
+        {
+            throw new RunFailedException($"the coordinator at {options.Coordinator} admitted {options.Name} but its data plane did not answer within --connect-timeout {options.ConnectTimeout.TotalSeconds:F0} s");
+        }
+        if (frame == null) throw new IOException("the coordinator closed the data-plane connection during the join");
         return frame.Kind switch
         {
             MessageKind.JoinAccepted => frame.Read<JoinAccepted>(),

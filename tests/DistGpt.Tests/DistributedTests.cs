@@ -13,7 +13,7 @@ public sealed class DistributedTests
     const string Model = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1";
     static readonly TimeSpan Timeout = TimeSpan.FromMinutes(3);
 
-    static Dictionary<string, string> Env(string? token = null)
+    public static Dictionary<string, string> Env(string? token = null)
     {
         var env = new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath() };
         if (token != null) env["DISTGPT_CLUSTER_TOKEN"] = token;

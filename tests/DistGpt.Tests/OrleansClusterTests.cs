@@ -20,12 +20,7 @@ public sealed class OrleansClusterTests
     const string Model = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1";
     static readonly TimeSpan Timeout = TimeSpan.FromMinutes(3);
 
-    static Dictionary<string, string> Env(string? token = null)
-    {
-        var env = new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath() };
-        if (token != null) env["DISTGPT_CLUSTER_TOKEN"] = token;
-        return env;
-    }
+    static Dictionary<string, string> Env(string? token = null) => DistributedTests.Env(token);
 
     /// <summary>An Orleans client of the run's cluster inside the test, holding the token: polls membership precisely.</summary>
     static async Task<IHost> ClientAsync(int gatewayPort, string token)

@@ -69,7 +69,7 @@ public sealed class TlsTests
     }
 
     [Theory]
-    [InlineData("coordinator --listen https://127.0.0.1:1 --out {out}", "asks for TLS")]
+    [InlineData("coordinator --listen https://127.0.0.1:1 --out {out}", "uses TLS")]
     [InlineData("coordinator --listen http://127.0.0.1:1 --tls-cert {cert} --tls-key {key} --tls-ca {ca} --out {out}", "plain http://")]
     [InlineData("worker --coordinator http://127.0.0.1:1 --tls-ca {ca}", "plain http://")]
     [InlineData("worker --coordinator https://127.0.0.1:1 --tls-ca {out}/missing.pem --tls-cert {cert} --tls-key {key}", "cannot load --tls-ca")]

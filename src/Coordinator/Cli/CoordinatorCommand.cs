@@ -19,13 +19,14 @@ public static class CoordinatorCommand
         var tolerate = new Option<bool>("--tolerate-failures") { Description = "recompute a lost worker's share on the others and go on (false: stop the run)", DefaultValueFactory = _ => true };
         var tlsCert = new Option<string>("--tls-cert") { Description = "PEM certificate, signed by --tls-ca: TLS on the data plane (--listen https://), between silos and at the gateway" };
         var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
+        var allowUnauthenticated = new Option<bool>("--allow-unauthenticated") { Description = "listen beyond loopback without a cluster token: anyone who reaches the ports may join (refused otherwise)" };
         var tlsCa = new Option<string>("--tls-ca") { Description = "PEM CA certificate of the cluster: the workers' silo certificates must chain to it" };
         var replicas = new Option<int>("--replicas-per-share")
         {
             Description = "graphs every worker cuts its share of a step into, whatever its --threads, so a share's gradient sum has the same bits on any worker (default: this host's cores; best set to the workers' --threads)",
             DefaultValueFactory = _ => Environment.ProcessorCount,
         };
-        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey, tlsCa, replicas };
+        var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey, tlsCa, allowUnauthenticated, replicas };
         train.AddTo(command);
         cluster.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
@@ -35,6 +36,8 @@ public static class CoordinatorCommand
             Check.InRange(r.GetValue(minWorkers), 1, 1 << 16, "--min-workers");
             Check.InRange(r.GetValue(replicas), 1, ThreadsOption.Max, "--replicas-per-share");
             var dataPlane = ParseUri(r.GetValue(listen)!, "--listen");
+            if (cluster.Token(r) == null && !System.Net.IPAddress.IsLoopback(Hosting.CoordinatorHost.ListenAddress(dataPlane)) && !r.GetValue(allowUnauthenticated))
+                throw new ConfigException($"--listen {dataPlane} reaches beyond this host but no cluster token is set: anyone could join. Set DISTGPT_CLUSTER_TOKEN (or --cluster-token), or pass --allow-unauthenticated");
             var settings = new CoordinatorSettings
             {
                 Listen = dataPlane, SiloPort = Port(r.GetValue(siloPort) ?? Fabric.FabricHosting.SiloPortOf(dataPlane.Port), "--silo-port"),
@@ -42,7 +45,7 @@ public static class CoordinatorCommand
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = cluster.Seconds(r, cluster.JoinTimeout),
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
-                SiloTls = ClusterTls(dataPlane, r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)),
+                SiloTls = Fabric.FabricTls.For(dataPlane, "--listen", r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)),
                 ReplicasPerShare = r.GetValue(replicas),
             };
             using var setup = RunSetup.Create(train, r);
@@ -55,21 +58,6 @@ public static class CoordinatorCommand
     public static Uri ParseUri(string value, string flag) =>
         Uri.TryCreate(value, UriKind.Absolute, out var uri) && uri.Port > 0 && uri.Scheme is "http" or "https"
             ? uri : throw new ConfigException($"{flag} '{value}' is not an address like http://HOST:PORT");
-
-    /// <summary>TLS is all or nothing: https:// needs the certificate, its key and the cluster's CA (the silos use them
-    /// too), and a certificate with http:// would be silently unused.</summary>
-    static Fabric.FabricTls? ClusterTls(Uri listen, string? cert, string? key, string? ca)
-    {
-        if (listen.Scheme == "https")
-        {
-            if (cert == null || key == null || ca == null)
-                throw new ConfigException($"--listen {listen} asks for TLS: give --tls-cert, --tls-key and --tls-ca (the CA that signed the coordinator's and the workers' certificates)");
-            return Fabric.FabricTls.Load(cert, key, ca);
-        }
-        if (cert != null || key != null || ca != null)
-            throw new ConfigException($"--tls-cert/--tls-key/--tls-ca are given but --listen {listen} is plain http://; use https:// to serve TLS");
-        return null;
-    }
 
     public static int Port(int port, string flag) =>
         port is > 0 and <= 65535 ? port : throw new ConfigException($"{flag} must be a port number from 1 to 65535 (got {port})");

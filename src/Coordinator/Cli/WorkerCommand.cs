@@ -45,28 +45,13 @@ public static class WorkerCommand
                 Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = connectWait, ExpectConfigHash = r.GetValue(expectConfig),
-                TlsCaPath = r.GetValue(tlsCa), SiloTls = WorkerTls(address, r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),
+                TlsCaPath = r.GetValue(tlsCa), SiloTls = Fabric.FabricTls.For(address, "--coordinator", r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),
             };
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.WorkerService, options.Name);
             using var silo = new WorkerSilo.WorkerSilo(options);
             return await silo.RunAsync(cancel);
         }));
         return command;
-    }
-
-    /// <summary>An https:// coordinator runs TLS on the data plane and between silos: the worker needs the cluster's CA and a
-    /// certificate of its own for its silo; TLS files with an http:// coordinator would be silently unused.</summary>
-    static Fabric.FabricTls? WorkerTls(Uri coordinator, string? cert, string? key, string? ca)
-    {
-        if (coordinator.Scheme == "https")
-        {
-            if (ca == null || cert == null || key == null)
-                throw new ConfigException($"the coordinator {coordinator} uses TLS: give --tls-ca (the cluster's CA) and --tls-cert/--tls-key (this worker's silo certificate, signed by that CA)");
-            return Fabric.FabricTls.Load(cert, key, ca);
-        }
-        if (cert != null || key != null || ca != null)
-            throw new ConfigException($"--tls-ca/--tls-cert/--tls-key are given but --coordinator {coordinator} is plain http://; use https:// for TLS");
-        return null;
     }
 
     /// <summary>--name, or host-pid; a name is also the worker's silo name and appears in logs and metrics, so it is checked here.</summary>
