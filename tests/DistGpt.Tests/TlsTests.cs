@@ -57,7 +57,7 @@ public sealed class TlsTests
         Assert.Contains("TLS", untrusting.StdErr);
 
         // The gateway speaks TLS too: `status` checks the coordinator's certificate against the CA.
-        var status = CliRunner.Run($"status --coordinator https://127.0.0.1:{port} --tls-ca {ca} --json", env, TimeSpan.FromSeconds(60));
+        var status = CliRunner.Run($"status --coordinator https://127.0.0.1:{port} --tls-ca {ca} --json --timeout 60", env, TimeSpan.FromSeconds(90));
         Assert.True(status.ExitCode == 0, status.ToString());
         Assert.Contains("\"coordinator\"", status.StdOut);
 

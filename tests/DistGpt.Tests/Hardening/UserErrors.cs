@@ -19,6 +19,7 @@ public sealed class UserErrors(ITestOutputHelper output, TempDirectory temp)
     {
         var env = new Dictionary<string, string>(extraEnv);
         env.TryAdd(TestData.EnvVar, TestData.CorpusPath());
+        env.TryAdd("DISTGPT_CLUSTER_TOKEN", "user-errors-token"); // a coordinator on 0.0.0.0 refuses to start without one
         var r = CliRunner.Run(args, env, Timeout, workingDirectory: temp.Path);
         output.WriteLine($"$ distgpt {string.Join(' ', args)}\n{r}\n");
         Assert.False(r.TimedOut, $"distgpt {string.Join(' ', args)} timed out\n{r}");
