@@ -25,6 +25,14 @@ public static class FabricHosting
     public static int SiloPortOf(int dataPlanePort) => dataPlanePort + 1;
     public static int GatewayPortOf(int dataPlanePort) => dataPlanePort + 2;
 
+    /// <summary>A port nothing listens on now at <paramref name="on"/> (any address when it is not loopback), for a silo.</summary>
+    public static int FreePort(IPAddress on)
+    {
+        using var probe = new System.Net.Sockets.TcpListener(IPAddress.IsLoopback(on) ? on : IPAddress.Any, 0);
+        probe.Start();
+        return ((IPEndPoint)probe.LocalEndpoint).Port;
+    }
+
     /// <summary>A silo on the generic host. <paramref name="services"/> registers what its grains delegate to.</summary>
     public static IHost BuildSilo(SiloEndpoints endpoints, ClusterAuthentication authentication, FabricFailure failure,
         TimeSpan heartbeatTimeout, Action<string> log, Action<IServiceCollection> services, FabricTls? tls = null)

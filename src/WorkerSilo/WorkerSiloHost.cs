@@ -25,7 +25,7 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
     {
         await StopAsync();
         var advertise = options.Advertise ?? local;
-        var endpoints = new SiloEndpoints(options.Name, advertise, options.SiloPort != 0 ? options.SiloPort : FreePort(advertise), GatewayPort: 0,
+        var endpoints = new SiloEndpoints(options.Name, advertise, options.SiloPort != 0 ? options.SiloPort : FabricHosting.FreePort(advertise), GatewayPort: 0,
             new IPEndPoint(coordinator, options.CoordinatorSiloPort), ListenOnAnyAddress: !IPAddress.IsLoopback(advertise));
         var authentication = new ClusterAuthentication(options.ClusterToken);
         var failure = new FabricFailure();
@@ -49,13 +49,6 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
         host = silo;
         _ = failure.Failed.ContinueWith(t => options.Log($"{options.Name}: Orleans gave up on this silo ({t.Result}); it will be replaced at the next join"),
             TaskContinuationOptions.OnlyOnRanToCompletion);
-    }
-
-    static int FreePort(IPAddress on)
-    {
-        using var probe = new System.Net.Sockets.TcpListener(IPAddress.IsLoopback(on) ? on : IPAddress.Any, 0);
-        probe.Start();
-        return ((IPEndPoint)probe.LocalEndpoint).Port;
     }
 
     public async Task StopAsync()

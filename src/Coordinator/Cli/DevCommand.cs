@@ -65,7 +65,6 @@ public static class DevCommand
                     processes = new WorkerProcesses(name =>
                     {
                         var info = WorkerProcesses.SelfCommand(["worker", "--coordinator", address.ToString(), "--name", name,
-                            "--silo-port", FreePort().ToString(),
                             "--threads", perWorker.ToString(), "--data", setup.Corpus.Path, "--connect-timeout", "20",
                             ..(settings.OfferSharedMemory ? new[] { "--shared-memory" } : [])]);
                         info.Environment[ClusterOptions.TokenEnvVar] = token; // not on the command line, where ps would show it
@@ -111,7 +110,7 @@ public static class DevCommand
     {
         for (int attempt = 0; ; attempt++)
         {
-            int port = FreePort();
+            int port = Fabric.FabricHosting.FreePort(System.Net.IPAddress.Loopback);
             if (port + 2 > 65535) continue;
             try
             {
@@ -123,13 +122,5 @@ public static class DevCommand
             }
             catch (System.Net.Sockets.SocketException) when (attempt < 50) { }
         }
-    }
-
-    /// <summary>A port nothing on 127.0.0.1 listens on now, for a silo of this machine's run.</summary>
-    static int FreePort()
-    {
-        using var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        probe.Start();
-        return ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
     }
 }
