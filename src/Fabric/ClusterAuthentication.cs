@@ -10,7 +10,8 @@ namespace DistGpt.Fabric;
 /// <summary>Only holders of the cluster token get in: every Orleans connection (silo to silo, client to gateway) opens
 /// with a mutual challenge-response over the token before Orleans sees a byte. Each side sends a fresh nonce and proves
 /// it knows the token with an HMAC over both nonces and its role; the token itself never crosses the wire, and a
-/// recorded handshake cannot be replayed. Orleans' own endpoints are otherwise open to anyone who can reach them.</summary>
+/// recorded handshake cannot be replayed. Orleans' own endpoints are otherwise open to anyone who can reach them, so
+/// connections that have not passed the handshake yet are bounded in number and time (<see cref="Strangers"/>).</summary>
 public sealed class ClusterAuthentication(string? token, Action<string>? log = null)
 {
     static readonly byte[] Magic = "DGPT-AUTH-1"u8.ToArray();
@@ -20,12 +21,16 @@ public sealed class ClusterAuthentication(string? token, Action<string>? log = n
 
     readonly byte[] key = SHA256.HashData(Encoding.UTF8.GetBytes(token ?? ""));
     readonly FailedAttempts failures = new();
+    readonly ThrottledLog refusals = new(log ?? (_ => { }));
+
+    /// <summary>Inbound connections that have not passed the handshake yet (see <see cref="ScreenedListenerFactory"/>).</summary>
+    public UnauthenticatedConnections Strangers { get; } = new("cluster ports (silo and gateway)", log ?? (_ => { }));
 
     /// <summary>Why this process's last outbound connection was refused, for a worker to report instead of retrying.</summary>
     public string? Refusal { get; private set; }
     public event Action<string>? Refused;
 
-    /// <summary>Inbound (silo and gateway listeners): the peer must prove the token first.</summary>
+    /// <summary>Inbound (silo and gateway listeners, inside TLS): the peer must prove the token first.</summary>
     public async Task AcceptAsync(ConnectionContext connection, ConnectionDelegate next)
     {
         var peer = (connection.RemoteEndPoint as IPEndPoint)?.Address;
@@ -36,7 +41,7 @@ public sealed class ClusterAuthentication(string? token, Action<string>? log = n
             var hello = await ReadAsync(connection.Transport.Input, Magic.Length + NonceBytes, timeout.Token);
             if (hello == null || !hello.AsSpan(0, Magic.Length).SequenceEqual(Magic))
             {
-                log?.Invoke($"refused a cluster connection from {connection.RemoteEndPoint}: no DistGpt token handshake");
+                refusals.Write($"refused a cluster connection from {connection.RemoteEndPoint}: no DistGpt token handshake");
                 if (peer != null) failures.Record(peer);
                 connection.Abort();
                 return;
@@ -49,7 +54,7 @@ public sealed class ClusterAuthentication(string? token, Action<string>? log = n
             await WriteAsync(connection.Transport.Output, [ok ? Accepted : Rejected], timeout.Token);
             if (!ok)
             {
-                log?.Invoke($"refused a cluster connection from {connection.RemoteEndPoint}: {(proof == null ? "it closed before proving the cluster token" : "wrong cluster token")}");
+                refusals.Write($"refused a cluster connection from {connection.RemoteEndPoint}: {(proof == null ? "it closed before proving the cluster token" : "wrong cluster token")}");
                 if (peer != null) failures.Record(peer);
                 connection.Abort();
                 return;
@@ -60,6 +65,7 @@ public sealed class ClusterAuthentication(string? token, Action<string>? log = n
             connection.Abort();
             return;
         }
+        (connection.Items[typeof(UnauthenticatedConnections.Entry)] as UnauthenticatedConnections.Entry)?.Authenticated();
         await next(connection);
     }
 

@@ -64,6 +64,7 @@ public static class FabricHosting
                 o.ConfigureSiloOutboundConnection(c => c.Use(next => ctx => authentication.ConnectAsync(ctx, next)));
             });
         });
+        ScreenedListenerFactory.Decorate(builder.Services, authentication.Strangers);
         return builder.Build();
     }
 

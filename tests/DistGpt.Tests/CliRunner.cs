@@ -74,10 +74,11 @@ public static class CliRunner
     public static Task<CliResult> RunAsync(string[] args, IDictionary<string, string>? env = null, TimeSpan? timeout = null, string? workingDirectory = null) =>
         Task.Run(() => Run(args, env, timeout, workingDirectory));
 
-    /// <summary>Starts `distgpt args…` and returns at once; dispose the handle to kill the process tree if it is still running.</summary>
-    public static CliProcess Start(string[] args, IDictionary<string, string>? env = null, string? workingDirectory = null)
+    /// <summary>Starts `distgpt args…` and returns at once; dispose the handle to kill the process tree if it is still running.
+    /// <paramref name="openFileLimit"/>: the child's RLIMIT_NOFILE (soft and hard), set by bash's ulimit before it execs dotnet.</summary>
+    public static CliProcess Start(string[] args, IDictionary<string, string>? env = null, string? workingDirectory = null, int? openFileLimit = null)
     {
-        var psi = new ProcessStartInfo(DotnetHost)
+        var psi = new ProcessStartInfo(openFileLimit == null ? DotnetHost : "bash")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -88,6 +89,8 @@ public static class CliRunner
             StandardErrorEncoding = new UTF8Encoding(false),
             WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
         };
+        if (openFileLimit is { } limit)
+            foreach (string a in (string[])["-c", $"ulimit -n {limit} && exec \"$0\" \"$@\"", DotnetHost]) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add(DllPath);
         foreach (string a in args) psi.ArgumentList.Add(a);
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";

@@ -5,6 +5,7 @@ using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using DistGpt.Coordinator.Grains;
+using DistGpt.Fabric;
 using DistGpt.Model;
 
 namespace DistGpt.Coordinator.Hosting;
@@ -78,32 +79,48 @@ public sealed class CoordinatorHost : IAsyncDisposable
         return new NetworkStream(socket, ownsSocket: true);
     }
 
+    /// <summary>Accepts until the host is disposed. A failed accept (EMFILE when the process is out of file descriptors,
+    /// a connection reset in the backlog) leaves the listener usable: it is retried after a pause, never given up.</summary>
     async Task AcceptLoopAsync(WorkerConnectionHandler handler, X509Certificate2? cert, Action<string> log)
     {
+        var strangers = new UnauthenticatedConnections("data plane", log);
+        var acceptFailures = new ThrottledLog(log);
+        var pause = TimeSpan.FromMilliseconds(50);
         while (!stopping.IsCancellationRequested)
         {
             Socket socket;
-            try { socket = await listener.AcceptSocketAsync(stopping.Token); }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
+            try
+            {
+                socket = await listener.AcceptSocketAsync(stopping.Token);
+                pause = TimeSpan.FromMilliseconds(50);
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+            catch (SocketException e)
+            {
+                acceptFailures.Write($"accepting a data-plane connection failed ({e.Message}); retrying");
+                try { await Task.Delay(pause, stopping.Token); } catch (OperationCanceledException) { return; }
+                pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.FromSeconds(1).Ticks));
+                continue;
+            }
+            var remote = socket.RemoteEndPoint;
+            var stranger = strangers.Track(remote, () => socket.Close(0)); // here, not in the task: the bound must hold at accept
             var task = Task.Run(async () =>
             {
-                var remote = socket.RemoteEndPoint;
+                using var _ = stranger;
                 Stream stream = Tune(socket);
                 try
                 {
                     if (cert != null)
                     {
                         var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
-                        using var handshake = CancellationTokenSource.CreateLinkedTokenSource(stopping.Token);
-                        handshake.CancelAfter(TimeSpan.FromSeconds(15));
-                        await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = cert }, handshake.Token);
+                        await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = cert }, stopping.Token);
                         stream = ssl;
                     }
-                    await handler.HandleAsync(stream, remote, () => socket.Close(0), stopping.Token);
+                    await handler.HandleAsync(stream, remote, stranger.Authenticated, () => socket.Close(0), stopping.Token);
                 }
-                catch (Exception e) when (e is IOException or OperationCanceledException or System.Security.Authentication.AuthenticationException or ObjectDisposedException)
+                catch (Exception e) when (e is IOException or OperationCanceledException or System.Security.Authentication.AuthenticationException or ObjectDisposedException or SocketException)
                 {
-                    log($"connection from {remote} ended: {e.Message}");
+                    handler.Refused($"connection from {remote} ended: {e.Message}");
                 }
                 finally { await stream.DisposeAsync(); }
             });

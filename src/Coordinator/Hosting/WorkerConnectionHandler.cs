@@ -18,40 +18,43 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
     // worker left in its region just before its connection dropped, or be copying weights into one.
     readonly List<SharedMemoryRegion> retired = new();
 
-    public async Task HandleAsync(Stream stream, EndPoint? remote, Action abort, CancellationToken closed)
+    readonly Fabric.ThrottledLog refusals = new(log);
+
+    /// <summary>Logs a connection that never joined: throttled, since anyone can open them by the thousand.</summary>
+    public void Refused(string why) => refusals.Write(why);
+
+    /// <summary>Serves one connection. It counts as a stranger's (bounded in number and time by the caller, which closes it
+    /// at the deadline) until its hello redeems a ticket; then <paramref name="authenticated"/> is called.</summary>
+    public async Task HandleAsync(Stream stream, EndPoint? remote, Action authenticated, Action abort, CancellationToken closed)
     {
         var channel = new FrameChannel(stream, stream);
         Frame? first;
-        try
+        try { first = await channel.ReceiveAsync(closed); }
+        catch (Exception e) when (e is OperationCanceledException or IOException or ProtocolException or ObjectDisposedException)
         {
-            using var joinTimeout = CancellationTokenSource.CreateLinkedTokenSource(closed);
-            joinTimeout.CancelAfter(TimeSpan.FromSeconds(15));
-            first = await channel.ReceiveAsync(joinTimeout.Token);
-        }
-        catch (Exception e) when (e is OperationCanceledException or IOException or ProtocolException)
-        {
-            log($"connection from {remote} closed before joining: {e.Message}");
+            Refused($"connection from {remote} closed before joining: {e.Message}");
             return;
         }
         if (first == null) return;
         if (first.Kind != MessageKind.Join)
         {
-            log($"connection from {remote} sent {first.Kind} before joining; closed");
+            Refused($"connection from {remote} sent {first.Kind} before joining; closed");
             return;
         }
         DataPlaneHello hello;
         try { hello = first.Read<DataPlaneHello>(); }
         catch (ProtocolException e)
         {
-            log($"connection from {remote}: {e.Message}");
+            Refused($"connection from {remote}: {e.Message}");
             return;
         }
         if (grain.Redeem(hello) is not var (accepted, request))
         {
-            log($"connection from {remote}: no valid admission ticket; closed");
+            Refused($"connection from {remote}: no valid admission ticket; closed");
             await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused("no valid admission ticket for this worker (join through the coordinator grain first)"));
             return;
         }
+        authenticated();
         var worker = new RemoteWorker(workerGrain(request.WorkerName), channel, request.WorkerName, accepted.Rank, request.Silo, grain.Run,
             accepted.SendsWindows, abort);
         SharedMemoryRegion? down = null, up = null;
