@@ -29,6 +29,9 @@ public sealed class ClusterAuthentication(string? token, Action<string>? log = n
     /// <summary>Why this process's last outbound connection was refused, for a worker to report instead of retrying.</summary>
     public string? Refusal { get; private set; }
     public event Action<string>? Refused;
+    /// <summary>An outbound connection was closed before the other side answered the handshake: a silo restarting, or one
+    /// that speaks TLS when this one does not (see WorkerSilo.SchemeProbe).</summary>
+    public event Action<EndPoint>? Unanswered;
 
     /// <summary>Inbound (silo and gateway listeners, inside TLS): the peer must prove the token first.</summary>
     public async Task AcceptAsync(ConnectionContext connection, ConnectionDelegate next)
@@ -78,7 +81,12 @@ public sealed class ClusterAuthentication(string? token, Action<string>? log = n
             var clientNonce = RandomNumberGenerator.GetBytes(NonceBytes);
             await WriteAsync(connection.Transport.Output, [.. Magic, .. clientNonce], timeout.Token);
             var answer = await ReadAsync(connection.Transport.Input, NonceBytes + MacBytes, timeout.Token);
-            if (answer == null) { connection.Abort(); return; }
+            if (answer == null)
+            {
+                if (connection.RemoteEndPoint is { } remote) Unanswered?.Invoke(remote);
+                connection.Abort();
+                return;
+            }
             var serverNonce = answer[..NonceBytes];
             if (!CryptographicOperations.FixedTimeEquals(answer.AsSpan(NonceBytes), Mac("server", clientNonce, serverNonce)))
             {

@@ -26,11 +26,20 @@ public static class CoordinatorConnector
                 attemptTimeout.CancelAfter(TimeSpan.FromSeconds(5));
                 await client.ConnectAsync(uri.Host, uri.Port, attemptTimeout.Token);
                 Stream stream = client.GetStream();
-                if (uri.Scheme == "https") stream = await AuthenticateTlsAsync(stream, uri.Host, options.TlsCaPath, attemptTimeout.Token); // a silent peer must not hold the worker
-                var local = ((System.Net.IPEndPoint)client.Client.LocalEndPoint!).Address;
-                var remote = ((System.Net.IPEndPoint)client.Client.RemoteEndPoint!).Address;
-                return new DataPlaneLink(new FrameChannel(stream, stream), local.IsIPv4MappedToIPv6 ? local.MapToIPv4() : local,
-                    remote.IsIPv4MappedToIPv6 ? remote.MapToIPv4() : remote);
+                var local = Unmapped(((System.Net.IPEndPoint)client.Client.LocalEndPoint!).Address);
+                var peer = (System.Net.IPEndPoint)client.Client.RemoteEndPoint!;
+                peer = new System.Net.IPEndPoint(Unmapped(peer.Address), peer.Port);
+                if (uri.Scheme == "https") // bounded: a silent peer must not hold the worker
+                {
+                    try { stream = await AuthenticateTlsAsync(stream, uri.Host, options.TlsCaPath, attemptTimeout.Token); }
+                    catch (IOException) // closed during the handshake: a plain coordinator does that
+                    {
+                        if (await SchemeProbe.MismatchAsync(uri, peer) is not { } mismatch) throw;
+                        client.Dispose();
+                        throw new Model.ConfigException(mismatch);
+                    }
+                }
+                return new DataPlaneLink(new FrameChannel(stream, stream), local, peer.Address);
             }
             catch (Exception e) when (e is SocketException or OperationCanceledException or IOException && !cancel.IsCancellationRequested)
             {
@@ -48,6 +57,8 @@ public static class CoordinatorConnector
             }
         }
     }
+
+    static System.Net.IPAddress Unmapped(System.Net.IPAddress a) => a.IsIPv4MappedToIPv6 ? a.MapToIPv4() : a;
 
     static async Task<Stream> AuthenticateTlsAsync(Stream stream, string host, string? caPath, CancellationToken cancel)
     {

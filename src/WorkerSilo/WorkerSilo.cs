@@ -60,8 +60,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                 {
                     await silo.RestartAsync(probe.Local, probe.Remote, joinRetryUntil ?? deadline, cancel);
                     var admitted = await AdmitAsync(silo, dataSha, cancel);
-                    opened = (await CoordinatorConnector.ConnectAsync(options, joinRetryUntil ?? deadline, cancel)).Channel;
-                    return await OpenDataPlaneAsync(opened, admitted, joinRetryUntil ?? deadline, cancel);
+                    var link = await CoordinatorConnector.ConnectAsync(options, joinRetryUntil ?? deadline, cancel);
+                    opened = link.Channel;
+                    return await OpenDataPlaneAsync(link, admitted, joinRetryUntil ?? deadline, cancel);
                 });
             }
             catch (IOException e) when (!cancel.IsCancellationRequested && DateTime.UtcNow < (joinRetryUntil ??= deadline))
@@ -108,8 +109,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     }
 
     /// <summary>The data-plane hello with the admission's ticket; the answer adds the shared-memory regions, if offered.</summary>
-    async Task<JoinAccepted> OpenDataPlaneAsync(FrameChannel channel, JoinAccepted admitted, DateTime deadline, CancellationToken cancel)
+    async Task<JoinAccepted> OpenDataPlaneAsync(DataPlaneLink link, JoinAccepted admitted, DateTime deadline, CancellationToken cancel)
     {
+        var channel = link.Channel;
         using var answer = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         answer.CancelAfter(deadline - DateTime.UtcNow is var left && left > TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
         Frame? frame;
@@ -122,7 +124,12 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         {
             throw new RunFailedException($"the coordinator at {options.Coordinator} admitted {options.Name} but its data plane did not answer within --connect-timeout {options.ConnectTimeout.TotalSeconds:F0} s");
         }
-        if (frame == null) throw new IOException("the coordinator closed the data-plane connection during the join");
+        if (frame == null)
+        {
+            if (await SchemeProbe.MismatchAsync(options.Coordinator, new System.Net.IPEndPoint(link.Remote, options.Coordinator.Port)) is { } mismatch)
+                throw new ConfigException(mismatch);
+            throw new IOException("the coordinator closed the data-plane connection during the join");
+        }
         return frame.Kind switch
         {
             MessageKind.JoinAccepted => frame.Read<JoinAccepted>(),

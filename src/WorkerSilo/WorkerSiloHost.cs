@@ -34,11 +34,24 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
         using var start = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         start.CancelAfter(deadline - DateTime.UtcNow is var left && left > TimeSpan.Zero ? left : TimeSpan.Zero);
         authentication.Refused += _ => start.Cancel();
+        string? mismatch = null;
+        int probing = 0;
+        authentication.Unanswered += endpoint =>
+        {
+            if (Interlocked.Exchange(ref probing, 1) == 1) return;
+            _ = Task.Run(async () =>
+            {
+                mismatch = await SchemeProbe.MismatchAsync(options.Coordinator, endpoint);
+                if (mismatch == null) probing = 0;
+                else try { start.Cancel(); } catch (ObjectDisposedException) { }
+            });
+        };
         try { await silo.StartAsync(start.Token); }
         catch (Exception e)
         {
             silo.Dispose();
             cancel.ThrowIfCancellationRequested();
+            if (mismatch != null) throw new Model.ConfigException(mismatch);
             if (authentication.Refusal is { } refusal) throw new JoinRefusedException($"the coordinator's cluster refused {options.Name}: {refusal}");
             if (e is OperationCanceledException)
                 throw new RunFailedException($"cannot join the coordinator's cluster at {endpoints.Primary} (its silo port, --coordinator-silo-port); gave up after {options.ConnectTimeout.TotalSeconds:F0} s");

@@ -7,7 +7,7 @@ namespace DistGpt.Tests;
 
 /// <summary>Cluster mode over TLS: the coordinator serves --tls-cert/--tls-key, workers trust it through --tls-ca.</summary>
 [Collection(ProcessHeavy.Name)]
-public sealed class TlsTests
+public sealed class TlsTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     const string Model = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1";
 
@@ -66,6 +66,34 @@ public sealed class TlsTests
         var r = coordinator.WaitForExit(TimeSpan.FromMinutes(1));
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Equal(5, DistributedTests.Metrics(tmp.Combine("out")).Count);
+    }
+
+    /// <summary>Review #15, finding 1: a worker whose --coordinator scheme does not match what the coordinator serves is
+    /// told so in one line, at once, whichever connection (data plane or silo) finds out first.</summary>
+    [Fact]
+    public void AWorkerWithTheWrongSchemeIsToldWhatTheCoordinatorServes()
+    {
+        using var tmp = new TempDirectory("tls-scheme");
+        var (ca, (cert, key), (workerCert, workerKey)) = MakeCertificates(tmp);
+        var env = new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath(), ["DISTGPT_CLUSTER_TOKEN"] = "scheme-token" };
+        int tlsPort = DistributedTests.FreePort(), plainPort = DistributedTests.FreePort();
+        using var tlsCoordinator = CliRunner.Start(CliRunner.Split(
+            $"coordinator --listen https://127.0.0.1:{tlsPort} --tls-cert {cert} --tls-key {key} --tls-ca {ca} --min-workers 1 {Model} --max-iters 5 --out {tmp.Combine("tls")}"), env);
+        using var plainCoordinator = CliRunner.Start(CliRunner.Split(
+            $"coordinator --listen http://127.0.0.1:{plainPort} --min-workers 1 {Model} --max-iters 5 --out {tmp.Combine("plain")}"), env);
+        Assert.True(tlsCoordinator.WaitForOutput(o => o.Contains("waiting for 1 worker"), TimeSpan.FromSeconds(60)), tlsCoordinator.StdOut + tlsCoordinator.StdErr);
+        Assert.True(plainCoordinator.WaitForOutput(o => o.Contains("waiting for 1 worker"), TimeSpan.FromSeconds(60)), plainCoordinator.StdOut + plainCoordinator.StdErr);
+
+        var plainWorker = CliRunner.Run($"worker --coordinator http://127.0.0.1:{tlsPort} --name plain --threads 1 --connect-timeout 20", env, TimeSpan.FromSeconds(60));
+        output.WriteLine(plainWorker.ToString());
+        Hardening.UserErrors.AssertOneLineError(plainWorker, 2, "serves TLS", $"https://127.0.0.1:{tlsPort}", "--tls-ca", "--tls-cert");
+        Assert.True(plainWorker.Elapsed < TimeSpan.FromSeconds(15), $"the hint took {plainWorker.Elapsed.TotalSeconds:F0} s");
+
+        var tlsWorker = CliRunner.Run($"worker --coordinator https://127.0.0.1:{plainPort} --name secure --threads 1 --connect-timeout 20 --tls-ca {ca} --tls-cert {workerCert} --tls-key {workerKey}",
+            env, TimeSpan.FromSeconds(60));
+        output.WriteLine(tlsWorker.ToString());
+        Hardening.UserErrors.AssertOneLineError(tlsWorker, 2, "does not serve TLS", $"http://127.0.0.1:{plainPort}");
+        Assert.True(tlsWorker.Elapsed < TimeSpan.FromSeconds(15), $"the hint took {tlsWorker.Elapsed.TotalSeconds:F0} s");
     }
 
     [Theory]
