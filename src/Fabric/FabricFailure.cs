@@ -15,5 +15,5 @@ public sealed class FabricFailure : IFatalErrorHandler
     public bool IsUnexpected(Exception exception) => exception is not ThreadInterruptedException;
 
     public void OnFatalException(object? sender, string? context, Exception? exception) =>
-        failed.TrySetResult($"{context ?? "fatal error"}{(exception != null ? ": " + exception.Message : "")}");
+        failed.TrySetResult(Contracts.Untrusted.Escape($"{context ?? "fatal error"}{(exception != null ? ": " + exception.Message : "")}"));
 }

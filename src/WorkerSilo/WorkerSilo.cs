@@ -82,7 +82,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             await using var channel = opened!;
             joinRetryUntil = null;
             using var shared = MapSharedMemory(channel, accepted);
-            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {accepted.RunId} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
+            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, 64)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
             joinedBefore = true;
             Prepare(accepted, shared);
             bool finished = await ServeAsync(channel, accepted, cancel);
@@ -103,9 +103,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         try { decision = await silo.Grains.GetGrain<ICoordinatorGrain>(Fabric.FabricHosting.CoordinatorSilo).Join(request).WaitAsync(TimeSpan.FromSeconds(15), cancel); }
         catch (Exception e) when (e is not OperationCanceledException || !cancel.IsCancellationRequested)
         {
-            throw new IOException($"the coordinator grain did not answer: {e.GetBaseException().Message}", e);
+            throw new IOException($"the coordinator grain did not answer: {Untrusted.Escape(e.GetBaseException().Message)}", e);
         }
-        return decision.Accepted ?? throw new JoinRefusedException($"the coordinator refused {options.Name}: {decision.RefusedReason}");
+        return decision.Accepted ?? throw new JoinRefusedException($"the coordinator refused {options.Name}: {Untrusted.Escape(decision.RefusedReason)}");
     }
 
     /// <summary>The data-plane hello with the admission's ticket; the answer adds the shared-memory regions, if offered.</summary>
@@ -133,7 +133,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         return frame.Kind switch
         {
             MessageKind.JoinAccepted => frame.Read<JoinAccepted>(),
-            MessageKind.JoinRefused => throw new IOException($"the data plane refused the admission ticket: {frame.Read<JoinRefused>().Reason}"),
+            MessageKind.JoinRefused => throw new IOException($"the data plane refused the admission ticket: {Untrusted.Escape(frame.Read<JoinRefused>().Reason)}"),
             _ => throw new ProtocolException($"expected JoinAccepted, got {frame.Kind}"),
         };
     }
@@ -246,10 +246,10 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                         }
                         break;
                     case MessageKind.Shutdown:
-                        options.Log($"{options.Name}: run {run.RunId} finished ({frame.Read<Shutdown>().Reason})");
+                        options.Log($"{options.Name}: run {Untrusted.Escape(run.RunId, 64)} finished ({Untrusted.Escape(frame.Read<Shutdown>().Reason)})");
                         return true;
                     case MessageKind.Failed:
-                        options.Log($"{options.Name}: the coordinator dropped this worker: {frame.Read<Failed>().Reason}");
+                        options.Log($"{options.Name}: the coordinator dropped this worker: {Untrusted.Escape(frame.Read<Failed>().Reason)}");
                         return false;
                     default:
                         await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
@@ -263,7 +263,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         }
         catch (OperationCanceledException) when (runEnded.IsCancellationRequested && !cancel.IsCancellationRequested)
         {
-            options.Log($"{options.Name}: run {run.RunId} finished ({endReason})");
+            options.Log($"{options.Name}: run {Untrusted.Escape(run.RunId, 64)} finished ({Untrusted.Escape(endReason)})");
             return true;
         }
         catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
@@ -279,7 +279,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         var cancel = watch.Token; // armed since the frame header: covers the payload transfer
         var m = model!;
         if (request.RunId != run.RunId || request.ConfigHash != run.ConfigHash)
-            throw new ProtocolException($"compute request for run {request.RunId}/{request.ConfigHash}, joined {run.RunId}/{run.ConfigHash}");
+            throw new ProtocolException($"compute request for run {Untrusted.Quote(request.RunId, 64)}/{Untrusted.Quote(request.ConfigHash, 64)}, joined {Untrusted.Quote(run.RunId, 64)}/{Untrusted.Quote(run.ConfigHash, 64)}");
         long weightBytes = m.Parameters.Count * sizeof(float);
         long windowBytes = run.SendsWindows ? (long)request.Sequences * (m.Config.BlockSize + 1) * sizeof(int) : 0;
         if (payloadLength != weightBytes + windowBytes)

@@ -57,7 +57,7 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
                 throw new RunFailedException($"cannot join the coordinator's cluster at {endpoints.Primary} (its silo port, --coordinator-silo-port); gave up after {options.ConnectTimeout.TotalSeconds:F0} s");
             if (e.GetBaseException() is System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.AddressAlreadyInUse })
                 throw new Model.ConfigException($"this worker's silo port {endpoints.SiloPort} is in use (--silo-port; leave it out to take a free one)");
-            throw new IOException($"the worker silo could not join the cluster at {endpoints.Primary}: {e.GetBaseException().Message}", e);
+            throw new IOException($"the worker silo could not join the cluster at {endpoints.Primary}: {Untrusted.Escape(e.GetBaseException().Message)}", e);
         }
         host = silo;
         _ = failure.Failed.ContinueWith(t => options.Log($"{options.Name}: Orleans gave up on this silo ({t.Result}); it will be replaced at the next join"),

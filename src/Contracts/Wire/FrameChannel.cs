@@ -13,7 +13,7 @@ public sealed record Frame(MessageKind Kind, byte[] Header, long PayloadLength)
     public T Read<T>()
     {
         try { return JsonSerializer.Deserialize<T>(Header, Json.Options) ?? throw new ProtocolException($"{Kind} frame has an empty header"); }
-        catch (JsonException e) { throw new ProtocolException($"{Kind} frame header is not a valid {typeof(T).Name}: {e.Message}"); }
+        catch (JsonException e) { throw new ProtocolException($"{Kind} frame header is not a valid {typeof(T).Name}: {Untrusted.Escape(e.Message)}"); }
     }
 }
 

@@ -30,13 +30,13 @@ public static class ExitCodes
         switch (e)
         {
             case JoinRefusedException or ConfigException or DataException or CheckpointException:
-                Console.Error.WriteLine($"error: {e.Message}");
+                Console.Error.WriteLine($"error: {OneLine(e.Message)}");
                 return BadInput;
             case OperationCanceledException:
                 Console.Error.WriteLine("cancelled");
                 return Cancelled;
             case TrainingDivergedException or RunFailedException or WorkerLostException or Contracts.Wire.ProtocolException or OutputWriteException:
-                Console.Error.WriteLine($"error: {e.Message}");
+                Console.Error.WriteLine($"error: {OneLine(e.Message)}");
                 return Failure;
             case OutOfMemoryException:
                 Console.Error.WriteLine($"error: out of memory ({Describe(e)}); try a smaller --batch-size, --block-size or --n-embd{CrashLog.Mention(e)}");
@@ -47,5 +47,8 @@ public static class ExitCodes
         }
     }
 
-    static string Describe(Exception e) => $"{e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}";
+    static string Describe(Exception e) => $"{e.GetType().Name}: {OneLine(e.Message)}";
+
+    /// <summary>Messages may carry a peer's words (a refusal reason, a path given on the command line): one line, escaped.</summary>
+    static string OneLine(string message) => Untrusted.Escape(message, 2000);
 }

@@ -52,7 +52,7 @@ public static class StatusCommand
             catch (Exception e) when (!cancel.IsCancellationRequested)
             {
                 if (authentication.Refusal is { } refusal) throw new JoinRefusedException($"the coordinator at {gateway} refused: {refusal}");
-                throw new RunFailedException($"no DistGpt coordinator answers at {gateway} (its gateway port, --gateway-port): {(e is OperationCanceledException ? $"nothing within {seconds:F0} s" : e.GetBaseException().Message)}");
+                throw new RunFailedException($"no DistGpt coordinator answers at {gateway} (its gateway port, --gateway-port): {(e is OperationCanceledException ? $"nothing within {seconds:F0} s" : Untrusted.Escape(e.GetBaseException().Message))}");
             }
             finally
             {
@@ -96,15 +96,17 @@ public static class StatusCommand
         }).ToList(),
     });
 
+    /// <summary>What the coordinator's grain and Orleans' membership return is printed escaped: a rogue coordinator could
+    /// fill it with terminal escapes (--json escapes them as JSON does).</summary>
     static string Table(RunStatus status, Orleans.MembershipEntry[] silos)
     {
         var lines = new List<string>
         {
-            $"run {status.RunId}: step {status.Step}/{status.MaxIters}, loss {Figure(status.Loss, "F4")}, val loss {Figure(status.ValLoss, "F4")}, {Figure(status.TokensPerSecond, "N0")} tokens/s",
+            $"run {Untrusted.Escape(status.RunId, 64)}: step {status.Step}/{status.MaxIters}, loss {Figure(status.Loss, "F4")}, val loss {Figure(status.ValLoss, "F4")}, {Figure(status.TokensPerSecond, "N0")} tokens/s",
             $"{"silo",-20} {"address",-28} {"status",-12} {"rank",4} {"compute ms",10} {"comm ms",8}",
         };
         foreach (var (silo, worker) in Rows(status, silos))
-            lines.Add($"{silo.SiloName,-20} {silo.SiloAddress,-28} {silo.Status,-12} {worker?.Rank.ToString() ?? "",4} {Figure(worker?.ComputeMs, "F1"),10} {Figure(worker?.CommMs, "F1"),8}");
+            lines.Add($"{Untrusted.Escape(silo.SiloName, 64),-20} {silo.SiloAddress,-28} {silo.Status,-12} {worker?.Rank.ToString() ?? "",4} {Figure(worker?.ComputeMs, "F1"),10} {Figure(worker?.CommMs, "F1"),8}");
         return string.Join(Environment.NewLine, lines);
     }
 

@@ -59,7 +59,7 @@ public static class WorkerCommand
     {
         string name = given ?? $"{Environment.MachineName}-{Environment.ProcessId}";
         if (!Grains.RunMembership.ValidName(name))
-            throw new ConfigException($"--name must be 1 to 64 letters, digits, '.', '_' or '-' (got {System.Text.Json.JsonSerializer.Serialize(name[..Math.Min(name.Length, 80)])})");
+            throw new ConfigException($"--name must be 1 to 64 letters, digits, '.', '_' or '-' (got {Contracts.Untrusted.Quote(name, 80)})");
         return name;
     }
 }

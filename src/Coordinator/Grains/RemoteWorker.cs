@@ -52,7 +52,7 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
             // (its sum is checked as it lands). An order that cannot even be sent fails the call at once.
             var order = grain.ComputeGradients(request);
             _ = order.ContinueWith(t => call.Done.TrySetException(new WorkerLostException(name,
-                    $"its worker grain could not be given the order: {t.Exception!.GetBaseException().Message}")), TaskContinuationOptions.OnlyOnFaulted);
+                    $"its worker grain could not be given the order: {Untrusted.Escape(t.Exception!.GetBaseException().Message)}")), TaskContinuationOptions.OnlyOnFaulted);
             // Not cancellable: a frame abandoned half-way would corrupt the stream. A dead link fails the write, or, when a
             // cut cable stalls it (the frame is larger than the socket buffers), the worker's heartbeats stop: then the
             // connection is aborted and the worker is lost, as when it goes silent while computing.
@@ -210,8 +210,8 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
     }
 
     string? Mismatch(string runId, string configHash, long step, long version, Pending call) =>
-        runId != run.RunId ? $"run {runId} is not this run"
-        : configHash != run.ConfigHash ? $"config {configHash} is not this run's {run.ConfigHash}"
+        runId != run.RunId ? $"run {Untrusted.Quote(runId, 64)} is not this run"
+        : configHash != run.ConfigHash ? $"config {Untrusted.Quote(configHash, 64)} is not this run's {run.ConfigHash}"
         : step != call.Request.Step || version != call.Request.WeightsVersion ? $"stale reply for step {step} (version {version}), expected step {call.Request.Step}"
         : null;
 

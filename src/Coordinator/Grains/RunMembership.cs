@@ -37,12 +37,12 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
                 reason = $"a worker named '{request.WorkerName}' is already in the run; give each worker a unique --name";
             if (reason != null)
             {
-                log($"refused worker {Quoted(request.WorkerName[..Math.Min(request.WorkerName.Length, 80)])}: {reason}");
+                log($"refused worker {Untrusted.Quote(request.WorkerName, 64)}: {reason}");
                 return new JoinDecision(null, reason);
             }
             if (reserved.TryGetValue(request.WorkerName, out var earlier) && earlier.Redeemed)
             {
-                log($"refused worker {Quoted(request.WorkerName)}: its previous admission is still opening its data plane");
+                log($"refused worker '{request.WorkerName}': its previous admission is still opening its data plane");
                 return new JoinDecision(null, $"a worker named '{request.WorkerName}' is joining the run right now; give each worker a unique --name");
             }
             reserved.Remove(request.WorkerName); // an earlier attempt of the same worker that never reached the data plane
@@ -62,7 +62,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
     {
         lock (gate)
         {
-            if (!reserved.TryGetValue(hello.WorkerName, out var r) || r.Redeemed || r.Expires < DateTime.UtcNow
+            if (hello.WorkerName == null || hello.Ticket == null || !reserved.TryGetValue(hello.WorkerName, out var r) || r.Redeemed || r.Expires < DateTime.UtcNow
                 || !BuildInfo.TokensEqual(hello.Ticket, r.Accepted.Ticket!)) return null;
             r.Redeemed = true; // the rank stays reserved until Admit or Leave
             return (r.Accepted with { Ticket = null }, r.Request);
@@ -75,23 +75,29 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
             return r.ClusterToken == null ? "authentication failed: no cluster token given (--cluster-token or DISTGPT_CLUSTER_TOKEN)"
                                           : "authentication failed: wrong cluster token";
         if (r.ProtocolVersion != BuildInfo.ProtocolVersion || r.BuildVersion != BuildInfo.Version)
-            return $"build mismatch: worker runs build {r.BuildVersion} (protocol {r.ProtocolVersion}), coordinator runs {BuildInfo.Version} (protocol {BuildInfo.ProtocolVersion})";
+            return $"build mismatch: worker runs build {Untrusted.Quote(r.BuildVersion, 40)} (protocol {r.ProtocolVersion}), coordinator runs {BuildInfo.Version} (protocol {BuildInfo.ProtocolVersion})";
         if (!ValidName(r.WorkerName))
             return "a worker name is 1 to 64 letters, digits, '.', '_' or '-'";
         if (r.WorkerName == Fabric.FabricHosting.CoordinatorSilo)
             return $"'{r.WorkerName}' is the coordinator's silo name; give the worker another --name";
         if (r.ExpectedConfigHash != null && r.ExpectedConfigHash != run.ConfigHash)
-            return $"model config mismatch: worker expects config {r.ExpectedConfigHash}, the run's is {run.ConfigHash}";
+            return $"model config mismatch: worker expects config {Untrusted.Quote(r.ExpectedConfigHash, 64)}, the run's is {run.ConfigHash}";
         if (r.DataSha256 != null && r.DataSha256 != run.DataSha256)
-            return $"data mismatch: the worker's corpus has SHA-256 {r.DataSha256[..Math.Min(12, r.DataSha256.Length)]}…, the coordinator's {run.DataSha256[..12]}… (same file on every node, or no --data to receive windows from the coordinator)";
+            return $"data mismatch: the worker's corpus has SHA-256 {Untrusted.Escape(r.DataSha256, 12)}, the coordinator's {run.DataSha256[..12]}… (same file on every node, or no --data to receive windows from the coordinator)";
+        if (r.Silo != null && !IsSiloAddress(r.Silo))
+            return $"{Untrusted.Quote(r.Silo, 80)} is not an Orleans silo address";
         return null;
     }
 
-    /// <summary>Names reach logs, spans, metrics and silo names: a short plain charset keeps them from forging lines.</summary>
-    public static bool ValidName(string name) =>
-        name.Length is > 0 and <= 64 && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-');
+    static bool IsSiloAddress(string address)
+    {
+        try { Orleans.Runtime.SiloAddress.FromParsableString(address); return true; }
+        catch (FormatException) { return false; }
+    }
 
-    static string Quoted(string name) => System.Text.Json.JsonSerializer.Serialize(name);
+    /// <summary>Names reach logs, spans, metrics and silo names: a short plain charset keeps them from forging lines.</summary>
+    public static bool ValidName(string? name) =>
+        name is { Length: > 0 and <= 64 } && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-');
 
     public void Admit(IWorkerProxy worker)
     {

@@ -12,6 +12,7 @@ public static class TraceLog
     static volatile ILoggerFactory? factory;
     static volatile bool tracing;
     static readonly ConcurrentDictionary<string, ILogger> loggers = new();
+    const int MaxLine = 4000;
 
     internal static void Attach(ILoggerFactory? logs, bool tracing)
     {
@@ -26,8 +27,11 @@ public static class TraceLog
     /// <summary>Writes a line as is (no source prefix); exported under <paramref name="category"/>.</summary>
     public static void Line(string category, string line) => Emit(category, line, line);
 
+    /// <summary>Every line is escaped here too (see <see cref="Contracts.Untrusted"/>): whatever a peer's string slipped into a
+    /// message, no log line can hold a newline or a terminal escape.</summary>
     static void Emit(string category, string line, string message)
     {
+        (line, message) = (Contracts.Untrusted.Escape(line, MaxLine), Contracts.Untrusted.Escape(message, MaxLine));
         var span = Activity.Current;
         if (tracing && span != null && span.Source.Name == Model.Training.TrainingTelemetry.Name)
             line += $" trace_id={span.TraceId.ToHexString()} span_id={span.SpanId.ToHexString()}";
