@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -97,22 +96,10 @@ public sealed class LogInjectionTests(ITestOutputHelper output)
     {
         using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
         await socket.ConnectAsync(IPAddress.Loopback, port);
-        await socket.SendAsync(RawFrame((byte)MessageKind.Join, Encoding.UTF8.GetBytes(header)));
+        await socket.SendAsync(DataPlaneFrames.Raw((byte)MessageKind.Join, Encoding.UTF8.GetBytes(header)));
         var buffer = new byte[64];
         using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(10));
         try { while (await socket.ReceiveAsync(buffer, wait.Token) > 0) { } } // until the coordinator closes it
         catch (Exception e) when (e is SocketException or OperationCanceledException) { }
-    }
-
-    /// <summary>A data-plane frame as FrameChannel writes it: magic "DG", kind, flags, header length, payload length, header.</summary>
-    public static byte[] RawFrame(byte kind, byte[] header, long payloadLength = 0, byte flags = 0)
-    {
-        var frame = new byte[16 + header.Length];
-        BinaryPrimitives.WriteUInt16LittleEndian(frame, 0x4744);
-        (frame[2], frame[3]) = (kind, flags);
-        BinaryPrimitives.WriteInt32LittleEndian(frame.AsSpan(4), header.Length);
-        BinaryPrimitives.WriteInt64LittleEndian(frame.AsSpan(8), payloadLength);
-        header.CopyTo(frame, 16);
-        return frame;
     }
 }
