@@ -37,8 +37,10 @@ public sealed class ScreenedListenerFactory(IConnectionListenerFactory inner, Un
         public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancel = default)
         {
             var connection = await inner.AcceptAsync(cancel);
-            if (connection != null)
-                connection.Items[typeof(UnauthenticatedConnections.Entry)] = strangers.Track(connection.RemoteEndPoint, connection.Abort);
+            if (connection == null) return null;
+            var stranger = strangers.Track(connection.RemoteEndPoint, connection.Abort);
+            connection.Items[typeof(UnauthenticatedConnections.Entry)] = stranger;
+            connection.ConnectionClosed.Register(stranger.Dispose); // one refused by TLS or the handshake frees its place at once
             return connection;
         }
 
