@@ -29,11 +29,17 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
             new IPEndPoint(coordinator, options.CoordinatorSiloPort), ListenOnAnyAddress: !IPAddress.IsLoopback(advertise));
         var authentication = new ClusterAuthentication(options.ClusterToken);
         var failure = new FabricFailure();
-        var silo = FabricHosting.BuildSilo(endpoints, authentication, failure, TimeSpan.FromSeconds(10), options.Log,
+        bool givenUp = false; // refused, or the wrong scheme: Orleans' complaints about the cancelled start would only hide the one line that matters
+        var silo = FabricHosting.BuildSilo(endpoints, authentication, failure, TimeSpan.FromSeconds(10), line => { if (!givenUp) options.Log(line); },
             services => services.AddSingleton(worker), options.SiloTls);
         using var start = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         start.CancelAfter(deadline - DateTime.UtcNow is var left && left > TimeSpan.Zero ? left : TimeSpan.Zero);
-        authentication.Refused += _ => start.Cancel();
+        void GiveUp()
+        {
+            givenUp = true;
+            try { start.Cancel(); } catch (ObjectDisposedException) { }
+        }
+        authentication.Refused += _ => GiveUp();
         string? mismatch = null;
         int probing = 0;
         authentication.Unanswered += endpoint =>
@@ -43,7 +49,7 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
             {
                 mismatch = await SchemeProbe.MismatchAsync(options.Coordinator, endpoint);
                 if (mismatch == null) probing = 0;
-                else try { start.Cancel(); } catch (ObjectDisposedException) { }
+                else GiveUp();
             });
         };
         try { await silo.StartAsync(start.Token); }
