@@ -48,7 +48,12 @@ public sealed record JoinRefused(string Reason);
 /// carries the token windows (Sequences × (block+1) int32) after the weights, for a worker without its own corpus.
 /// TraceParent/TraceState: the W3C trace context of the coordinator's span for this call (null when not tracing).</summary>
 public sealed record ComputeRequest(string RunId, long Step, long WeightsVersion, string ConfigHash, long FirstSequence, int Sequences,
-    string? TraceParent = null, string? TraceState = null);
+    string? TraceParent = null, string? TraceState = null)
+{
+    /// <summary>Orders the same computation (whatever trace it is part of).</summary>
+    public bool SameShareAs(ComputeRequest other) =>
+        RunId == other.RunId && Step == other.Step && WeightsVersion == other.WeightsVersion && FirstSequence == other.FirstSequence && Sequences == other.Sequences;
+}
 
 /// <summary>Worker → coordinator: the gradient sum (payload) with the loss behind it and the worker's own timings. When
 /// the sum went ahead in <see cref="GradientsBucket"/> frames, this frame ends the step's reply and has no payload.</summary>

@@ -73,6 +73,7 @@ public static class FabricHosting
     public static ISiloBuilder AddGrainRuntime(ISiloBuilder silo)
     {
         silo.Services.AddSerializer(Serialization);
+        silo.Services.AddSingleton<Orleans.Statistics.IEnvironmentStatisticsProvider, QuietEnvironmentStatistics>();
         return silo.AddPlacementDirector<SiloNamedByKeyPlacement, SiloNamedByKeyPlacementDirector>();
     }
 
@@ -84,6 +85,7 @@ public static class FabricHosting
         builder.Services.AddSerializer(Serialization);
         builder.UseOrleansClient(client =>
         {
+            client.Services.AddSingleton<Orleans.Statistics.IEnvironmentStatisticsProvider, QuietEnvironmentStatistics>();
             client.Configure<ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (ClusterId, ServiceId));
             client.UseStaticClustering(gateway);
             client.AddActivityPropagation();

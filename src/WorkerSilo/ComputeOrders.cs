@@ -45,7 +45,7 @@ public sealed class ComputeOrders
                     open.Remove(stale);
                     stale.Done.TrySetException(new InvalidOperationException($"order for step {stale.Request.Step} overtaken by step {payload.Step}"));
                 }
-                var match = open.FirstOrDefault(o => Same(o.Request, payload));
+                var match = open.FirstOrDefault(o => o.Request.SameShareAs(payload));
                 if (match != null)
                 {
                     open.Remove(match);
@@ -66,7 +66,4 @@ public sealed class ComputeOrders
             open.Clear();
         }
     }
-
-    static bool Same(ComputeRequest a, ComputeRequest b) =>
-        a.RunId == b.RunId && a.Step == b.Step && a.WeightsVersion == b.WeightsVersion && a.FirstSequence == b.FirstSequence && a.Sequences == b.Sequences;
 }

@@ -18,6 +18,10 @@ public interface IWorkerProxy
     Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,
         NativeBuffer gradients, CancellationToken cancel);
 
+    /// <summary>Gives the worker the order for a coming call now, while it waits for its weights: the call with the same
+    /// share then sends only its tensors. (Where orders and tensors travel together, there is nothing to send ahead.)</summary>
+    void OrderAhead(ComputeRequest request) { }
+
     /// <summary>Tells the worker the run is over.</summary>
     Task ShutdownAsync(string reason);
 

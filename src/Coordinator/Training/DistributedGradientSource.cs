@@ -65,8 +65,7 @@ public sealed class DistributedGradientSource(
                     using var call = WorkerCall.Start(worker, step, share.Index, share.First, share.Count, traffic);
                     try
                     {
-                        var request = new ComputeRequest(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count,
-                            TraceParent: call.TraceParent, TraceState: call.TraceState);
+                        var request = Order(step, share) with { TraceParent = call.TraceParent, TraceState = call.TraceState };
                         var windows = worker is RemoteWorker { SendsWindows: true } ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
                         var reply = await worker.ComputeGradientsAsync(request, weights, windows, target, stop);
                         if (!double.IsFinite(reply.LossSum)) // (the worker grain has checked the gradients as they landed)
@@ -118,6 +117,7 @@ public sealed class DistributedGradientSource(
             }
         }
         double wallMs = clock.Elapsed.TotalMilliseconds;
+        if (step < settings.MaxIters) OrderAhead(step + 1, shares);
 
         using var summing = TrainingTelemetry.Start("sum gradients", step);
         GradientOps.SumInOrder(model.Parameters.Grads, sources, shares.Count);
@@ -137,6 +137,16 @@ public sealed class DistributedGradientSource(
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;
         return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);
+    }
+
+    ComputeRequest Order(long step, Share share) => new(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count);
+
+    /// <summary>The next step's orders, as its first round will hand them out if the workers stay the same, go out while the
+    /// workers wait for the new weights (see <see cref="IWorkerProxy.OrderAhead"/>).</summary>
+    void OrderAhead(long next, List<Share> shares)
+    {
+        var members = grain.Members();
+        for (int i = 0; i < shares.Count && members.Count > 0; i++) members[i % members.Count].OrderAhead(Order(next, shares[i]));
     }
 
     /// <summary>Copies the shares whose sums are still in their workers' regions into their own buffers.</summary>
