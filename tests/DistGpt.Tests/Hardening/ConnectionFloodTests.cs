@@ -21,9 +21,7 @@ public sealed class ConnectionFloodTests(ITestOutputHelper output)
         int port = DistributedTests.FreePort();
         var env = DistributedTests.Env("flood-token");
         string outDir = tmp.Combine("out");
-        using var coordinator = CliRunner.Start(["coordinator", "--listen", $"http://127.0.0.1:{port}", "--min-workers", "1", "--join-timeout", "60",
-            "--max-iters", "20", "--eval-interval", "10", "--out", outDir, .. UserErrors.Tiny], env, openFileLimit: FileLimit);
-        Assert.True(coordinator.WaitForOutput(o => o.Contains("waiting for 1 worker"), TimeSpan.FromSeconds(60)), coordinator.StdOut + coordinator.StdErr);
+        using var coordinator = UserErrors.WaitingCoordinator(port, env, outDir, ["--join-timeout", "60", "--max-iters", "20", "--eval-interval", "10"], FileLimit);
 
         // Data plane, silo and gateway ports: idle sockets until each port stops answering or has SocketsPerPort of them.
         using var flood = new IdleConnections();

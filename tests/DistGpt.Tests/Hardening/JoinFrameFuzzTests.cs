@@ -22,9 +22,7 @@ public sealed class JoinFrameFuzzTests(ITestOutputHelper output)
         int port = DistributedTests.FreePort();
         var env = DistributedTests.Env("fuzz-token");
         string outDir = tmp.Combine("out");
-        using var coordinator = CliRunner.Start(["coordinator", "--listen", $"http://127.0.0.1:{port}", "--min-workers", "1", "--join-timeout", "120",
-            "--max-iters", "5", "--out", outDir, .. UserErrors.Tiny], env);
-        Assert.True(coordinator.WaitForOutput(o => o.Contains("waiting for 1 worker"), TimeSpan.FromSeconds(60)), coordinator.StdOut + coordinator.StdErr);
+        using var coordinator = UserErrors.WaitingCoordinator(port, env, outDir, ["--join-timeout", "120", "--max-iters", "5"]);
 
         var random = new Random(15);
         var clock = Stopwatch.StartNew();

@@ -51,9 +51,7 @@ public sealed class LogInjectionTests(ITestOutputHelper output)
         using var tmp = new TempDirectory("inject");
         int port = DistributedTests.FreePort();
         const string token = "inject-token";
-        using var coordinator = CliRunner.Start(["coordinator", "--listen", $"http://127.0.0.1:{port}", "--min-workers", "1",
-            "--max-iters", "5", "--out", tmp.Combine("out"), .. UserErrors.Tiny], DistributedTests.Env(token));
-        Assert.True(coordinator.WaitForOutput(o => o.Contains("waiting for 1 worker"), TimeSpan.FromSeconds(60)), coordinator.StdOut + coordinator.StdErr);
+        using var coordinator = UserErrors.WaitingCoordinator(port, DistributedTests.Env(token), tmp.Combine("out"), ["--max-iters", "5"]);
 
         using var client = FabricHosting.BuildClient(new IPEndPoint(IPAddress.Loopback, port + 2), new ClusterAuthentication(token), _ => { });
         await client.StartAsync().WaitAsync(TimeSpan.FromSeconds(60));

@@ -13,6 +13,15 @@ public sealed class UserErrors(ITestOutputHelper output, TempDirectory temp)
     public static readonly string[] Tiny =
         ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--batch-size", "2", "--eval-iters", "1", "--threads", "1"];
 
+    /// <summary>A coordinator of a tiny run on 127.0.0.1:<paramref name="port"/> for one worker, returned once it waits for it.</summary>
+    public static CliProcess WaitingCoordinator(int port, IDictionary<string, string> env, string outDir, string[] flags, int? openFileLimit = null)
+    {
+        var coordinator = CliRunner.Start(["coordinator", "--listen", $"http://127.0.0.1:{port}", "--min-workers", "1", "--out", outDir, .. flags, .. Tiny],
+            env, openFileLimit: openFileLimit);
+        Assert.True(coordinator.WaitForOutput(o => o.Contains("waiting for 1 worker"), Timeout), coordinator.StdOut + coordinator.StdErr);
+        return coordinator;
+    }
+
     public CliResult Distgpt(params string[] args) => Distgpt(new Dictionary<string, string>(), args);
 
     public CliResult Distgpt(Dictionary<string, string> extraEnv, params string[] args)
