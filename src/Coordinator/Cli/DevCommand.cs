@@ -35,6 +35,7 @@ public static class DevCommand
             Check.InRange(perWorker, 1, ThreadsOption.Max, "--worker-threads");
             Check.InRange(r.GetValue(maxRestarts), 0, 1 << 20, "--max-restarts");
             Compute.Threads = train.ReadThreads(r);
+            Compute.HelperSpin = TimeSpan.Zero; // the workers' kernels share these cores
             bool restarting = r.GetValue(restart);
             string mode = r.GetValue(transport)!;
             if (mode is not ("shm" or "tcp")) throw new ConfigException($"--transport must be shm or tcp (got '{mode}')");
