@@ -10,6 +10,8 @@ namespace DistGpt.Contracts;
 public static class Untrusted
 {
     public const int DefaultMaxLength = 200;
+    /// <summary>For identifiers (run ids, config hashes, worker and silo names): DistGpt's own are at most 64 characters.</summary>
+    public const int IdLength = 64;
 
     /// <summary>The value in double quotes, escaped and cut: "admin\n[coordinator] …" (null: null).</summary>
     public static string Quote(string? value, int maxLength = DefaultMaxLength) =>

@@ -82,7 +82,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             await using var channel = opened!;
             joinRetryUntil = null;
             using var shared = MapSharedMemory(channel, accepted);
-            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, 64)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
+            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, Untrusted.IdLength)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
             joinedBefore = true;
             Prepare(accepted, shared);
             bool finished = await ServeAsync(channel, accepted, cancel);
@@ -246,7 +246,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                         }
                         break;
                     case MessageKind.Shutdown:
-                        options.Log($"{options.Name}: run {Untrusted.Escape(run.RunId, 64)} finished ({Untrusted.Escape(frame.Read<Shutdown>().Reason)})");
+                        options.Log($"{options.Name}: run {Untrusted.Escape(run.RunId, Untrusted.IdLength)} finished ({Untrusted.Escape(frame.Read<Shutdown>().Reason)})");
                         return true;
                     case MessageKind.Failed:
                         options.Log($"{options.Name}: the coordinator dropped this worker: {Untrusted.Escape(frame.Read<Failed>().Reason)}");
@@ -263,7 +263,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         }
         catch (OperationCanceledException) when (runEnded.IsCancellationRequested && !cancel.IsCancellationRequested)
         {
-            options.Log($"{options.Name}: run {Untrusted.Escape(run.RunId, 64)} finished ({Untrusted.Escape(endReason)})");
+            options.Log($"{options.Name}: run {Untrusted.Escape(run.RunId, Untrusted.IdLength)} finished ({Untrusted.Escape(endReason)})");
             return true;
         }
         catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
@@ -279,7 +279,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         var cancel = watch.Token; // armed since the frame header: covers the payload transfer
         var m = model!;
         if (request.RunId != run.RunId || request.ConfigHash != run.ConfigHash)
-            throw new ProtocolException($"compute request for run {Untrusted.Quote(request.RunId, 64)}/{Untrusted.Quote(request.ConfigHash, 64)}, joined {Untrusted.Quote(run.RunId, 64)}/{Untrusted.Quote(run.ConfigHash, 64)}");
+            throw new ProtocolException($"compute request for run {Untrusted.Quote(request.RunId, Untrusted.IdLength)}/{Untrusted.Quote(request.ConfigHash, Untrusted.IdLength)}, joined {Untrusted.Quote(run.RunId, Untrusted.IdLength)}/{Untrusted.Quote(run.ConfigHash, Untrusted.IdLength)}");
         long weightBytes = m.Parameters.Count * sizeof(float);
         long windowBytes = run.SendsWindows ? (long)request.Sequences * (m.Config.BlockSize + 1) * sizeof(int) : 0;
         if (payloadLength != weightBytes + windowBytes)

@@ -46,7 +46,7 @@ public static class WorkerTracing
         var parent = TraceContext.Parent(request.TraceParent, request.TraceState);
         if (parent == default) Activity.Current = null; // no coordinator trace: a root of its own, never a leftover's child
         var span = TrainingTelemetry.Source.StartActivity("compute gradients", ActivityKind.Server, parent);
-        span?.SetTag(TrainingTelemetry.Attr.Step, request.Step).SetTag(TrainingTelemetry.Attr.RunId, Untrusted.Escape(request.RunId, 64))
+        span?.SetTag(TrainingTelemetry.Attr.Step, request.Step).SetTag(TrainingTelemetry.Attr.RunId, Untrusted.Escape(request.RunId, Untrusted.IdLength))
             .SetTag(TrainingTelemetry.Attr.WorkerName, worker).SetTag(TrainingTelemetry.Attr.WorkerRank, rank)
             .SetTag(TrainingTelemetry.Attr.ShareFirst, request.FirstSequence).SetTag(TrainingTelemetry.Attr.Sequences, request.Sequences);
         return span;
@@ -83,7 +83,7 @@ public static class WorkerTracing
         try
         {
             var accepted = await join();
-            span?.SetTag(TrainingTelemetry.Attr.RunId, Untrusted.Escape(accepted.RunId, 64)).SetTag(TrainingTelemetry.Attr.WorkerRank, accepted.Rank);
+            span?.SetTag(TrainingTelemetry.Attr.RunId, Untrusted.Escape(accepted.RunId, Untrusted.IdLength)).SetTag(TrainingTelemetry.Attr.WorkerRank, accepted.Rank);
             return accepted;
         }
         catch (Exception e)

@@ -102,11 +102,11 @@ public static class StatusCommand
     {
         var lines = new List<string>
         {
-            $"run {Untrusted.Escape(status.RunId, 64)}: step {status.Step}/{status.MaxIters}, loss {Figure(status.Loss, "F4")}, val loss {Figure(status.ValLoss, "F4")}, {Figure(status.TokensPerSecond, "N0")} tokens/s",
+            $"run {Untrusted.Escape(status.RunId, Untrusted.IdLength)}: step {status.Step}/{status.MaxIters}, loss {Figure(status.Loss, "F4")}, val loss {Figure(status.ValLoss, "F4")}, {Figure(status.TokensPerSecond, "N0")} tokens/s",
             $"{"silo",-20} {"address",-28} {"status",-12} {"rank",4} {"compute ms",10} {"comm ms",8}",
         };
         foreach (var (silo, worker) in Rows(status, silos))
-            lines.Add($"{Untrusted.Escape(silo.SiloName, 64),-20} {silo.SiloAddress,-28} {silo.Status,-12} {worker?.Rank.ToString() ?? "",4} {Figure(worker?.ComputeMs, "F1"),10} {Figure(worker?.CommMs, "F1"),8}");
+            lines.Add($"{Untrusted.Escape(silo.SiloName, Untrusted.IdLength),-20} {silo.SiloAddress,-28} {silo.Status,-12} {worker?.Rank.ToString() ?? "",4} {Figure(worker?.ComputeMs, "F1"),10} {Figure(worker?.CommMs, "F1"),8}");
         return string.Join(Environment.NewLine, lines);
     }
 

@@ -37,7 +37,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
                 reason = $"a worker named '{request.WorkerName}' is already in the run; give each worker a unique --name";
             if (reason != null)
             {
-                log($"refused worker {Untrusted.Quote(request.WorkerName, 64)}: {reason}");
+                log($"refused worker {Untrusted.Quote(request.WorkerName, Untrusted.IdLength)}: {reason}");
                 return new JoinDecision(null, reason);
             }
             if (reserved.TryGetValue(request.WorkerName, out var earlier) && earlier.Redeemed)
@@ -81,7 +81,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
         if (r.WorkerName == Fabric.FabricHosting.CoordinatorSilo)
             return $"'{r.WorkerName}' is the coordinator's silo name; give the worker another --name";
         if (r.ExpectedConfigHash != null && r.ExpectedConfigHash != run.ConfigHash)
-            return $"model config mismatch: worker expects config {Untrusted.Quote(r.ExpectedConfigHash, 64)}, the run's is {run.ConfigHash}";
+            return $"model config mismatch: worker expects config {Untrusted.Quote(r.ExpectedConfigHash, Untrusted.IdLength)}, the run's is {run.ConfigHash}";
         if (r.DataSha256 != null && r.DataSha256 != run.DataSha256)
             return $"data mismatch: the worker's corpus has SHA-256 {Untrusted.Escape(r.DataSha256, 12)}, the coordinator's {run.DataSha256[..12]}… (same file on every node, or no --data to receive windows from the coordinator)";
         if (r.Silo != null && !IsSiloAddress(r.Silo))
