@@ -20,9 +20,9 @@ namespace DistGpt.Dashboard;
 /// another host (a DNS-rebinding page in the user's browser) is refused.</summary>
 public sealed class DashboardServer : IAsyncDisposable
 {
-    /// <summary>A connection waits this long after new records before sending them, so a browser gets a few writes a
-    /// second however fast the steps go.</summary>
-    static readonly TimeSpan Coalesce = TimeSpan.FromMilliseconds(250);
+    /// <summary>A connection waits this long after new records before sending them, so a browser gets one write a second
+    /// however fast the steps go.</summary>
+    static readonly TimeSpan Coalesce = TimeSpan.FromSeconds(1);
     static readonly TimeSpan KeepAlive = TimeSpan.FromSeconds(15);
 
     static readonly Dictionary<string, string> Assets = new()

@@ -8,6 +8,7 @@ const PARTS = [["compute", "#4e79a7"], ["comm", "#f28e2b"], ["wait", "#c9c3bd"]]
 const WINDOW = 20; // steps averaged in the workers panel
 const runs = [];   // { info, records: [], state }
 let renderPending = false;
+const drawn = {};  // what each slow-changing panel last showed: it is rebuilt only when that changes
 
 const $ = id => document.getElementById(id);
 
@@ -25,9 +26,9 @@ async function start() {
   infos.forEach((info, i) => { runs[i] = runs[i] || { records: [], state: "" }; runs[i].info = info; });
   const select = $("run-select");
   infos.forEach((info, i) => select.append(new Option(info.label, String(i))));
-  select.addEventListener("change", scheduleRender);
-  $("log-scale").addEventListener("change", scheduleRender);
-  $("smoothing").addEventListener("input", () => { $("smoothing-value").textContent = Number($("smoothing").value).toFixed(2); scheduleRender(); });
+  select.addEventListener("change", render);
+  $("log-scale").addEventListener("change", render);
+  $("smoothing").addEventListener("input", () => { $("smoothing-value").textContent = Number($("smoothing").value).toFixed(2); render(); });
   window.addEventListener("resize", scheduleRender);
   document.addEventListener("visibilitychange", scheduleRender);
   connect();
@@ -57,11 +58,12 @@ function connect() {
 
 function runOf(i) { return runs[i] || (runs[i] = { records: [], state: "", info: { label: "run " + i } }); }
 
-// Redraws at most twice a second, and not while the tab is hidden: the page must not take the cores training uses.
+// Redraws at most once a second, and not while the tab is hidden: the page must not take the cores training uses
+// (bench/dashboard-overhead.sh). The controls redraw at once.
 function scheduleRender() {
   if (renderPending) return;
   renderPending = true;
-  setTimeout(() => { renderPending = false; if (!document.hidden) render(); }, 500);
+  setTimeout(() => { renderPending = false; if (!document.hidden) render(); }, 1000);
 }
 
 // ---- the page ---------------------------------------------------------------------------------------------------
@@ -80,6 +82,13 @@ function render() {
     renderSamples(selected);
   }
   renderRuns(shown);
+}
+
+// True when `value` differs from what panel `key` shows now (and remembers it).
+function changed(key, value) {
+  if (drawn[key] === value) return false;
+  drawn[key] = value;
+  return true;
 }
 
 function renderLatest(shown) {
@@ -177,18 +186,23 @@ function membershipEvents(run) {
 
 function renderMembership(run) {
   const events = membershipEvents(run);
-  const body = $("events").tBodies[0];
-  body.replaceChildren();
-  for (const [step, name, what] of events.slice(-50).reverse()) {
-    const row = el("tr");
-    row.append(el("td", step), el("td", name, "worker-name"), el("td", what));
-    body.append(row);
+  if (changed("events", run.info.label + "#" + events.length)) {
+    const body = $("events").tBodies[0];
+    body.replaceChildren();
+    for (const [step, name, what] of events.slice(-50).reverse()) {
+      const row = el("tr");
+      row.append(el("td", step), el("td", name, "worker-name"), el("td", what));
+      body.append(row);
+    }
   }
-  // One lane per worker: a mark at every step it computed in.
-  const lanes = new Map();
+  // One lane per worker: a bar over every stretch of consecutive steps it computed in.
+  const lanes = new Map(), previous = new Map();
   for (const m of run.records) for (const name of Object.keys(m.worker_compute_ms || {})) {
     if (!lanes.has(name)) lanes.set(name, []);
-    lanes.get(name).push(m.step);
+    const stretches = lanes.get(name);
+    if (previous.get(name) === m.step - 1) stretches[stretches.length - 1][1] = m.step;
+    else stretches.push([m.step, m.step]);
+    previous.set(name, m.step);
   }
   timeline($("membership-chart"), lanes, events, run.records.length ? run.records[run.records.length - 1].step : 1);
 }
@@ -214,9 +228,10 @@ function renderSteps(run) {
 }
 
 function renderSamples(run) {
+  const evals = run.records.filter(m => m.sample != null).slice(-5).reverse();
+  if (!changed("samples", run.info.label + "#" + (evals.length ? evals[0].step : 0))) return;
   const box = $("samples");
   box.replaceChildren();
-  const evals = run.records.filter(m => m.sample != null).slice(-5).reverse();
   if (evals.length === 0) box.append(el("p", "no evaluation step yet", "note"));
   for (const m of evals) {
     box.append(el("h3", `step ${m.step}` + (m.val_loss != null ? `, val loss ${m.val_loss.toFixed(4)}` : "")), el("pre", m.sample));
@@ -224,14 +239,15 @@ function renderSamples(run) {
 }
 
 function renderRuns(shown) {
+  const worldSizeOf = r => r.info.world_size != null ? r.info.world_size : Math.max(0, ...r.records.map(m => m.workers || 0)) || 1;
+  if (!changed("runs", shown.map(r => `${r.info.label}|${r.state}|${worldSizeOf(r)}`).join())) return;
   const box = $("runs");
   box.replaceChildren();
   shown.forEach((r, i) => {
     const title = el("h3", `${r.info.label} — ${r.state || r.info.mode}`);
     title.style.color = COLORS[i % COLORS.length];
     const dl = el("dl");
-    const worldSize = r.info.world_size != null ? r.info.world_size : Math.max(0, ...r.records.map(m => m.workers || 0)) || 1;
-    const rows = [["run id", r.info.run_id], ["mode", r.info.mode], ["world size", worldSize], ["wire dtype", r.info.wire_dtype || (r.info.mode === "train" ? "none (one process)" : "not recorded")], ["steps", r.records.length]];
+    const rows = [["run id", r.info.run_id], ["mode", r.info.mode], ["world size", worldSizeOf(r)], ["wire dtype", r.info.wire_dtype || (r.info.mode === "train" ? "none (one process)" : "not recorded")]];
     // (shares and replicas_per_share are 0 until a distributed run's coordinator fixes them: not worth a row then)
     for (const group of [r.info.config, r.info.settings]) if (group) for (const [k, v] of Object.entries(group)) if (v !== 0 || !/^(shares|replicas_per_share)$/.test(k)) rows.push([k, v]);
     for (const [k, v] of rows) if (v !== undefined && v !== null) dl.append(el("dt", k), el("dd", v));
@@ -336,7 +352,7 @@ function timeline(canvas, lanes, events, lastStep) {
     const y = 4 + row * rowH;
     g.fillStyle = "#1d2330"; g.fillText(name.length > 16 ? name.slice(0, 15) + "…" : name, 4, y + 11);
     g.fillStyle = "#9ec5e8";
-    for (const s of lanes.get(name)) g.fillRect(X(s), y + 2, Math.max(1, (width - pad) / Math.max(1, lastStep)), rowH - 6);
+    for (const [from, to] of lanes.get(name)) g.fillRect(X(from), y + 2, Math.max(2, X(to) - X(from)), rowH - 6);
     for (const [step, who, what] of events) if (who === name && !/joined/.test(what)) { g.fillStyle = "#b42318"; g.fillRect(X(step) - 1, y, 3, rowH - 2); }
   });
   g.fillStyle = "#667085";

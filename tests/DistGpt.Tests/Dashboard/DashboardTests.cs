@@ -124,9 +124,11 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
         using var tmp = new TempDirectory("dashboard-live");
         string outDir = tmp.Subdirectory("out");
         const string token = "dashboard-test-cluster-token-5f1e";
+        var env = DistributedTests.Env(token);
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"; // steps are traced (so they have trace ids); the export goes nowhere
         // Long enough to still be running when the page is checked; stopped with Ctrl-C after.
         using var dev = CliRunner.Start(["dev", "--workers", "2", "--worker-threads", "1", .. CliRunner.Split(FinishedRunsFixture.Model.Replace("--max-iters 300", "--max-iters 100000")),
-            "--out", outDir, "--dashboard", "0", "--trace-link", "http://localhost:16686/trace/{trace_id}"], DistributedTests.Env(token));
+            "--out", outDir, "--dashboard", "0", "--trace-link", "http://localhost:16686/trace/{trace_id}?step={step}"], env);
         var url = PageUrl(dev);
         var (playwright, browser) = await SystemChromium.LaunchAsync();
         using var _ = playwright;
@@ -146,11 +148,20 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
         Assert.False(dev.HasExited, dev.StdOut + dev.StdErr);
 
         // The loss the page shows for its latest step is the one metrics.jsonl holds for that step.
-        var line = File.ReadLines(Path.Combine(outDir, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement)
-            .Single(m => m.GetProperty("step").GetRawText() == step);
+        List<JsonElement> metrics() => File.ReadLines(Path.Combine(outDir, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        var line = metrics().Single(m => m.GetProperty("step").GetRawText() == step);
         Assert.Equal(line.GetProperty("loss").GetRawText(), loss);
         Assert.Equal("2", (await page.Locator("#runs dd").AllTextContentsAsync())[2]); // world size
         Assert.Contains("fp32", await page.Locator("#runs").TextContentAsync());
+        var events = new List<string>();
+        foreach (var row in await page.Locator("#events tbody tr").AllAsync()) events.Add(string.Join(' ', await row.Locator("td").AllTextContentsAsync()));
+        Assert.Equal(["1 worker-0 joined", "1 worker-1 joined"], events.Order());
+
+        // Each traced step links to its trace through the --trace-link template.
+        var traced = page.Locator("#steps tbody tr").Filter(new LocatorFilterOptions { Has = page.Locator("a") }).First;
+        string tracedStep = (await traced.Locator("td").First.TextContentAsync())!;
+        string traceId = metrics().Single(m => m.GetProperty("step").GetRawText() == tracedStep).GetProperty("trace_id").GetString()!;
+        Assert.Equal($"http://localhost:16686/trace/{traceId}?step={tracedStep}", await traced.Locator("a").GetAttributeAsync("href"));
 
         string shot = SystemChromium.ArtifactPath("dashboard-live.png");
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = shot, FullPage = true });
