@@ -16,7 +16,7 @@ trap 'kill $dev 2>/dev/null; rm -rf "$tmp"' EXIT
 dev=$!
 until grep -q '^\[dashboard\] http' "$tmp/log"; do sleep 0.2; kill -0 $dev || { cat "$tmp/log"; exit 1; }; done
 url="$(grep -o '^\[dashboard\] http[^ ]*' "$tmp/log" | cut -d' ' -f2)"
-until [ "$(wc -l <"$tmp/out/metrics.jsonl" 2>/dev/null || echo 0)" -ge "$SHOT_AT" ]; do sleep 0.5; kill -0 $dev || { cat "$tmp/log"; exit 1; }; done
+until [ "$({ wc -l <"$tmp/out/metrics.jsonl"; } 2>/dev/null || echo 0)" -ge "$SHOT_AT" ]; do sleep 0.5; kill -0 $dev || { cat "$tmp/log"; exit 1; }; done
 node - "$pw" "$CHROMIUM" "$url" "$png" <<'JS'
 const [pw, executablePath, url, png] = process.argv.slice(2);
 const { chromium } = require(pw);
