@@ -261,9 +261,10 @@ function setup(canvas, rows) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth;
   const height = rows === undefined ? Number(canvas.dataset.height || (canvas.dataset.height = canvas.getAttribute("height"))) : rows;
-  canvas.style.height = height + "px";
-  canvas.width = Math.round(width * ratio);
-  canvas.height = Math.round(height * ratio);
+  // Resizing a canvas reallocates its bitmap: only when its size changed; otherwise it is cleared below.
+  if (canvas.style.height !== height + "px") canvas.style.height = height + "px";
+  if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
+  if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
   const g = canvas.getContext("2d");
   g.setTransform(ratio, 0, 0, ratio, 0, 0);
   g.clearRect(0, 0, width, height);
