@@ -52,7 +52,7 @@ public static class BenchCommand
             Check.InRange(r.GetValue(steps), 1, 1 << 20, "--steps");
             Check.InRange(r.GetValue(warmup), 0, 1 << 20, "--warmup");
             Compute.Threads = ThreadsOption.Read(r, threads);
-            var corpus = TextCorpus.Load(DataLocator.Resolve(r.GetValue(data)));
+            var corpus = Corpus.Load(DataLocator.Resolve(r.GetValue(data)));
             var result = Run(preset, corpus, r.GetValue(steps), r.GetValue(warmup));
             Console.WriteLine(JsonSerializer.Serialize(result, Json.Options));
             return 0;
@@ -62,7 +62,7 @@ public static class BenchCommand
 
     public sealed record Result(string Config, long Params, int TokensPerStep, double MsPerStep, double TokensPerS, int Threads, int Gen0Collections);
 
-    public static Result Run(Preset preset, TextCorpus corpus, int steps, int warmup)
+    public static Result Run(Preset preset, Corpus corpus, int steps, int warmup)
     {
         var cfg = preset.Model with { VocabSize = corpus.Tokenizer.VocabSize };
         using var model = new Gpt(cfg);

@@ -9,7 +9,7 @@ namespace DistGpt.Coordinator.Cli;
 /// <summary>Everything a training run starts from: corpus, model (fresh or from the checkpoint in --out), optimizer, step.</summary>
 public sealed class RunSetup : IDisposable
 {
-    public required TextCorpus Corpus { get; init; }
+    public required Corpus Corpus { get; init; }
     public required Gpt Model { get; init; }
     public required AdamW Optimizer { get; init; }
     public required TrainSettings Settings { get; init; }
@@ -37,8 +37,9 @@ public sealed class RunSetup : IDisposable
         var ckpt = r.GetValue(options.Resume) ? Checkpoint.Open(outDir) : null;
         var (modelConfig, settings) = options.Read(r, ckpt?.State.Config, ckpt?.State.Settings);
         string dataPath = DataLocator.Resolve(r.GetValue(options.Data));
-        var corpus = TextCorpus.Load(dataPath, ckpt == null ? null : CharTokenizer.FromCharacters(ckpt.State.Vocabulary));
-        modelConfig = modelConfig with { VocabSize = corpus.Tokenizer.VocabSize };
+        var corpus = Corpus.Load(dataPath, ckpt?.State.CreateTokenizer());
+        if (modelConfig.VocabSize == 0) modelConfig = modelConfig with { VocabSize = DefaultVocabSize(corpus.Tokenizer) };
+        corpus.RequireVocab(modelConfig.VocabSize);
         MemoryEstimate.ForTraining(modelConfig, settings.BatchSize, Compute.Threads)
             .RequireAtMost(MemoryEstimate.AvailableBytes(), settings.BatchSize, modelConfig.BlockSize);
         corpus.RequireBlock(modelConfig.BlockSize);
@@ -59,6 +60,10 @@ public sealed class RunSetup : IDisposable
             StartStep = ckpt?.State.Step ?? 0, RunId = ckpt?.State.RunId ?? Guid.NewGuid().ToString("n")[..12],
         };
     }
+
+    /// <summary>The tokenizer's vocabulary; GPT-2's padded to a multiple of 64 as nanoGPT's (50257 → 50304), for the matmuls.</summary>
+    public static int DefaultVocabSize(ITokenizer tokenizer) =>
+        tokenizer is CharTokenizer ? tokenizer.VocabSize : (tokenizer.VocabSize + 63) / 64 * 64;
 
     public void Dispose()
     {

@@ -56,7 +56,7 @@ public static class DistributedTraining
                 : $"--batch-size {train.BatchSize} does not divide into the {train.Shares} shares this run started with; use a multiple of {train.Shares}");
         Action<string> log = msg => Telemetry.TraceLog.Write("coordinator", msg);
         var model = setup.Model;
-        var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
+        var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Vocabulary, train.Seed, model.Parameters.Count,
             setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes,
             train.ReplicasPerShare);
         var grain = new RunMembership(run, log);

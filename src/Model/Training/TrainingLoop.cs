@@ -7,7 +7,7 @@ namespace DistGpt.Model.Training;
 /// <summary>The recipe, as nanoGPT's train.py: per step set the lr from the schedule, get the gradient sum, average it
 /// over the tokens, clip, AdamW; evaluate every eval_interval steps; checkpoint; log a metrics line. Steps count 1..max_iters.</summary>
 public sealed class TrainingLoop(
-    Gpt model, AdamW optimizer, TextCorpus corpus, TrainSettings settings, IGradientSource gradients,
+    Gpt model, AdamW optimizer, Corpus corpus, TrainSettings settings, IGradientSource gradients,
     Evaluator evaluator, string outDir, string runId, long startStep)
 {
     /// <summary>Called after every step with its metrics (progress display).</summary>
@@ -75,7 +75,7 @@ public sealed class TrainingLoop(
             using (OnPhase?.Invoke("evaluate", step))
             {
                 (trainLoss, valLoss) = evaluator.Estimate(step);
-                if (step == settings.MaxIters) valLossFull = evaluator.WholeSplit(DataSplit.Val);
+                if (step == settings.MaxIters && corpus.Val.Length <= Evaluator.WholeSplitMaxTokens) valLossFull = evaluator.WholeSplit(DataSplit.Val);
                 evaluation?.SetTag(TrainingTelemetry.Attr.TrainLoss, (double)trainLoss).SetTag(TrainingTelemetry.Attr.ValLoss, (double)valLoss)
                     .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters).SetTag(TrainingTelemetry.Attr.ValLossFull, (double?)valLossFull);
             }
