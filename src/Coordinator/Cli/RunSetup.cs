@@ -38,7 +38,7 @@ public sealed class RunSetup : IDisposable
         var (modelConfig, settings) = options.Read(r, ckpt?.State.Config, ckpt?.State.Settings);
         string dataPath = DataLocator.Resolve(r.GetValue(options.Data));
         var corpus = Corpus.Load(dataPath, ckpt?.State.CreateTokenizer());
-        if (modelConfig.VocabSize == 0) modelConfig = modelConfig with { VocabSize = DefaultVocabSize(corpus.Tokenizer) };
+        if (modelConfig.VocabSize == 0) modelConfig = modelConfig with { VocabSize = corpus.DefaultVocabSize };
         corpus.RequireVocab(modelConfig.VocabSize);
         MemoryEstimate.ForTraining(modelConfig, settings.BatchSize, Compute.Threads)
             .RequireAtMost(MemoryEstimate.AvailableBytes(), settings.BatchSize, modelConfig.BlockSize);
@@ -60,10 +60,6 @@ public sealed class RunSetup : IDisposable
             StartStep = ckpt?.State.Step ?? 0, RunId = ckpt?.State.RunId ?? Guid.NewGuid().ToString("n")[..12],
         };
     }
-
-    /// <summary>The tokenizer's vocabulary; GPT-2's padded to a multiple of 64 as nanoGPT's (50257 → 50304), for the matmuls.</summary>
-    public static int DefaultVocabSize(ITokenizer tokenizer) =>
-        tokenizer is CharTokenizer ? tokenizer.VocabSize : (tokenizer.VocabSize + 63) / 64 * 64;
 
     public void Dispose()
     {

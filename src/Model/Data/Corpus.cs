@@ -18,6 +18,10 @@ public sealed class Corpus
     public string Kind { get; }
     public long Tokens => Train.Length + Val.Length;
 
+    /// <summary>A model's vocab_size when none is given: the tokenizer's, GPT-2's padded to a multiple of 64 as nanoGPT's
+    /// (50257 → 50304, for the matmuls). Characters are not padded, as nanoGPT's shakespeare_char (65).</summary>
+    public int DefaultVocabSize => Tokenizer is CharTokenizer ? Tokenizer.VocabSize : (Tokenizer.VocabSize + 63) / 64 * 64;
+
     internal Corpus(string path, string sha, ITokenizer tokenizer, TokenSplit train, TokenSplit val, int maxTokenId, string kind) =>
         (Path, Sha256, Tokenizer, Train, Val, MaxTokenId, Kind) = (path, sha, tokenizer, train, val, maxTokenId, kind);
 
