@@ -60,6 +60,33 @@ public sealed class TokenFilesCliTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void ClusterWorkersOnTokenFilesJoinByTheirHashAndAWorkerWithoutThemReceivesWindows()
+    {
+        string data = temp.Combine("shakespeare"), outDir = temp.Combine("out");
+        Preparation.Prepare(TestData.CorpusPath(), Tokenizers.Gpt2, data, 0.1);
+        int port = DistributedTests.FreePort();
+        var env = DistributedTests.Env("token-files");
+        env[TestData.EnvVar] = data;
+        using var coordinator = CliRunner.Start(["coordinator", "--listen", $"http://127.0.0.1:{port}", "--min-workers", "2", "--out", outDir,
+            "--max-iters", "6", "--eval-interval", "6", "--threads", "1", .. Tiny], env, temp.Path);
+        string[] worker = ["worker", "--coordinator", $"http://127.0.0.1:{port}", "--threads", "1", "--connect-timeout", "30"];
+        // The text corpus is other data: refused at the join by its SHA-256.
+        var text = CliRunner.Run([.. worker, "--name", "text", "--data", TestData.CorpusPath()], env, TimeSpan.FromMinutes(2), temp.Path);
+        Assert.True(text.ExitCode == 2 && text.StdErr.Contains("data mismatch"), text.ToString());
+        using var withFiles = CliRunner.Start([.. worker, "--name", "alpha"], env, temp.Path);
+        var noData = new Dictionary<string, string>(env) { [TestData.EnvVar] = "" };
+        using var without = CliRunner.Start([.. worker, "--name", "beta"], noData, temp.Path);
+        var rc = coordinator.WaitForExit(TimeSpan.FromMinutes(3));
+        var r1 = withFiles.WaitForExit(TimeSpan.FromSeconds(30));
+        var r2 = without.WaitForExit(TimeSpan.FromSeconds(30));
+        output.WriteLine($"{rc}\n{r1}\n{r2}");
+        Assert.True(rc.ExitCode == 0 && r1.ExitCode == 0 && r2.ExitCode == 0, $"{rc}\n{r1}\n{r2}");
+        Assert.Contains("sent by the coordinator", r2.StdOut);
+        Assert.Equal(6, Metrics(outDir).Length);
+        Assert.All(Metrics(outDir), m => Assert.Equal(2, m.GetProperty("workers").GetInt32()));
+    }
+
+    [Fact]
     public void PrepareRefusesBadInputWithOneLine()
     {
         string data = temp.Combine("d");
