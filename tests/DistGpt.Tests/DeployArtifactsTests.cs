@@ -106,7 +106,7 @@ public sealed class DeployArtifactsTests
     static IEnumerable<List<string>> ShellCommands(string script)
     {
         foreach (var line in script.Replace("\\\n", " ").Split('\n'))
-            foreach (var part in Regex.Split(line, @"\s*(?:;|&&|\|\||\|)\s*"))
+            foreach (var part in Regex.Split(line, @"\s*(?:;|&&|\|\||\||&)\s*"))
             {
                 var words = Regex.Matches(part, "\"([^\"]*)\"|'([^']*)'|(\\S+)")
                     .Select(m => m.Groups[1].Success ? m.Groups[1].Value : m.Groups[2].Success ? m.Groups[2].Value : m.Groups[3].Value)

@@ -31,6 +31,7 @@ public sealed class DistGptImage : IAsyncLifetime
             .WithName(Name)
             .WithDeleteIfExists(false)
             .WithCleanUp(false)
+            .WithLogger(Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance)
             .Build();
         await image.CreateAsync();
         Console.WriteLine($"[containers] image {Name} built in {clock.Elapsed.TotalSeconds:F1} s on {sdk} and {runtime} (engine API {DockerEngine.ApiVersion})");

@@ -7,6 +7,7 @@ using DotNet.Testcontainers.Containers;
 using DotNet.Testcontainers.Images;
 using DotNet.Testcontainers.Networks;
 using DotNet.Testcontainers.Volumes;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace DistGpt.Tests.Containers;
 
@@ -29,9 +30,9 @@ public sealed class DockerCluster : IAsyncDisposable
     public static async Task<DockerCluster> CreateAsync()
     {
         var c = new DockerCluster();
-        c.network = new NetworkBuilder().WithName($"distgpt-test-{c.id}").Build();
+        c.network = new NetworkBuilder().WithName($"distgpt-test-{c.id}").WithLogger(NullLogger.Instance).Build();
         await c.network.CreateAsync();
-        c.volume = new VolumeBuilder().WithName($"distgpt-test-out-{c.id}").Build();
+        c.volume = new VolumeBuilder().WithName($"distgpt-test-out-{c.id}").WithLogger(NullLogger.Instance).Build();
         await c.volume.CreateAsync();
         return c;
     }
@@ -63,6 +64,21 @@ public sealed class DockerCluster : IAsyncDisposable
         return container;
     }
 
+    /// <summary>The image run as `/bin/sh -c SCRIPT` (a Kubernetes manifest's wrapper), the corpus at
+    /// data/tinyshakespeare.txt in its working directory, started once <paramref name="logged"/> appears.</summary>
+    public async Task<IContainer> StartShellAsync(string name, string script, string logged)
+    {
+        var container = Distgpt(name, new Dictionary<string, string>(), "")
+            .WithEntrypoint("/bin/sh", "-c")
+            .WithCommand(script)
+            .WithBindMount(TestData.CorpusPath(), "/var/lib/distgpt/data/tinyshakespeare.txt", AccessMode.ReadOnly)
+            .WithWaitStrategy(Wait.ForUnixContainer().UntilMessageIsLogged(logged))
+            .Build();
+        containers.Add(container);
+        await container.StartAsync().WaitAsync(Timeout);
+        return container;
+    }
+
     ContainerBuilder Distgpt(string name, Dictionary<string, string> env, string commandLine) =>
         new ContainerBuilder()
             .WithImage(DistGptImage.Name)
@@ -72,7 +88,8 @@ public sealed class DockerCluster : IAsyncDisposable
             .WithEnvironment("DISTGPT_CLUSTER_TOKEN", Token)
             .WithEnvironment(env)
             .WithCommand(CliRunner.Split(commandLine))
-            .WithCleanUp(false);
+            .WithCleanUp(false)
+            .WithLogger(NullLogger.Instance); // Testcontainers' own log is ~20 lines per container; the tests say what matters
 
     /// <summary>stdout and stderr so far, without timestamps.</summary>
     public static async Task<string> LogsAsync(IContainer container)
