@@ -11,17 +11,13 @@ namespace DistGpt.Tests.Containers;
 public sealed class DistGptImage : IAsyncLifetime
 {
     public const string Name = "distgpt:test";
-
-    /// <summary>The bases the image was built on (build arguments SDK_IMAGE and RUNTIME_IMAGE).</summary>
-    public static string Sdk { get; private set; } = "";
-    public static string Runtime { get; private set; } = "";
     const string LocalSdk = "distgpt-local/sdk:10.0", LocalRuntime = "distgpt-local/aspnet:10.0";
     const string OfficialSdk = "mcr.microsoft.com/dotnet/sdk:10.0", OfficialRuntime = "mcr.microsoft.com/dotnet/aspnet:10.0";
 
     public async Task InitializeAsync()
     {
         if (DockerEngine.Unavailable != null) return; // every test skips, saying why
-        var (sdk, runtime) = (Sdk, Runtime) = Bases();
+        var (sdk, runtime) = Bases();
         var clock = Stopwatch.StartNew();
         var image = new ImageFromDockerfileBuilder()
             .WithDockerfileDirectory(TestData.RepoRoot)
