@@ -17,11 +17,11 @@ if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; th
 fi
 if ! command -v dockerd >/dev/null; then echo "docker engine: no dockerd after the install"; exit 1; fi
 if [ "$(id -u)" != 0 ]; then echo "docker engine: dockerd must be started as root"; exit 1; fi
-# The docker CLI may be newer than this daemon: speak the daemon's API version.
+start=$(date +%s%N)
 HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= nohup dockerd >"$log" 2>&1 &
 for _ in $(seq 1 60); do
   if docker info >/dev/null 2>&1; then
-    echo "docker engine: started dockerd $(docker version --format '{{.Server.Version}}' 2>/dev/null) (log: $log)"
+    echo "docker engine: started dockerd $(docker version --format '{{.Server.Version}}' 2>/dev/null) in $(( ($(date +%s%N) - start) / 1000000 )) ms (log: $log)"
     exit 0
   fi
   sleep 0.5
