@@ -4,10 +4,11 @@ using YamlDotNet.RepresentationModel;
 
 namespace DistGpt.Tests;
 
-/// <summary>The deploy/ artifacts (Dockerfile, docker-compose.yml, Kubernetes manifests) cannot run here (no Docker, no
-/// cluster), so they are parsed instead: every `distgpt` subcommand and --flag they use must be in that subcommand's
-/// real `--help`, every environment variable they set must be one the program reads, and the pieces must agree with
-/// each other (service names, ports, the Secret's key, the image's entrypoint).</summary>
+/// <summary>The deploy/ artifacts (Dockerfile, docker-compose.yml, Kubernetes manifests), parsed on any machine (the
+/// image and the compose stack also run for real in Containers/ContainerTests where a Docker engine answers): every
+/// `distgpt` subcommand and --flag they use must be in that subcommand's real `--help`, every environment variable
+/// they set must be one the program reads, and the pieces must agree with each other (service names, ports, the
+/// Secret's key, the image's entrypoint).</summary>
 public sealed class DeployArtifactsTests
 {
     /// <summary>deploy/ in the repository, or DISTGPT_TEST_DEPLOY_DIR (to try the checks on a modified copy).</summary>
