@@ -19,6 +19,9 @@ public sealed class TrainingLoop(
 
     public long Step { get; private set; } = startStep;
 
+    /// <summary>The step of the checkpoint in outDir (the one the run started from, or the last one written).</summary>
+    public long CheckpointStep { get; private set; } = startStep;
+
     public float? LastValLoss { get; private set; }
 
     /// <summary>The whole validation split's loss, measured once after the last step.</summary>
@@ -103,8 +106,20 @@ public sealed class TrainingLoop(
         }
     }
 
-    public void SaveCheckpoint() =>
+    public void SaveCheckpoint()
+    {
         Checkpoint.Save(outDir, model, optimizer, corpus.Tokenizer, settings, Step, runId, corpus.Sha256);
+        CheckpointStep = Step;
+    }
+
+    /// <summary>After Run stopped (cancelled between or inside steps: the weights are those of the last whole step), a
+    /// checkpoint of that step unless the last one is already of it; false when there was nothing new to save.</summary>
+    public bool CheckpointOnStop()
+    {
+        if (Step == CheckpointStep) return false;
+        SaveCheckpoint();
+        return true;
+    }
 }
 
 public sealed class TrainingDivergedException(string message) : Exception(message);
