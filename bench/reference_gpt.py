@@ -11,7 +11,7 @@ usage: /usr/bin/python3 bench/reference_gpt.py --config tiny|cpu|shakespeare --s
           estimate_loss with 20 eval iters at iter 2000; prints one JSON line with train_loss and val_loss)
 (set OMP_WAIT_POLICY=PASSIVE for more than one thread, as nanoGPT's baselines on this machine were measured)
 """
-import argparse, json, math, resource, sys, time
+import argparse, json, math, os, resource, sys, time
 
 import numpy as np
 import torch
@@ -145,7 +145,18 @@ def recipe_lr(it):
 
 
 def load_splits(path):
-    """nanoGPT's prepare.py for Tiny Shakespeare: vocabulary of sorted characters, 90/10 train/val split."""
+    """A text file: nanoGPT's prepare.py for Tiny Shakespeare (vocabulary of sorted characters, 90/10 train/val split).
+    A token directory (train.bin / val.bin, as `distgpt prepare` or nanoGPT's prepare.py write them): memory-mapped as
+    nanoGPT's train.py does, vocab_size from meta.json (GPT-2's padded to 50304, as DistGpt's default), else 50304."""
+    if os.path.isdir(path):
+        train = np.memmap(os.path.join(path, "train.bin"), dtype=np.uint16, mode="r")
+        val = np.memmap(os.path.join(path, "val.bin"), dtype=np.uint16, mode="r")
+        vocab = 50304
+        meta_path = os.path.join(path, "meta.json")
+        if os.path.exists(meta_path):
+            meta = json.load(open(meta_path))
+            vocab = meta["vocab_size"] if meta["tokenizer"] == "char" else (meta["vocab_size"] + 63) // 64 * 64
+        return vocab, train, val
     text = open(path, encoding="utf-8").read()
     chars = sorted(set(text))
     stoi = {ch: i for i, ch in enumerate(chars)}

@@ -6,6 +6,7 @@ var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT
 {
     TrainCommand.Create(),
     SampleCommand.Create(),
+    PrepareCommand.Create(),
     BenchCommand.Create(),
     BenchCommand.CreateGemm(),
     DevCommand.Create(),

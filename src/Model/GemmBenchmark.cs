@@ -85,7 +85,8 @@ public static unsafe class GemmBenchmark
     }
 
     static IEnumerable<Shape> Shapes =>
-        LinearShapes("tiny", 16 * 32, 64, 65).Concat(LinearShapes("cpu", 12 * 64, 128, 65)).Concat(LinearShapes("shakespeare", 64 * 256, 384, 65)).Concat(Generic);
+        LinearShapes("tiny", 16 * 32, 64, 65).Concat(LinearShapes("cpu", 12 * 64, 128, 65)).Concat(LinearShapes("shakespeare", 64 * 256, 384, 65))
+            .Concat(LinearShapes("cpu-gpt2", 12 * 64, 128, 50304).Where(s => s.Name.Contains("lm_head"))).Concat(Generic);
 
     /// <summary>Runs every shape on every packed kernel this CPU has (and the portable one when asked) with
     /// <paramref name="threads"/> cores; each kernel's percentage is of the peak at its own vector width.</summary>

@@ -5,8 +5,10 @@ namespace DistGpt.Model;
 
 /// <summary>Autoregressive sampling with temperature and top-k. Causal attention means position t never sees later
 /// positions, so a context of length L runs through a graph of the next power-of-two length (≤ block_size) padded at
-/// the end, and the logits at L-1 are read: at most ~log2(block) graphs are ever built.</summary>
-public sealed class Generator(Gpt model) : IDisposable
+/// the end, and the logits at L-1 are read: at most ~log2(block) graphs are ever built. Only the tokenizer's ids are
+/// drawn: a vocab_size padded past them (GPT-2's 50257 → 50304) has logits that are never sampled.</summary>
+/// <param name="tokenizerVocab">ids [0, tokenizerVocab) may be drawn; default every logit</param>
+public sealed class Generator(Gpt model, int? tokenizerVocab = null) : IDisposable
 {
     readonly Dictionary<int, GptGraph> graphs = new();
 
@@ -16,8 +18,8 @@ public sealed class Generator(Gpt model) : IDisposable
         Check.Positive(temperature, "--temperature");
         var rng = new RandomStream(Rng.Key(seed, 0x5a3913));
         var tokens = new List<int>(prompt);
-        int v = model.Config.VocabSize, block = model.Config.BlockSize;
-        var scaled = new float[v];
+        int v = model.Config.VocabSize, block = model.Config.BlockSize, drawn = Math.Min(v, tokenizerVocab ?? v);
+        var scaled = new float[drawn];
         for (int n = 0; n < maxNewTokens; n++)
         {
             int len = Math.Min(tokens.Count, block);
@@ -28,11 +30,11 @@ public sealed class Generator(Gpt model) : IDisposable
             g.Step.Training = false;
             g.Forward();
             var logits = g.Logits.DataSpan.Slice((len - 1) * v, v);
-            for (int j = 0; j < v; j++) scaled[j] = logits[j] / temperature;
-            if (topK > 0 && topK < v)
+            for (int j = 0; j < drawn; j++) scaled[j] = logits[j] / temperature;
+            if (topK > 0 && topK < drawn)
             {
                 float kth = scaled.OrderDescending().ElementAt(topK - 1);
-                for (int j = 0; j < v; j++) if (scaled[j] < kth) scaled[j] = float.NegativeInfinity;
+                for (int j = 0; j < drawn; j++) if (scaled[j] < kth) scaled[j] = float.NegativeInfinity;
             }
             tokens.Add(Sample(scaled, rng.NextFloat()));
         }

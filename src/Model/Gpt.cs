@@ -127,9 +127,10 @@ public sealed class Gpt : IDisposable
         }
         var lnf = g.Activation("ln_f", batch, time, c);
         g.Add(new LayerNorm(g, x, P("transformer.ln_f.weight"), Bias("transformer.ln_f.bias"), lnf));
-        var logits = g.Activation("logits", batch, time, cfg.VocabSize);
+        // With a loss, the logits' gradient overwrites them in the loss's backward (the largest tensor at GPT-2's vocabulary).
+        var logits = withLoss ? g.ActivationWithGradInPlace("logits", batch, time, cfg.VocabSize) : g.Activation("logits", batch, time, cfg.VocabSize);
         g.Add(new Linear(lnf, P("transformer.wte.weight"), null, logits, soleConsumer: true)); // lm_head shares wte
-        CrossEntropy? loss = withLoss ? g.Add(new CrossEntropy(g, logits, targets)) : null;
+        CrossEntropy? loss = withLoss ? g.Add(new CrossEntropy(g, logits, targets, soleConsumer: true)) : null;
         return new GptGraph(g, batch, time, tokens, targets, logits, loss);
     }
 

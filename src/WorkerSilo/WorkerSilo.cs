@@ -17,7 +17,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     Gpt? model;
     string? modelHash;
     bool modelInRegions;
-    TextCorpus? corpus;
+    Corpus? corpus;
     readonly Dictionary<(int Sequences, int Replicas), GradientWorker> workers = new();
     readonly TestFaults? faults = TestFaults.FromEnvironment();
     volatile bool heartbeating = true;
@@ -41,7 +41,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     public async Task<int> RunAsync(CancellationToken cancel)
     {
         Compute.Threads = options.Threads;
-        string? dataSha = options.DataPath == null ? null : Sha256Of(options.DataPath);
+        string? dataSha = options.DataPath == null ? null : Corpus.IdentityOf(options.DataPath);
         await using var silo = new WorkerSiloHost(options, this);
         bool joinedBefore = false;
         DateTime? joinRetryUntil = null;
@@ -186,7 +186,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         modelHash = accepted.ConfigHash + accepted.Vocabulary;
         if (model.Parameters.Count != accepted.ParameterCount)
             throw new ProtocolException($"model has {model.Parameters.Count} parameters here but {accepted.ParameterCount} at the coordinator");
-        corpus = accepted.SendsWindows ? null : TextCorpus.Load(options.DataPath!, CharTokenizer.FromCharacters(accepted.Vocabulary));
+        // The data's SHA-256 matched the coordinator's at join, so a token directory needs no tokenizer here.
+        corpus = accepted.SendsWindows ? null : Corpus.Load(options.DataPath!, Directory.Exists(options.DataPath) ? null : CharTokenizer.FromCharacters(accepted.Vocabulary));
     }
 
     GradientWorker WorkerFor(int sequences, ulong seed, int replicas)
@@ -194,7 +195,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         if (workers.TryGetValue((sequences, replicas), out var w)) return w;
         foreach (var old in workers.Values) old.Dispose();
         workers.Clear();
-        return workers[(sequences, replicas)] = new GradientWorker(model!, corpus?.Train ?? [], seed, sequences, replicas > 0 ? replicas : null);
+        return workers[(sequences, replicas)] = new GradientWorker(model!, corpus?.Train ?? TokenSplit.Empty, seed, sequences, replicas > 0 ? replicas : null);
     }
 
     /// <summary>Serves compute requests; true when the coordinator ended the run, false when the connection dropped.</summary>
@@ -437,12 +438,6 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         }
 
         public void Dispose() => cts.Dispose();
-    }
-
-    static string Sha256Of(string path)
-    {
-        using var f = File.OpenRead(path);
-        return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(f)).ToLowerInvariant();
     }
 
     void DisposeModel()

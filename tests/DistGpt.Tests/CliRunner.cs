@@ -75,10 +75,13 @@ public static class CliRunner
         Task.Run(() => Run(args, env, timeout, workingDirectory));
 
     /// <summary>Starts `distgpt args…` and returns at once; dispose the handle to kill the process tree if it is still running.
-    /// <paramref name="openFileLimit"/>: the child's RLIMIT_NOFILE (soft and hard), set by bash's ulimit before it execs dotnet.</summary>
-    public static CliProcess Start(string[] args, IDictionary<string, string>? env = null, string? workingDirectory = null, int? openFileLimit = null)
+    /// <paramref name="openFileLimit"/>: the child's RLIMIT_NOFILE (soft and hard), set by bash's ulimit before it execs dotnet.
+    /// <paramref name="prelude"/>: other bash commands run first in the process that becomes dotnet (its pid is $$).</summary>
+    public static CliProcess Start(string[] args, IDictionary<string, string>? env = null, string? workingDirectory = null, int? openFileLimit = null,
+        string? prelude = null)
     {
-        var psi = new ProcessStartInfo(openFileLimit == null ? DotnetHost : "bash")
+        if (openFileLimit is { } limit) prelude = prelude == null ? $"ulimit -n {limit}" : $"{prelude} && ulimit -n {limit}";
+        var psi = new ProcessStartInfo(prelude == null ? DotnetHost : "bash")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -89,8 +92,8 @@ public static class CliRunner
             StandardErrorEncoding = new UTF8Encoding(false),
             WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
         };
-        if (openFileLimit is { } limit)
-            foreach (string a in (string[])["-c", $"ulimit -n {limit} && exec \"$0\" \"$@\"", DotnetHost]) psi.ArgumentList.Add(a);
+        if (prelude != null)
+            foreach (string a in (string[])["-c", $"{prelude} && exec \"$0\" \"$@\"", DotnetHost]) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add(DllPath);
         foreach (string a in args) psi.ArgumentList.Add(a);
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";

@@ -42,10 +42,10 @@ public sealed class ParityTests(ITestOutputHelper output)
             graph.Step.Training = true;
             p.ZeroGrads();
             float loss = graph.Forward();
+            if (it == 0) Close("logits1", f["logits1"].Floats, graph.Logits.DataSpan); // backward overwrites them with their gradient
             graph.Backward(1f / (b * t));
             if (it == 0)
             {
-                Close("logits1", f["logits1"].Floats, graph.Logits.DataSpan);
                 foreach (var s in p.Slots) Close("grad1." + s.Name, f["grad1." + s.Name].Floats, p.GradsOf(s));
             }
             var (norm, gradScale) = GradientOps.MeanClipScale(p.Grads, tokens: 1, clip); // the graph's loss scale took the mean

@@ -11,13 +11,13 @@ public static class TestData
     public const string EnvVar = "DISTGPT_DATA";
 
     static readonly Lazy<string> repoRoot = new(FindRepoRoot);
-    static readonly Lazy<TextCorpus> corpus = new(() => TextCorpus.Load(CorpusPath()));
+    static readonly Lazy<Corpus> corpus = new(() => Corpus.Load(CorpusPath()));
 
     /// <summary>The folder holding DistGpt.sln, found by walking up from the test assembly.</summary>
     public static string RepoRoot => repoRoot.Value;
 
     /// <summary>The Tiny Shakespeare corpus, loaded once per test run.</summary>
-    public static TextCorpus Corpus => corpus.Value;
+    public static Corpus Corpus => corpus.Value;
 
     public static string CorpusPath()
     {

@@ -2,7 +2,7 @@ using DistGpt.Model.Data;
 
 namespace DistGpt.Coordinator.Cli;
 
-/// <summary>Finds the corpus: --data, then DISTGPT_DATA, then data/tinyshakespeare.txt, then a download into data/.</summary>
+/// <summary>Finds the corpus (a text file or a token directory): --data, then DISTGPT_DATA, then data/tinyshakespeare.txt, then a download into data/.</summary>
 public static class DataLocator
 {
     public const string EnvVar = "DISTGPT_DATA";
@@ -31,7 +31,5 @@ public static class DataLocator
     }
 
     static string Existing(string path, string source) =>
-        File.Exists(path) ? path : throw new DataException(Directory.Exists(path)
-            ? $"data file '{path}' (from {source}) is a directory, not a file"
-            : $"data file '{path}' (from {source}) does not exist");
+        File.Exists(path) || Directory.Exists(path) ? path : throw new DataException($"data file '{path}' (from {source}) does not exist");
 }

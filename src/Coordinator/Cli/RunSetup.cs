@@ -9,7 +9,7 @@ namespace DistGpt.Coordinator.Cli;
 /// <summary>Everything a training run starts from: corpus, model (fresh or from the checkpoint in --out), optimizer, step.</summary>
 public sealed class RunSetup : IDisposable
 {
-    public required TextCorpus Corpus { get; init; }
+    public required Corpus Corpus { get; init; }
     public required Gpt Model { get; init; }
     public required AdamW Optimizer { get; init; }
     public required TrainSettings Settings { get; init; }
@@ -37,8 +37,9 @@ public sealed class RunSetup : IDisposable
         var ckpt = r.GetValue(options.Resume) ? Checkpoint.Open(outDir) : null;
         var (modelConfig, settings) = options.Read(r, ckpt?.State.Config, ckpt?.State.Settings);
         string dataPath = DataLocator.Resolve(r.GetValue(options.Data));
-        var corpus = TextCorpus.Load(dataPath, ckpt == null ? null : CharTokenizer.FromCharacters(ckpt.State.Vocabulary));
-        modelConfig = modelConfig with { VocabSize = corpus.Tokenizer.VocabSize };
+        var corpus = Corpus.Load(dataPath, ckpt?.State.CreateTokenizer());
+        if (modelConfig.VocabSize == 0) modelConfig = modelConfig with { VocabSize = corpus.DefaultVocabSize };
+        corpus.RequireVocab(modelConfig.VocabSize);
         MemoryEstimate.ForTraining(modelConfig, settings.BatchSize, Compute.Threads)
             .RequireAtMost(MemoryEstimate.AvailableBytes(), settings.BatchSize, modelConfig.BlockSize);
         corpus.RequireBlock(modelConfig.BlockSize);

@@ -12,7 +12,7 @@ public static class SampleCommand
     {
         var checkpoint = new Option<string>("--checkpoint") { Description = "a run's --out directory or its ckpt directory", DefaultValueFactory = _ => "out" };
         var prompt = new Option<string>("--prompt") { Description = "text to continue", DefaultValueFactory = _ => "\n" };
-        var maxNew = new Option<int>("--max-new-tokens") { Description = "characters to generate", DefaultValueFactory = _ => 500 };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "tokens to generate (characters for a char model)", DefaultValueFactory = _ => 500 };
         var temperature = new Option<float>("--temperature") { Description = "softmax temperature (< 1: more conservative)", DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { Description = "sample only from the k likeliest tokens (0: all)", DefaultValueFactory = _ => 200 };
         var seed = new Option<ulong>("--seed") { Description = "sampling seed", DefaultValueFactory = _ => 1 };
@@ -28,8 +28,8 @@ public static class SampleCommand
             var ckpt = Checkpoint.Open(r.GetValue(checkpoint)!);
             using var model = new Gpt(ckpt.State.Config with { Dropout = 0 });
             ckpt.LoadWeights(model);
-            var tokenizer = CharTokenizer.FromCharacters(ckpt.State.Vocabulary);
-            using var generator = new Generator(model);
+            var tokenizer = ckpt.State.CreateTokenizer();
+            using var generator = new Generator(model, tokenizer.VocabSize);
             var ids = generator.Generate(tokenizer.Encode(r.GetValue(prompt)!), r.GetValue(maxNew), r.GetValue(temperature), r.GetValue(topK), r.GetValue(seed));
             Console.WriteLine(tokenizer.Decode(ids));
             return 0;

@@ -14,6 +14,7 @@ public sealed class TrainOptions
     public readonly Option<int> NLayer = new("--n-layer") { Description = "transformer blocks" };
     public readonly Option<int> NHead = new("--n-head") { Description = "attention heads" };
     public readonly Option<int> NEmbd = new("--n-embd") { Description = "embedding width" };
+    public readonly Option<int> VocabSize = new("--vocab-size") { Description = "model vocabulary (default: the data's tokenizer; GPT-2's 50257 padded to 50304)" };
     public readonly Option<float> Dropout = new("--dropout") { Description = "dropout probability" };
     public readonly Option<bool> Bias = new("--bias") { Description = "biases in Linear and LayerNorm layers" };
     public readonly Option<float> LearningRate = new("--learning-rate") { Description = "peak learning rate" };
@@ -31,13 +32,13 @@ public sealed class TrainOptions
     public readonly Option<ulong> Seed = new("--seed") { Description = "seed for init, batches and dropout" };
     public readonly Option<int> CheckpointInterval = new("--checkpoint-interval") { Description = "steps between checkpoints (0: only the final one)" };
     public readonly Option<int> Threads = new("--threads") { Description = "compute threads (default: all cores)" };
-    public readonly Option<string> Data = new("--data") { Description = $"corpus file (else ${DataLocator.EnvVar}, else {DataLocator.LocalPath}, else download)" };
+    public readonly Option<string> Data = new("--data") { Description = $"a text file or a token directory (train.bin, val.bin; see `distgpt prepare`) (else ${DataLocator.EnvVar}, else {DataLocator.LocalPath}, else download)" };
     public readonly Option<string> Out = new("--out") { Description = "output directory for metrics.jsonl and checkpoints", DefaultValueFactory = _ => "out" };
     public readonly Option<bool> Resume = new("--resume") { Description = "continue from the checkpoint in --out" };
     public readonly Option<bool> Overwrite = new("--overwrite") { Description = "start afresh in an --out that holds a checkpoint, replacing it" };
     public readonly Option<string> ConfigFile = new("--config") { Description = "JSON file of settings with nanoGPT's names (n_layer, learning_rate, …)" };
 
-    public IEnumerable<Option> All => [BatchSize, BlockSize, NLayer, NHead, NEmbd, Dropout, Bias, LearningRate, MinLr, WarmupIters,
+    public IEnumerable<Option> All => [BatchSize, BlockSize, NLayer, NHead, NEmbd, VocabSize, Dropout, Bias, LearningRate, MinLr, WarmupIters,
         LrDecayIters, DecayLr, MaxIters, EvalInterval, EvalIters, WeightDecay, Beta1, Beta2, GradClip, Seed, CheckpointInterval,
         Threads, Data, Out, Resume, Overwrite, ConfigFile];
 
@@ -46,7 +47,7 @@ public sealed class TrainOptions
         foreach (var o in All) command.Options.Add(o);
     }
 
-    /// <summary>The model shape (vocab size filled in later from the corpus) and the recipe.</summary>
+    /// <summary>The model shape (vocab size 0 unless given: <see cref="RunSetup"/> fills it in from the data) and the recipe.</summary>
     public (GptConfig Model, TrainSettings Train) Read(ParseResult r, GptConfig? baseModel = null, TrainSettings? baseTrain = null)
     {
         var file = LoadConfigFile(r.GetValue(ConfigFile));
@@ -66,7 +67,7 @@ public sealed class TrainOptions
         }
         var defaults = baseTrain ?? new TrainSettings();
         var m = baseModel ?? new GptConfig(0, 64, 4, 4, 128, 0f, false);
-        var model = new GptConfig(m.VocabSize, Get(BlockSize, m.BlockSize), Get(NLayer, m.NLayer), Get(NHead, m.NHead), Get(NEmbd, m.NEmbd), Get(Dropout, m.Dropout), Get(Bias, m.Bias));
+        var model = new GptConfig(Get(VocabSize, m.VocabSize), Get(BlockSize, m.BlockSize), Get(NLayer, m.NLayer), Get(NHead, m.NHead), Get(NEmbd, m.NEmbd), Get(Dropout, m.Dropout), Get(Bias, m.Bias));
         var train = new TrainSettings
         {
             BatchSize = Get(BatchSize, defaults.BatchSize), MaxIters = Get(MaxIters, defaults.MaxIters),

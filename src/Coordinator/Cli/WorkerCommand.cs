@@ -30,8 +30,8 @@ public static class WorkerCommand
             var connectWait = ClusterOptions.Seconds(r.GetValue(connectTimeout), "--connect-timeout");
             string? dataPath = r.GetValue(data);
             if (string.IsNullOrEmpty(dataPath)) dataPath = Environment.GetEnvironmentVariable(DataLocator.EnvVar);
-            if (!string.IsNullOrEmpty(dataPath) && !File.Exists(dataPath))
-                throw new Model.Data.DataException($"data file '{dataPath}' {(Directory.Exists(dataPath) ? "is a directory, not a file" : "does not exist")}");
+            if (!string.IsNullOrEmpty(dataPath) && !File.Exists(dataPath) && !Directory.Exists(dataPath))
+                throw new Model.Data.DataException($"data file '{dataPath}' does not exist");
             string? secret = r.GetValue(token);
             if (string.IsNullOrEmpty(secret)) secret = Environment.GetEnvironmentVariable(ClusterOptions.TokenEnvVar);
             var address = CoordinatorCommand.ParseUri(r.GetValue(coordinator)!, "--coordinator");

@@ -18,7 +18,7 @@ namespace DistGpt.Coordinator.Training;
 /// (when failures are tolerated), so every step still covers the whole global batch exactly once, and a run with
 /// failures gives the bits of a fault-free one.</summary>
 public sealed class DistributedGradientSource(
-    RunMembership grain, Gpt model, TextCorpus corpus, TrainSettings settings, RunDescription run, DistributedOptions options,
+    RunMembership grain, Gpt model, Corpus corpus, TrainSettings settings, RunDescription run, DistributedOptions options,
     Action<string> log) : IGradientSource, IDisposable
 {
     readonly List<NativeBuffer> shareBuffers = new();

@@ -3,6 +3,7 @@ using DistGpt.Coordinator.Cli;
 using DistGpt.Coordinator.Grains;
 using DistGpt.Coordinator.Hosting;
 using DistGpt.Model;
+using DistGpt.Model.IO;
 using DistGpt.Model.Training;
 
 namespace DistGpt.Coordinator.Training;
@@ -56,7 +57,7 @@ public static class DistributedTraining
                 : $"--batch-size {train.BatchSize} does not divide into the {train.Shares} shares this run started with; use a multiple of {train.Shares}");
         Action<string> log = msg => Telemetry.TraceLog.Write("coordinator", msg);
         var model = setup.Model;
-        var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Characters, train.Seed, model.Parameters.Count,
+        var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Vocabulary, train.Seed, model.Parameters.Count,
             setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes,
             train.ReplicasPerShare);
         var grain = new RunMembership(run, log);
@@ -66,6 +67,7 @@ public static class DistributedTraining
         await using var silo = await CoordinatorSilo.StartAsync(endpoints, settings.ClusterToken, settings.HeartbeatTimeout, grain, progress, log, settings.SiloTls, cancel);
         await using var host = await CoordinatorHost.StartAsync(settings.Listen, grain, name => silo.Grains.GetGrain<IWorkerGrain>(name), log,
             settings.TlsCert, settings.TlsKey, settings.OfferSharedMemory, settings.SharedWeights);
+        TrainingLoop? loop = null;
         try
         {
             if (onListening != null) await onListening(host.Address);
@@ -85,7 +87,7 @@ public static class DistributedTraining
                 },
             };
             using var evalGraph = model.Build(train.BatchSize, model.Config.BlockSize, withGrad: false);
-            var loop = new TrainingLoop(model, setup.Optimizer, setup.Corpus, train, source,
+            loop = new TrainingLoop(model, setup.Optimizer, setup.Corpus, train, source,
                 new Evaluator(evalGraph, train.BatchSize, setup.Corpus, train.Seed, train.EvalIters), setup.OutDir, setup.RunId, setup.StartStep)
             {
                 OnStep = m =>
@@ -101,11 +103,36 @@ public static class DistributedTraining
             await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync($"training finished at step {loop.Step}")));
             return ExitCodes.Ok;
         }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+            // Stopped (SIGTERM from `docker stop` or Kubernetes, or Ctrl-C): keep the last whole step for --resume, then
+            // tell the workers, within the couple of seconds a container runtime allows.
+            log(StoppedAt(loop, setup));
+            silo.RunOver = true;
+            await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync("the coordinator stopped")));
+            throw;
+        }
         catch
         {
             silo.RunOver = true;
             await Task.WhenAll(grain.Members().Select(w => w.ShutdownAsync("the coordinator stopped")));
             throw;
+        }
+    }
+
+    static string StoppedAt(TrainingLoop? loop, RunSetup setup)
+    {
+        if (loop == null || loop.Step == setup.StartStep)
+            return $"stopped before a step was trained: {(setup.StartStep > 0 ? $"the checkpoint of step {setup.StartStep} stands" : "no checkpoint written")}";
+        try
+        {
+            return loop.CheckpointOnStop()
+                ? $"stopped at step {loop.Step}: checkpoint saved in {setup.OutDir} (continue with --resume)"
+                : $"stopped at step {loop.Step}: its checkpoint is already in {setup.OutDir}";
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OutputWriteException)
+        {
+            return $"stopped at step {loop.Step}: no checkpoint written ({e.Message}); the last one is of step {loop.CheckpointStep}";
         }
     }
 

@@ -9,14 +9,14 @@ public static class BatchSampler
 {
     const ulong TrainStream = 0x7472, ValStream = 0x76616c, EvalStream = 0x6576;
 
-    public static long Start(ulong seed, DataSplit split, long step, long sequence, int dataLength, int blockSize)
+    public static long Start(ulong seed, DataSplit split, long step, long sequence, long dataLength, int blockSize)
     {
         ulong stream = split == DataSplit.Train ? TrainStream : ValStream;
         return Rng.Below(Rng.Key(seed, stream, (ulong)step, (ulong)sequence), dataLength - blockSize);
     }
 
     /// <summary>Fills tokens/targets (count × T, row-major) with sequences [first, first + count) of the step's batch.</summary>
-    public static void Fill(ushort[] data, ulong seed, DataSplit split, long step, long first, int count, int blockSize, int[] tokens, int[] targets)
+    public static void Fill(TokenSplit data, ulong seed, DataSplit split, long step, long first, int count, int blockSize, int[] tokens, int[] targets)
     {
         for (int b = 0; b < count; b++)
         {
@@ -26,23 +26,24 @@ public static class BatchSampler
     }
 
     /// <summary>Row <paramref name="row"/> of tokens/targets = the window data[start .. start + T] and its shift by one.</summary>
-    public static void CopyWindow(ushort[] data, long start, int row, int blockSize, int[] tokens, int[] targets)
+    public static void CopyWindow(TokenSplit data, long start, int row, int blockSize, int[] tokens, int[] targets)
     {
+        var window = data.Slice(start, blockSize + 1);
         for (int t = 0; t < blockSize; t++)
         {
-            tokens[row * blockSize + t] = data[start + t];
-            targets[row * blockSize + t] = data[start + t + 1];
+            tokens[row * blockSize + t] = window[t];
+            targets[row * blockSize + t] = window[t + 1];
         }
     }
 
     /// <summary>Sequences [first, first + count) as raw windows of block_size + 1 tokens (inputs and the shifted targets).</summary>
-    public static int[] Windows(ushort[] data, ulong seed, long step, long first, int count, int blockSize)
+    public static int[] Windows(TokenSplit data, ulong seed, long step, long first, int count, int blockSize)
     {
         var windows = new int[count * (blockSize + 1)];
         for (int b = 0; b < count; b++)
         {
-            long start = Start(seed, DataSplit.Train, step, first + b, data.Length, blockSize);
-            for (int t = 0; t <= blockSize; t++) windows[b * (blockSize + 1) + t] = data[start + t];
+            var window = data.Slice(Start(seed, DataSplit.Train, step, first + b, data.Length, blockSize), blockSize + 1);
+            for (int t = 0; t <= blockSize; t++) windows[b * (blockSize + 1) + t] = window[t];
         }
         return windows;
     }

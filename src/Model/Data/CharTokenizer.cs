@@ -3,12 +3,14 @@ using System.Text;
 namespace DistGpt.Model.Data;
 
 /// <summary>Character-level vocabulary: the sorted unique Unicode scalar values of the corpus (nanoGPT's shakespeare_char).</summary>
-public sealed class CharTokenizer
+public sealed class CharTokenizer : ITokenizer
 {
     readonly Dictionary<int, int> idOf = new();
 
     public IReadOnlyList<int> CodePoints { get; }
     public int VocabSize => CodePoints.Count;
+    public string Name => Tokenizers.Char;
+    public string Vocabulary => Characters;
 
     public CharTokenizer(IEnumerable<int> codePoints)
     {
@@ -23,6 +25,30 @@ public sealed class CharTokenizer
     public string Characters => string.Concat(CodePoints.Select(cp => new Rune(cp).ToString()));
 
     public static CharTokenizer FromCharacters(string characters) => FromText(characters);
+
+    /// <summary>From nanoGPT's itos (id → character, ids as strings): every id 0..n-1 once, one character each, in
+    /// code-point order as nanoGPT's prepare.py sorts them (so the ids mean what they meant there).</summary>
+    public static CharTokenizer FromItos(IReadOnlyDictionary<string, string> itos)
+    {
+        var characters = new System.Text.StringBuilder();
+        for (int id = 0; id < itos.Count; id++)
+        {
+            if (!itos.TryGetValue(id.ToString(System.Globalization.CultureInfo.InvariantCulture), out var c) || c.EnumerateRunes().Count() != 1)
+                throw new ConfigException($"'itos' must map every id 0..{itos.Count - 1} to one character (id {id} does not)");
+            characters.Append(c);
+        }
+        var tokenizer = FromCharacters(characters.ToString());
+        if (tokenizer.Characters != characters.ToString())
+            throw new ConfigException("'itos' is not in code-point order or repeats a character, so its ids would not be this tokenizer's");
+        return tokenizer;
+    }
+
+    /// <summary>nanoGPT's meta.pkl maps: id → character and character → id.</summary>
+    public IReadOnlyDictionary<string, string> Itos() =>
+        CodePoints.Select((cp, id) => (id, cp)).ToDictionary(p => p.id.ToString(System.Globalization.CultureInfo.InvariantCulture), p => new Rune(p.cp).ToString());
+
+    public IReadOnlyDictionary<string, int> Stoi() =>
+        CodePoints.Select((cp, id) => (id, cp)).ToDictionary(p => new Rune(p.cp).ToString(), p => p.id);
 
     public int[] Encode(string text)
     {

@@ -9,8 +9,12 @@ namespace DistGpt.Model.IO;
 /// the rest (<see cref="Digest"/>), so an edit of the file itself is caught as a corrupted tensor file is.</summary>
 public sealed record CheckpointState(
     int Format, string RunId, long Step, GptConfig Config, string Vocabulary, TrainSettings Settings,
-    long OptimizerSteps, string DataSha256, IReadOnlyDictionary<string, string> FileSha256, string? StateSha256 = null)
+    long OptimizerSteps, string DataSha256, IReadOnlyDictionary<string, string> FileSha256, string? StateSha256 = null,
+    string? Tokenizer = null)
 {
+    /// <summary>The tokenizer the model was trained with; checkpoints from before token files have no field and are "char".</summary>
+    public ITokenizer CreateTokenizer() => Tokenizers.Create(Tokenizer ?? Tokenizers.Char, Vocabulary);
+
     /// <summary>SHA-256 of the canonical JSON of every field but <see cref="StateSha256"/> (our serializer's compact form,
     /// fields in declaration order), so whitespace does not matter but any value does.</summary>
     public string Digest() =>
@@ -33,9 +37,11 @@ public sealed record CheckpointState(
         catch (ConfigException e) { Require(false, e.Message); }
         Require(Step >= 1 && Step <= Settings.MaxIters, $"step {Step} is not in [1, max_iters {Settings.MaxIters}]");
         Require(OptimizerSteps >= 0 && OptimizerSteps <= Step, $"optimizer_steps {OptimizerSteps} is not in [0, step {Step}]");
-        var vocabulary = CharTokenizer.FromCharacters(Vocabulary);
-        Require(vocabulary.Characters == Vocabulary && vocabulary.VocabSize == Config.VocabSize,
-            $"the vocabulary is not {Config.VocabSize} distinct characters in order");
+        ITokenizer tokenizer;
+        try { tokenizer = CreateTokenizer(); }
+        catch (ConfigException e) { throw new CheckpointException($"'{path}' is invalid: {e.Message}"); }
+        Require(tokenizer.Vocabulary == Vocabulary, $"the vocabulary is not distinct characters in order");
+        Require(tokenizer.VocabSize <= Config.VocabSize, $"its {tokenizer.Name} tokenizer has {tokenizer.VocabSize} ids, more than vocab_size {Config.VocabSize}");
         Require(IsSha256(DataSha256), "data_sha256 is not a SHA-256");
         Require(FileSha256.Count == 2 && FileSha256.Values.All(IsSha256), "file_sha256 must hold the SHA-256 of the two tensor files");
     }
@@ -80,7 +86,7 @@ public static class Checkpoint
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
     }
 
-    public static void Save(string outDir, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
+    public static void Save(string outDir, Gpt model, AdamW optimizer, ITokenizer tokenizer, TrainSettings settings,
         long step, string runId, string dataSha256)
     {
         string final = PathIn(outDir), tmp = final + ".tmp", old = final + ".old";
@@ -107,7 +113,7 @@ public static class Checkpoint
         }
     }
 
-    static unsafe void WriteFiles(string tmp, Gpt model, AdamW optimizer, CharTokenizer tokenizer, TrainSettings settings,
+    static unsafe void WriteFiles(string tmp, Gpt model, AdamW optimizer, ITokenizer tokenizer, TrainSettings settings,
         long step, string runId, string dataSha256, Action<string> writing)
     {
         var p = model.Parameters;
@@ -125,8 +131,8 @@ public static class Checkpoint
             moments.Add(("exp_avg_sq." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvgSq.Pointer + s.Offset, (int)s.Length).ToArray()));
         string optSha = WriteDurably(System.IO.Path.Combine(tmp, OptimizerFile), s => SafeTensors.Write(s, moments), writing);
 
-        var state = new CheckpointState(Format, runId, step, model.Config, tokenizer.Characters, settings, optimizer.StepCount, dataSha256,
-            new Dictionary<string, string> { [ModelFile] = modelSha, [OptimizerFile] = optSha });
+        var state = new CheckpointState(Format, runId, step, model.Config, tokenizer.Vocabulary, settings, optimizer.StepCount, dataSha256,
+            new Dictionary<string, string> { [ModelFile] = modelSha, [OptimizerFile] = optSha }, Tokenizer: tokenizer.Name);
         state = state with { StateSha256 = state.Digest() };
         WriteDurably(System.IO.Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json.Indented), writing);
     }

@@ -7,17 +7,22 @@ namespace DistGpt.Model.Layers;
 /// <summary>Fused log-softmax + negative log-likelihood over rows of logits (N, V).
 /// Forward leaves the per-token losses; backward seeds dlogits = (softmax - onehot) * LossScale,
 /// where LossScale is 1/N for a mean loss or 1 for a gradient sum that a coordinator averages later.
-/// Rows are independent, so both passes run row-parallel with 8-wide exp.</summary>
+/// Rows are independent, so both passes run row-parallel with 8-wide exp. No probabilities are kept: forward keeps
+/// each row's log-sum-exp, backward recomputes exp(logit - lse) straight into dlogits. As the logits' only consumer
+/// (<c>soleConsumer</c>) it assigns dlogits, so their gradient may be the logits' own buffer (the model's: at GPT-2's
+/// vocabulary the (B*T, V) logits are the largest tensor, and a second one for their gradient would double that).</summary>
 public sealed unsafe class CrossEntropy : Op
 {
     readonly Tensor logits;
     readonly int[] targets;
     readonly float* lse, losses;
     readonly int n, v, chunks;
+    readonly bool assign;
 
-    public CrossEntropy(Graph g, Tensor logits, int[] targets)
+    public CrossEntropy(Graph g, Tensor logits, int[] targets, bool soleConsumer = false)
     {
-        (this.logits, this.targets) = (logits, targets);
+        (this.logits, this.targets, assign) = (logits, targets, soleConsumer);
+        if (soleConsumer) logits.GradAssignedByConsumer = true;
         n = logits.Rows;
         v = logits.LastDim;
         lse = g.Allocate(n).Pointer;
@@ -73,9 +78,17 @@ public sealed unsafe class CrossEntropy : Op
                 float l = lse[r];
                 var vl = Vector256.Create(l);
                 int j = 0;
-                for (; j + 8 <= v; j += 8)
-                    Vector256.FusedMultiplyAdd(VectorMath.Exp(Vector256.Load(row + j) - vl), vs, Vector256.Load(d + j)).Store(d + j);
-                for (; j < v; j++) d[j] += MathF.Exp(row[j] - l) * scale;
+                if (assign) // row and d may be the same memory: each element is read before it is written
+                {
+                    for (; j + 8 <= v; j += 8) (VectorMath.Exp(Vector256.Load(row + j) - vl) * vs).Store(d + j);
+                    for (; j < v; j++) d[j] = MathF.Exp(row[j] - l) * scale;
+                }
+                else
+                {
+                    for (; j + 8 <= v; j += 8)
+                        Vector256.FusedMultiplyAdd(VectorMath.Exp(Vector256.Load(row + j) - vl), vs, Vector256.Load(d + j)).Store(d + j);
+                    for (; j < v; j++) d[j] += MathF.Exp(row[j] - l) * scale;
+                }
                 d[targets[r]] -= scale;
             }
         });

@@ -4,9 +4,12 @@ namespace DistGpt.Model.Training;
 
 /// <summary>nanoGPT's estimate_loss: mean loss over eval_iters random batches of batchSize sequences of each split, dropout
 /// off. The graph may hold fewer sequences than a batch (a replica of the trainer's): each batch then takes several passes.</summary>
-public sealed class Evaluator(GptGraph graph, int batchSize, TextCorpus corpus, ulong seed, int evalIters)
+public sealed class Evaluator(GptGraph graph, int batchSize, Corpus corpus, ulong seed, int evalIters)
 {
     public (float Train, float Val) Estimate(long step) => (Mean(DataSplit.Train, step), Mean(DataSplit.Val, step));
+
+    /// <summary>A validation split longer than this (a large token corpus) is not evaluated whole at the end.</summary>
+    public const long WholeSplitMaxTokens = 1 << 24;
 
     /// <summary>The exact mean loss over every non-overlapping block of the split (no sampling noise; the last
     /// partial batch is padded with a repeated window whose losses are left out).</summary>

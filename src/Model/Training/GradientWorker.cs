@@ -17,7 +17,7 @@ public readonly record struct GradientSum(double LossSum, long Tokens)
 public sealed class GradientWorker : IDisposable
 {
     readonly Gpt model;
-    readonly ushort[] trainData;
+    readonly TokenSplit trainData;
     readonly ulong seed;
     readonly Replica[] replicas;
     readonly NativeBuffer[] replicaGrads;
@@ -40,7 +40,7 @@ public sealed class GradientWorker : IDisposable
     /// The sum depends on the slice and this count only, not on the cores that run the replicas (each matmul element is
     /// one chain whatever the split, row reductions use <see cref="Engine.RowChunks"/>), so workers told the same count
     /// give the same bits.</param>
-    public GradientWorker(Gpt model, ushort[] trainData, ulong seed, int sequences, int? replicas = null)
+    public GradientWorker(Gpt model, TokenSplit trainData, ulong seed, int sequences, int? replicas = null)
     {
         (this.model, this.trainData, this.seed) = (model, trainData, seed);
         Sequences = sequences;

@@ -7,7 +7,7 @@ namespace DistGpt.Model.Training;
 /// <summary>The recipe, as nanoGPT's train.py: per step set the lr from the schedule, get the gradient sum, average it
 /// over the tokens, clip, AdamW; evaluate every eval_interval steps; checkpoint; log a metrics line. Steps count 1..max_iters.</summary>
 public sealed class TrainingLoop(
-    Gpt model, AdamW optimizer, TextCorpus corpus, TrainSettings settings, IGradientSource gradients,
+    Gpt model, AdamW optimizer, Corpus corpus, TrainSettings settings, IGradientSource gradients,
     Evaluator evaluator, string outDir, string runId, long startStep)
 {
     /// <summary>Called after every step with its metrics (progress display).</summary>
@@ -18,6 +18,9 @@ public sealed class TrainingLoop(
     readonly long firstStep = startStep;
 
     public long Step { get; private set; } = startStep;
+
+    /// <summary>The step of the checkpoint in outDir (the one the run started from, or the last one written).</summary>
+    public long CheckpointStep { get; private set; } = startStep;
 
     public float? LastValLoss { get; private set; }
 
@@ -77,7 +80,7 @@ public sealed class TrainingLoop(
             using (OnPhase?.Invoke("evaluate", step))
             {
                 (trainLoss, valLoss) = evaluator.Estimate(step);
-                if (step == settings.MaxIters) valLossFull = evaluator.WholeSplit(DataSplit.Val);
+                if (step == settings.MaxIters && corpus.Val.Length <= Evaluator.WholeSplitMaxTokens) valLossFull = evaluator.WholeSplit(DataSplit.Val);
                 sample = sampler.Generate(step);
                 evaluation?.SetTag(TrainingTelemetry.Attr.TrainLoss, (double)trainLoss).SetTag(TrainingTelemetry.Attr.ValLoss, (double)valLoss)
                     .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters).SetTag(TrainingTelemetry.Attr.ValLossFull, (double?)valLossFull);
@@ -107,8 +110,20 @@ public sealed class TrainingLoop(
         }
     }
 
-    public void SaveCheckpoint() =>
+    public void SaveCheckpoint()
+    {
         Checkpoint.Save(outDir, model, optimizer, corpus.Tokenizer, settings, Step, runId, corpus.Sha256);
+        CheckpointStep = Step;
+    }
+
+    /// <summary>After Run stopped (cancelled between or inside steps: the weights are those of the last whole step), a
+    /// checkpoint of that step unless the last one is already of it; false when there was nothing new to save.</summary>
+    public bool CheckpointOnStop()
+    {
+        if (Step == CheckpointStep) return false;
+        SaveCheckpoint();
+        return true;
+    }
 }
 
 public sealed class TrainingDivergedException(string message) : Exception(message);
