@@ -13,6 +13,7 @@ var root = new RootCommand("DistGpt: data-parallel GPT training in .NET (nanoGPT
     CoordinatorCommand.Create(),
     WorkerCommand.Create(),
     StatusCommand.Create(),
+    DashboardCommand.Create(),
     ExchangeBenchCommand.Create(),
     ExchangeBenchCommand.CreatePeer(),
 };

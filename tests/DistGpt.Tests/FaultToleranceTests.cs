@@ -67,6 +67,7 @@ public sealed class FaultToleranceTests
         Assert.Contains("worker 'beta' lost", r.StdOut);
         var metrics = c.Metrics;
         AssertContiguous(metrics, 20);
+        Assert.Contains(8, StepsNaming(metrics, "lost_workers", "beta"));
         Assert.True(metrics[7].GetProperty("step_ms").GetDouble() < 10_000, $"step 8 took {metrics[7].GetProperty("step_ms")} ms");
         Assert.Equal(1, metrics[^1].GetProperty("workers").GetInt32());
     }
@@ -90,6 +91,9 @@ public sealed class FaultToleranceTests
         Assert.True(r.ExitCode == 0, r.ToString());
         var metrics = c.Metrics;
         AssertContiguous(metrics, steps);
+        // The membership the training page draws: beta joins at step 1, is lost at step 6, and joins again later.
+        Assert.Equal([1L, 6L], StepsNaming(metrics, "joined_workers", "beta").Take(1).Concat(StepsNaming(metrics, "lost_workers", "beta")));
+        Assert.Single(StepsNaming(metrics, "joined_workers", "beta").Where(s => s > 6));
         double slow = metrics[5].GetProperty("step_ms").GetDouble();
         Assert.InRange(slow, 1_500, 10_000);
         Assert.Equal(2, metrics[^1].GetProperty("workers").GetInt32());
@@ -114,9 +118,15 @@ public sealed class FaultToleranceTests
         Assert.Contains(message, r.StdOut);
         Assert.Contains("worker 'beta' sent invalid gradients", r.StdOut);
         AssertContiguous(c.Metrics, 8);
+        Assert.Equal([5L], StepsNaming(c.Metrics, "rejected_payloads", "beta"));
         // The rejected share was recomputed by the other worker from the same sequences: nothing of the bad payload applied.
         Assert.Equal(FaultFreeLosses(flags.Contains("bf16") ? "--wire-dtype bf16" : ""), Losses(c.Metrics));
     }
+
+    /// <summary>The steps whose metrics line lists <paramref name="worker"/> in the array <paramref name="field"/>.</summary>
+    static List<long> StepsNaming(List<JsonElement> metrics, string field, string worker) =>
+        metrics.Where(m => m.TryGetProperty(field, out var names) && names.EnumerateArray().Any(n => n.GetString() == worker))
+            .Select(m => m.GetProperty("step").GetInt64()).ToList();
 
     static readonly Dictionary<string, double[]> faultFree = new();
 

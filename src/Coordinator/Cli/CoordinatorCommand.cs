@@ -11,6 +11,7 @@ public static class CoordinatorCommand
     {
         var train = new TrainOptions();
         var cluster = new ClusterOptions();
+        var dashboard = new DashboardOptions();
         var listen = new Option<string>("--listen") { Description = "the data plane's address to bind, http://IP:PORT (workers are given this address)", DefaultValueFactory = _ => "http://0.0.0.0:7070" };
         var siloPort = new Option<int?>("--silo-port") { Description = "the coordinator's Orleans silo port (default: --listen's port + 1, where workers look for it)" };
         var gatewayPort = new Option<int?>("--gateway-port") { Description = "the Orleans gateway port `distgpt status` connects to (default: --listen's port + 2)" };
@@ -29,12 +30,15 @@ public static class CoordinatorCommand
         var command = new Command("coordinator", "Run the coordinator of a cluster: workers join it with `distgpt worker`.") { listen, siloPort, gatewayPort, advertise, minWorkers, tolerate, tlsCert, tlsKey, tlsCa, allowUnauthenticated, replicas };
         train.AddTo(command);
         cluster.AddTo(command);
+        dashboard.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = train.ReadThreads(r);
             Check.InRange(r.GetValue(minWorkers), 1, 1 << 16, "--min-workers");
             Check.InRange(r.GetValue(replicas), 1, ThreadsOption.Max, "--replicas-per-share");
+            dashboard.ReadAddress(r);
+            dashboard.ReadTraceLink(r);
             var dataPlane = ParseUri(r.GetValue(listen)!, "--listen");
             if (cluster.Token(r) == null && !System.Net.IPAddress.IsLoopback(Hosting.CoordinatorHost.ListenAddress(dataPlane)) && !r.GetValue(allowUnauthenticated))
                 throw new ConfigException($"--listen {dataPlane} reaches beyond this host but no cluster token is set: anyone could join. Set DISTGPT_CLUSTER_TOKEN (or --cluster-token), or pass --allow-unauthenticated");
@@ -50,7 +54,10 @@ public static class CoordinatorCommand
             };
             using var setup = RunSetup.Create(train, r);
             PrintModel(setup);
-            return await DistributedTraining.RunAsync(setup, settings, new ProgressView(setup.Settings.MaxIters), null, cancel);
+            await using var page = dashboard.Start(r, setup, "coordinator", settings.MinWorkers, DistGpt.Contracts.WireDTypes.Name(settings.GradientDType));
+            int code = await DistributedTraining.RunAsync(setup, settings, new ProgressView(setup.Settings.MaxIters), null, cancel, page == null ? null : page.Record);
+            page?.End("finished");
+            return code;
         }));
         return command;
     }

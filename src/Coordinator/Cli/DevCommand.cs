@@ -14,6 +14,7 @@ public static class DevCommand
     {
         var train = new TrainOptions();
         var cluster = new ClusterOptions();
+        var dashboard = new DashboardOptions();
         var workers = new Option<int>("--workers") { Description = "worker processes to start", DefaultValueFactory = _ => 2 };
         var workerThreads = new Option<int>("--worker-threads") { Description = "threads per worker (default: cores / workers)" };
         var restart = new Option<bool>("--restart-workers") { Description = "restart a crashed worker process (bounded) and keep training", DefaultValueFactory = _ => true };
@@ -26,6 +27,7 @@ public static class DevCommand
         var command = new Command("dev", "Train with a coordinator and N worker processes on this machine.") { workers, workerThreads, restart, maxRestarts, transport };
         train.AddTo(command);
         cluster.AddTo(command);
+        dashboard.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null); // children inherit OTEL_*
@@ -34,6 +36,8 @@ public static class DevCommand
             int perWorker = r.GetResult(workerThreads) is { Implicit: false } ? r.GetValue(workerThreads) : Math.Max(1, Environment.ProcessorCount / n);
             Check.InRange(perWorker, 1, ThreadsOption.Max, "--worker-threads");
             Check.InRange(r.GetValue(maxRestarts), 0, 1 << 20, "--max-restarts");
+            dashboard.ReadAddress(r);
+            dashboard.ReadTraceLink(r);
             Compute.Threads = train.ReadThreads(r);
             Compute.HelperSpin = TimeSpan.Zero; // the workers' kernels share these cores
             bool restarting = r.GetValue(restart);
@@ -55,13 +59,14 @@ public static class DevCommand
             settings = settings with { SharedWeights = weights.Region };
             CoordinatorCommand.PrintModel(setup);
             Console.WriteLine($"dev mode: {n} worker processes × {perWorker} threads");
+            await using var page = dashboard.Start(r, setup, "dev", n, settings.GradientDType.Name());
             using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             string? failure = null;
             WorkerProcesses? processes = null;
             string? tokenFile = null;
             try
             {
-                return await DistributedTraining.RunAsync(setup, settings, new ProgressView(setup.Settings.MaxIters), address =>
+                int code = await DistributedTraining.RunAsync(setup, settings, new ProgressView(setup.Settings.MaxIters), address =>
                 {
                     processes = new WorkerProcesses(name =>
                     {
@@ -81,7 +86,9 @@ public static class DevCommand
                     tokenFile = WriteToken(setup.OutDir, token);
                     Console.WriteLine($"[dev] watch it: DISTGPT_CLUSTER_TOKEN=$(cat {tokenFile}) distgpt status --coordinator {address}");
                     return Task.CompletedTask;
-                }, failed.Token);
+                }, failed.Token, page == null ? null : page.Record);
+                page?.End("finished");
+                return code;
             }
             catch (OperationCanceledException) when (failure != null)
             {

@@ -10,24 +10,34 @@ public static class TrainCommand
     public static Command Create()
     {
         var options = new TrainOptions();
+        var dashboard = new DashboardOptions();
         var command = new Command("train", "Train a GPT in this process (nanoGPT's train.py).");
         options.AddTo(command);
+        dashboard.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.Guard(() =>
         {
+            dashboard.ReadAddress(r);
+            dashboard.ReadTraceLink(r);
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = options.ReadThreads(r);
             using var run = RunSetup.Create(options, r);
             var cfg = run.Model.Config;
             Console.WriteLine($"model: {cfg.NLayer} layers, {cfg.NHead} heads, n_embd {cfg.NEmbd}, block {cfg.BlockSize}, vocab {cfg.VocabSize}, {run.Model.Parameters.Count:N0} parameters; {Compute.Threads} threads; data {run.Corpus.Path}");
             if (run.StartStep > 0) Console.WriteLine($"resuming from step {run.StartStep} in {run.OutDir}");
+            using var page = dashboard.Start(r, run, "train", worldSize: 1, wireDType: null);
             using var worker = new GradientWorker(run.Model, run.Corpus.Train, run.Settings.Seed, run.Settings.BatchSize);
             var view = new ProgressView(run.Settings.MaxIters);
             var loop = new TrainingLoop(run.Model, run.Optimizer, run.Corpus, run.Settings, new LocalGradientSource(worker),
                 new Evaluator(worker.Graph, run.Settings.BatchSize, run.Corpus, run.Settings.Seed, run.Settings.EvalIters), run.OutDir, run.RunId, run.StartStep)
             {
-                OnStep = m => view.Report(m),
+                OnStep = m =>
+                {
+                    view.Report(m);
+                    page?.Record(m);
+                },
             };
             view.Run(run.StartStep, () => loop.Run(cancel));
+            page?.End("finished");
             Console.WriteLine($"done: step {loop.Step}, val loss {loop.LastValLoss:F4}{ProgressView.WholeSplit(loop.FinalValLossFull)}; checkpoint and metrics.jsonl in {run.OutDir}");
             return 0;
         }));

@@ -36,6 +36,8 @@ public sealed class DistributedGradientSource(
         var weights = model.Parameters.Values;
         var clock = Stopwatch.StartNew();
         var computeMs = new Dictionary<string, double>();
+        var roundTripMs = new Dictionary<string, double>();
+        var rejected = new List<string>();
         var todo = new Queue<Share>(shares);
         var alive = members.ToList();
         var stragglers = new List<string>();
@@ -63,6 +65,7 @@ public sealed class DistributedGradientSource(
                     var share = a.Value[k];
                     var target = region ?? shareBuffers[share.Index];
                     using var call = WorkerCall.Start(worker, step, share.Index, share.First, share.Count, traffic);
+                    long started = Stopwatch.GetTimestamp();
                     try
                     {
                         var request = Order(step, share) with { TraceParent = call.TraceParent, TraceState = call.TraceState };
@@ -72,7 +75,11 @@ public sealed class DistributedGradientSource(
                             throw new InvalidGradientsException(worker.Name, "NaN or Inf in the loss");
                         replies[share.Index] = reply;
                         sources[share.Index] = target;
-                        lock (computeMs) computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
+                        lock (computeMs)
+                        {
+                            computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
+                            roundTripMs[worker.Name] = roundTripMs.GetValueOrDefault(worker.Name) + Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+                        }
                         call.Completed(reply);
                     }
                     catch (Exception e) when (e is WorkerLostException or InvalidGradientsException
@@ -108,6 +115,7 @@ public sealed class DistributedGradientSource(
                 }
                 if (!options.TolerateFailures) throw new RunFailedException($"step {step}: {error.Message}; stopping the run");
                 log($"step {step}: {error.Message}; its {unfinished.Count} share(s) go to the other workers");
+                if (error is InvalidGradientsException) rejected.Add(worker.Name);
                 bool drop = error is WorkerLostException || Reject(worker);
                 if (drop)
                 {
@@ -136,8 +144,21 @@ public sealed class DistributedGradientSource(
             extra["shm_bytes"] = new Dictionary<string, long> { ["sent"] = traffic.SharedSent, ["received"] = traffic.SharedReceived };
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;
+        if (rejected.Count > 0) extra["rejected_payloads"] = rejected;
+        // Per worker, the round trips' time not spent computing (requests, replies, payload checks); the rest of the
+        // step's gather time it spent waiting for the slowest worker.
+        extra["worker_comm_ms"] = roundTripMs.ToDictionary(kv => kv.Key, kv => Math.Round(Math.Max(0, kv.Value - computeMs[kv.Key]), 3));
+        var names = members.Select(w => w.Name).ToHashSet();
+        var joined = names.Except(previousMembers).ToList();
+        var left = previousMembers.Except(names).Except(previousLost).ToList();
+        if (joined.Count > 0) extra["joined_workers"] = joined;
+        if (left.Count > 0) extra["left_workers"] = left;
+        (previousMembers, previousLost) = (names, lost.ToHashSet());
         return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);
     }
+
+    /// <summary>The members at the previous step's start and the ones it lost: a step names who joined or left since.</summary>
+    HashSet<string> previousMembers = new(), previousLost = new();
 
     ComputeRequest Order(long step, Share share) => new(run.RunId, step, step - 1, run.ConfigHash, share.First, share.Count);
 

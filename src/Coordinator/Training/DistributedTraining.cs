@@ -46,7 +46,7 @@ public sealed record CoordinatorSettings
 public static class DistributedTraining
 {
     public static async Task<int> RunAsync(RunSetup setup, CoordinatorSettings settings, ProgressView view,
-        Func<Uri, Task>? onListening, CancellationToken cancel)
+        Func<Uri, Task>? onListening, CancellationToken cancel, Action<StepMetrics>? observe = null)
     {
         // How the batch is cut is fixed by the run's first coordinator, for good: a resumed run keeps its checkpoint's.
         var train = setup.Settings.Shares > 0 ? setup.Settings
@@ -94,6 +94,7 @@ public static class DistributedTraining
                 {
                     progress.Report(m);
                     view.Report(m, WorkerSummary(m));
+                    observe?.Invoke(m);
                 },
             };
             await Task.Run(() => view.Run(setup.StartStep, () => loop.Run(cancel)), cancel);

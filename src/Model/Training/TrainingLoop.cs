@@ -30,13 +30,14 @@ public sealed class TrainingLoop(
     public void Run(CancellationToken cancel = default)
     {
         using var log = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"), firstStep);
+        using var sampler = new EvalSample(model, corpus.Tokenizer, settings.Seed);
         while (Step < settings.MaxIters)
         {
             cancel.ThrowIfCancellationRequested();
             long step = Step + 1;
             // One trace per step: this root span, its phases below, and the workers' spans (W3C context on each call).
             using var span = TrainingTelemetry.StartStep(step, runId);
-            try { RunStep(step, span, log, cancel); }
+            try { RunStep(step, span, log, sampler, cancel); }
             catch (Exception e)
             {
                 TrainingTelemetry.RecordError(span, e);
@@ -45,7 +46,7 @@ public sealed class TrainingLoop(
         }
     }
 
-    void RunStep(long step, Activity? span, MetricsLog log, CancellationToken cancel)
+    void RunStep(long step, Activity? span, MetricsLog log, EvalSample sampler, CancellationToken cancel)
     {
         var clock = Stopwatch.StartNew();
         float lr = settings.Schedule.At(step - 1);
@@ -72,6 +73,7 @@ public sealed class TrainingLoop(
         double ms = clock.Elapsed.TotalMilliseconds;
 
         float? trainLoss = null, valLoss = null, valLossFull = null;
+        string? sample = null;
         if (step % settings.EvalInterval == 0 || step == settings.MaxIters)
         {
             using (var evaluation = TrainingTelemetry.Start("evaluate model", step))
@@ -79,6 +81,7 @@ public sealed class TrainingLoop(
             {
                 (trainLoss, valLoss) = evaluator.Estimate(step);
                 if (step == settings.MaxIters && corpus.Val.Length <= Evaluator.WholeSplitMaxTokens) valLossFull = evaluator.WholeSplit(DataSplit.Val);
+                sample = sampler.Generate(step);
                 evaluation?.SetTag(TrainingTelemetry.Attr.TrainLoss, (double)trainLoss).SetTag(TrainingTelemetry.Attr.ValLoss, (double)valLoss)
                     .SetTag(TrainingTelemetry.Attr.EvalIters, settings.EvalIters).SetTag(TrainingTelemetry.Attr.ValLossFull, (double?)valLossFull);
             }
@@ -90,6 +93,7 @@ public sealed class TrainingLoop(
             Step = step, Loss = sum.MeanLoss, Lr = lr, StepMs = Math.Round(ms, 3),
             TokensPerS = Math.Round(sum.Tokens / (ms / 1000.0), 1), GradNorm = Math.Round(norm, 6),
             TrainLoss = trainLoss, ValLoss = valLoss, ValLossFull = valLossFull, Workers = result.Workers, CommMs = result.CommMs,
+            Sample = sample, TraceId = span?.Recorded == true ? span.TraceId.ToHexString() : null,
             Extra = result.Extra?.ToDictionary(kv => kv.Key, kv => kv.Value),
         };
         log.Write(metrics);
