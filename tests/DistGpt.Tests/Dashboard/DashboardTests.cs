@@ -90,14 +90,8 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
     {
         using var server = CliRunner.Start(["dashboard", "--out", runs.A, "--out", runs.B, "--out", runs.Hostile, "--dashboard", "0"], DistributedTests.Env());
         var url = PageUrl(server);
-        var (playwright, browser) = await SystemChromium.LaunchAsync();
-        using var _ = playwright;
-        await using var __ = browser;
-        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1800 } });
-        var errors = new List<string>();
-        page.Console += (_, m) => { if (m.Type == "error") errors.Add(m.Text); };
-        page.PageError += (_, e) => errors.Add(e);
-        await page.GotoAsync(url.ToString());
+        await using var browser = await SystemChromium.OpenAsync(url, height: 1800);
+        var page = browser.Page;
 
         // Both real runs in the run list and the loss legend, each with all its steps.
         await page.WaitForFunctionAsync("() => document.querySelectorAll('#runs dl').length === 3");
@@ -115,7 +109,7 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
         Assert.Equal(FinishedRunsFixture.HostileSample, await page.Locator("#samples pre").First.TextContentAsync());
         Assert.Equal(0, await page.Locator("#injected, #bold").CountAsync());
         Assert.Equal("DistGpt training", await page.TitleAsync());
-        Assert.Empty(errors);
+        Assert.Empty(browser.Errors);
     }
 
     [BrowserFact]
@@ -130,14 +124,8 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
         using var dev = CliRunner.Start(["dev", "--workers", "2", "--worker-threads", "1", .. CliRunner.Split(FinishedRunsFixture.Model.Replace("--max-iters 300", "--max-iters 100000")),
             "--out", outDir, "--dashboard", "0", "--trace-link", "http://localhost:16686/trace/{trace_id}?step={step}"], env);
         var url = PageUrl(dev);
-        var (playwright, browser) = await SystemChromium.LaunchAsync();
-        using var _ = playwright;
-        await using var __ = browser;
-        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 2000 } });
-        var errors = new List<string>();
-        page.Console += (_, m) => { if (m.Type == "error") errors.Add(m.Text); };
-        page.PageError += (_, e) => errors.Add(e);
-        await page.GotoAsync(url.ToString());
+        await using var browser = await SystemChromium.OpenAsync(url, height: 2000);
+        var page = browser.Page;
 
         // Both workers in the workers panel, and an evaluation step's sample, while the run goes on.
         await page.WaitForFunctionAsync("() => [...document.querySelectorAll('#worker-table .worker-name')].map(e => e.textContent).sort().join() === 'worker-0,worker-1'",
@@ -172,7 +160,7 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
         string everything = await page.ContentAsync() + await http.GetStringAsync("api/runs") + string.Join("\n", await ReadRecords(http, 50));
         Assert.Equal(token, File.ReadAllText(Path.Combine(outDir, "cluster-token")));
         Assert.DoesNotContain(token, everything);
-        Assert.Empty(errors);
+        Assert.Empty(browser.Errors);
 
         Assert.True(dev.Signal(2));
         var end = dev.WaitForExit(TimeSpan.FromSeconds(60));

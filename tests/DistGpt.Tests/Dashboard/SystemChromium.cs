@@ -30,12 +30,36 @@ public static class SystemChromium
         }
     }
 
+    /// <summary>A page of a fresh headless browser, opened at <paramref name="url"/>, with every console error and
+    /// uncaught page exception collected in <see cref="BrowserPage.Errors"/>.</summary>
+    public static async Task<BrowserPage> OpenAsync(Uri url, int height)
+    {
+        var (playwright, browser) = await LaunchAsync();
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = height } });
+        var opened = new BrowserPage(playwright, browser, page);
+        page.Console += (_, m) => { if (m.Type == "error") opened.Errors.Add(m.Text); };
+        page.PageError += (_, e) => opened.Errors.Add(e);
+        await page.GotoAsync(url.ToString());
+        return opened;
+    }
+
     /// <summary>Where a test leaves its screenshots: $DISTGPT_TEST_ARTIFACTS, else artifacts/ beside the test assembly.</summary>
     public static string ArtifactPath(string name)
     {
         string dir = Environment.GetEnvironmentVariable("DISTGPT_TEST_ARTIFACTS") is { Length: > 0 } env ? env : System.IO.Path.Combine(AppContext.BaseDirectory, "artifacts");
         Directory.CreateDirectory(dir);
         return System.IO.Path.Combine(dir, name);
+    }
+}
+
+public sealed record BrowserPage(IPlaywright Playwright, IBrowser Browser, IPage Page) : IAsyncDisposable
+{
+    public List<string> Errors { get; } = new();
+
+    public async ValueTask DisposeAsync()
+    {
+        await Browser.DisposeAsync();
+        Playwright.Dispose();
     }
 }
 

@@ -8,6 +8,7 @@ namespace DistGpt.Tests.Data;
 
 /// <summary>Token directories through the real `distgpt`: prepare, dev mode with two worker processes, sample, resume
 /// checks, and a corpus larger than the process's memory limit.</summary>
+[Collection(ProcessHeavy.Name)]
 public sealed class TokenFilesCliTests(ITestOutputHelper output) : IDisposable
 {
     readonly TempDirectory temp = new("tokens-cli");

@@ -26,7 +26,7 @@ public sealed class DataFileTests : IDisposable
         string bin = temp.Combine("random.bin");
         File.WriteAllBytes(bin, binary);
         yield return (bin, "not valid UTF-8");
-        yield return (temp.Subdirectory("a-directory"), "is a directory");
+        yield return (temp.Subdirectory("a-directory"), "has no train.bin"); // a directory is read as token files
         string fifo = temp.Combine("a-fifo");
         Process.Start("mkfifo", fifo).WaitForExit();
         yield return (fifo, "not a regular file"); // reading it would block forever

@@ -53,10 +53,10 @@ public sealed class FlagValidationTests : IDisposable
     }
 
     [Fact]
-    public void ADataPathThatIsADirectorySaysSo()
+    public void ADataPathThatIsADirectoryWithoutTokenFilesSaysSo()
     {
         string dir = temp.Subdirectory("corpus-dir");
-        UserErrors.AssertBadInput(Train("--data", dir), dir, "is a directory");
+        UserErrors.AssertBadInput(Train("--data", dir), dir, "has no train.bin");
     }
 
     /// <summary>Each command's numeric flags (with flags that make an accepted value quick to notice).</summary>
