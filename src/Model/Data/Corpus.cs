@@ -71,8 +71,8 @@ public sealed class Corpus
         try { ids = chars.Encode(text); }
         catch (ConfigException e) { throw new DataException($"data file '{path}': {e.Message}"); }
         int n = (int)(ids.Length * 0.9);
-        var train = TokenSplit.InMemory(ids.AsSpan(0, n).ToArray().Select(i => (ushort)i).ToArray());
-        var val = TokenSplit.InMemory(ids.AsSpan(n).ToArray().Select(i => (ushort)i).ToArray());
+        var train = TokenSplit.InMemory(ids.AsSpan(0, n));
+        var val = TokenSplit.InMemory(ids.AsSpan(n));
         string sha = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes)).ToLowerInvariant();
         return new Corpus(path, sha, chars, train, val, ids.Length == 0 ? 0 : ids.Max(), "text");
     }

@@ -21,10 +21,11 @@ public sealed unsafe class TokenSplit
         this.owner = owner;
     }
 
-    public static TokenSplit InMemory(ReadOnlySpan<ushort> ids)
+    /// <summary>Ids already known to fit uint16 (a vocabulary of at most 65,536), narrowed into the pinned heap.</summary>
+    public static TokenSplit InMemory(ReadOnlySpan<int> ids)
     {
         var pinned = GC.AllocateUninitializedArray<ushort>(ids.Length, pinned: true);
-        ids.CopyTo(pinned);
+        for (int i = 0; i < ids.Length; i++) pinned[i] = (ushort)ids[i];
         fixed (ushort* p = pinned) return new TokenSplit(p, pinned.LongLength, pinned);
     }
 

@@ -41,8 +41,7 @@ public sealed unsafe class Graph : IDisposable
     /// <summary>Allocates an activation (and its gradient when the graph trains).</summary>
     public Tensor Activation(string name, params int[] shape)
     {
-        long n = 1;
-        foreach (int d in shape) n *= d;
+        long n = Elements(shape);
         var data = Allocate(n);
         var grad = WithGrad ? Allocate(n) : null;
         var t = new Tensor(name, data.Pointer, grad == null ? null : grad.Pointer, shape);
@@ -57,8 +56,7 @@ public sealed unsafe class Graph : IDisposable
     /// backward): nothing may accumulate onto another layer's leftovers.</summary>
     public Tensor LayerActivation(string name, string role, params int[] shape)
     {
-        long n = 1;
-        foreach (int d in shape) n *= d;
+        long n = Elements(shape);
         var data = Allocate(n);
         if (!WithGrad) return new Tensor(name, data.Pointer, null, shape);
         if (!roleGrads.TryGetValue(role, out var grad)) roleGrads[role] = grad = Allocate(n);
@@ -86,10 +84,16 @@ public sealed unsafe class Graph : IDisposable
     /// reads the values after backward starts. Not zeroed before backward (the consumer assigns).</summary>
     public Tensor ActivationWithGradInPlace(string name, params int[] shape)
     {
-        long n = 1;
-        foreach (int d in shape) n *= d;
+        long n = Elements(shape);
         var data = Allocate(n);
         return new Tensor(name, data.Pointer, WithGrad ? data.Pointer : null, shape) { GradAssignedByConsumer = WithGrad };
+    }
+
+    static long Elements(int[] shape)
+    {
+        long n = 1;
+        foreach (int d in shape) n *= d;
+        return n;
     }
 
     /// <summary>Scratch memory that lives as long as the graph (saved statistics, masks, partial sums).</summary>
