@@ -71,7 +71,14 @@ sealed class FlatTensors : IDisposable
 
     public void Dispose()
     {
-        foreach (var t in new[] { Values, Grads, hostValues, hostGrads, pinnedValues, pinnedGrads }.Distinct())
-            t?.Dispose();
+        if (!OnHost)
+        {
+            Values.Dispose();
+            Grads.Dispose();
+            pinnedValues!.Dispose();
+            pinnedGrads!.Dispose();
+        }
+        hostValues.Dispose();
+        hostGrads.Dispose();
     }
 }
