@@ -24,7 +24,7 @@ public sealed class TorchGradientComputerTests
         Compute.Threads = 1;
 
         using var engine = EngineBackend.Instance.Create(engineModel, TestData.Corpus.Train, 42, sequences);
-        using var torch = new TorchGradientBackend("cpu").Create(torchModel, TestData.Corpus.Train, 42, sequences);
+        using var torch = new TorchGradientBackend(TestDevice.Name).Create(torchModel, TestData.Corpus.Train, 42, sequences);
         torchModel.Parameters.Grads.Span.Fill(123f); // Compute zeroes them first
         var expected = engine.Compute(step, first);
         var actual = torch.Compute(step, first);
@@ -54,7 +54,7 @@ public sealed class TorchGradientComputerTests
         using var model = new Gpt(config);
         model.Initialize(1);
         Compute.Threads = 1;
-        using var torch = new TorchGradientBackend("cpu").Create(model, TestData.Corpus.Train, 42, 2);
+        using var torch = new TorchGradientBackend(TestDevice.Name).Create(model, TestData.Corpus.Train, 42, 2);
         // Same sequences (the coordinator's windows) at two steps: only the dropout key differs.
         var windows = Enumerable.Range(0, 2 * 17).Select(i => i % config.VocabSize).ToArray();
         double a = torch.ComputeOnWindows(1, 0, windows).LossSum, b = torch.ComputeOnWindows(2, 0, windows).LossSum;
