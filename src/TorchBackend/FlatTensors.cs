@@ -27,8 +27,8 @@ sealed class FlatTensors : IDisposable
             Grads = hostGrads;
             return;
         }
-        pinnedValues = torch.empty(values.Length, ScalarType.Float32).pin_memory();
-        pinnedGrads = torch.empty(grads.Length, ScalarType.Float32).pin_memory();
+        pinnedValues = Pinned(values.Length);
+        pinnedGrads = Pinned(grads.Length);
         Values = torch.empty(values.Length, ScalarType.Float32, device);
         Grads = torch.zeros(grads.Length, ScalarType.Float32, device);
     }
@@ -49,6 +49,12 @@ sealed class FlatTensors : IDisposable
         if (OnHost) return;
         pinnedGrads!.copy_(Grads); // synchronises with the backward on the device's stream
         hostGrads.copy_(pinnedGrads);
+    }
+
+    static Tensor Pinned(long length)
+    {
+        using var pageable = torch.empty(length, ScalarType.Float32);
+        return pageable.pin_memory();
     }
 
     /// A tensor over memory owned by the NativeBuffer (which outlives it): libtorch never frees it.
