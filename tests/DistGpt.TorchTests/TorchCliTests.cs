@@ -38,17 +38,22 @@ public sealed class TorchCliTests
         Assert.True(Directory.Exists(Path.Combine(torch, "ckpt")), "the run wrote its checkpoint");
     }
 
-    [Fact]
-    public void DevRunWithOneEngineAndOneTorchWorkerMatchesAnAllEngineRunOver50Steps()
+    /// <summary>shm: the torch worker's flat buffers are the /dev/shm regions the coordinator writes and reads; tcp: its sum
+    /// goes out over the socket as one bucket after the backward.</summary>
+    [Theory]
+    [InlineData("shm")]
+    [InlineData("tcp")]
+    public void DevRunWithOneEngineAndOneTorchWorkerMatchesAnAllEngineRunOver50Steps(string transport)
     {
         using var tmp = new TempDirectory("torch-mixed");
         string engine = tmp.Subdirectory("engine"), mixed = tmp.Subdirectory("mixed");
-        string run = $"dev --workers 2 --worker-threads 1 --threads 1 {Model} --max-iters 50 --eval-interval 50";
+        string run = $"dev --workers 2 --worker-threads 1 --threads 1 --transport {transport} {Model} --max-iters 50 --eval-interval 50";
         var a = CliRunner.Run($"{run} --out {engine}", Env(), Timeout);
         Assert.True(a.ExitCode == 0, a.ToString());
         var b = CliRunner.Run($"{run} --worker-backends engine,torch --out {mixed}", Env(), Timeout);
         Assert.True(b.ExitCode == 0, b.ToString());
         Assert.Contains("backends engine,torch", b.StdOut);
+        Assert.Contains("backend torch/cpu", b.StdOut); // worker-1's join line
         SameLosses(Losses(engine), Losses(mixed), 50, "all-engine vs engine+torch");
     }
 
