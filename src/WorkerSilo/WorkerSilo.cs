@@ -41,8 +41,33 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     public async Task<int> RunAsync(CancellationToken cancel)
     {
         Compute.Threads = options.Threads;
+        // When it was asked to stop: the cancellation callbacks run in no set order, so the code that ends the run may
+        // see the cancellation before this callback has run; whichever comes first stamps it.
+        long askedAt = 0;
+        await using var asked = cancel.Register(() =>
+        {
+            Interlocked.CompareExchange(ref askedAt, Stopwatch.GetTimestamp(), 0);
+            options.Log($"{options.Name}: stopping (asked to)");
+        });
+        var silo = new WorkerSiloHost(options, this);
+        try { return await RunUntilEndAsync(silo, cancel); }
+        finally
+        {
+            await silo.StopAsync(cancel.IsCancellationRequested ? SignalledLeave : TimeSpan.FromSeconds(1));
+            if (cancel.IsCancellationRequested)
+            {
+                Interlocked.CompareExchange(ref askedAt, Stopwatch.GetTimestamp(), 0);
+                options.Log($"{options.Name}: stopped {Stopwatch.GetElapsedTime(askedAt).TotalMilliseconds:F0} ms after it was asked to");
+            }
+        }
+    }
+
+    /// <summary>How long a signalled worker (docker stop, Kubernetes, Ctrl-C) gives Orleans' graceful leave.</summary>
+    static readonly TimeSpan SignalledLeave = TimeSpan.Zero;
+
+    async Task<int> RunUntilEndAsync(WorkerSiloHost silo, CancellationToken cancel)
+    {
         string? dataSha = options.DataPath == null ? null : Corpus.IdentityOf(options.DataPath);
-        await using var silo = new WorkerSiloHost(options, this);
         bool joinedBefore = false;
         DateTime? joinRetryUntil = null;
         while (true)

@@ -309,6 +309,27 @@ public sealed class DeployArtifactsTests
         return (stages, entrypoint, text);
     }
 
+    /// <summary>The restore layer sees only the .csproj files COPY'd before it: a project distgpt references that is not
+    /// among them fails the image's publish ("Assets file … not found").</summary>
+    [Fact]
+    public void DockerfileCopiesEveryProjectDistgptReferencesBeforeTheRestore()
+    {
+        var (_, _, text) = Dockerfile();
+        int restore = text.IndexOf("dotnet restore", StringComparison.Ordinal);
+        Assert.True(restore > 0, "the Dockerfile has no `dotnet restore` layer");
+        var copied = Regex.Matches(text[..restore], @"^COPY\s+(src/\S+\.csproj)\s", RegexOptions.Multiline).Select(m => m.Groups[1].Value).ToHashSet();
+        var closure = new SortedSet<string>(StringComparer.Ordinal);
+        void Visit(string project)
+        {
+            if (!closure.Add(project)) return;
+            string dir = Path.GetDirectoryName(project)!;
+            foreach (Match m in Regex.Matches(File.ReadAllText(Path.Combine(TestData.RepoRoot, project)), @"<ProjectReference\s+Include=""([^""]+)"""))
+                Visit(Path.GetRelativePath(TestData.RepoRoot, Path.GetFullPath(Path.Combine(TestData.RepoRoot, dir, m.Groups[1].Value))).Replace('\\', '/'));
+        }
+        Visit("src/Coordinator/Coordinator.csproj");
+        Assert.Empty(closure.Where(p => !copied.Contains(p)));
+    }
+
     [Fact]
     public void DockerfileIsMultiStageSdkToRuntimeAndRunsDistgpt()
     {

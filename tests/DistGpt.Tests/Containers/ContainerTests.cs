@@ -115,8 +115,9 @@ public sealed class ContainerTests(ITestOutputHelper output) : IClassFixture<Dis
         Assert.True(killedAfter < steps, "the first coordinator finished before it could be killed; lengthen the run");
 
         var resumed = await cluster.StartCoordinatorAsync(run + " --resume --join-timeout 120"); // same volume, same name on the network
-        Assert.Equal(0, await DockerCluster.ExitCodeAsync(resumed));
+        long exit = await DockerCluster.ExitCodeAsync(resumed);
         string log = await DockerCluster.LogsAsync(resumed);
+        Assert.True(exit == 0, $"the resumed coordinator exited {exit}:\n{log}\n--- w1:\n{await DockerCluster.LogsAsync(w1)}\n--- w2:\n{await DockerCluster.LogsAsync(w2)}");
         var from = Regex.Match(log, @"resuming from step (\d+)");
         Assert.True(from.Success, log);
         int step = int.Parse(from.Groups[1].Value);
@@ -142,7 +143,7 @@ public sealed class ContainerTests(ITestOutputHelper output) : IClassFixture<Dis
         var clock = Stopwatch.StartNew();
         await w1.StopAsync();
         var workerStop = clock.Elapsed;
-        Log($"worker container stopped in {workerStop.TotalSeconds:F2} s");
+        Log($"worker container stopped in {workerStop.TotalSeconds:F2} s; its own account: {(await DockerCluster.LogsAsync(w1)).Split('\n').LastOrDefault(l => l.Contains("stopped ")) ?? "none"}");
         Assert.True(await DockerCluster.WaitForLogAsync(coordinator, l => Regex.IsMatch(l, "worker 'w1' .*(left|lost)")), await DockerCluster.LogsAsync(coordinator));
         Assert.Equal(130, await DockerCluster.ExitCodeAsync(w1, TimeSpan.FromSeconds(5)));
 

@@ -11,6 +11,7 @@ namespace DistGpt.Tests.Containers;
 public sealed class DistGptImage : IAsyncLifetime
 {
     public const string Name = "distgpt:test";
+    const string BuildLabel = "org.distgpt.test-build";
     const string LocalSdk = "distgpt-local/sdk:10.0", LocalRuntime = "distgpt-local/aspnet:10.0";
     const string OfficialSdk = "mcr.microsoft.com/dotnet/sdk:10.0", OfficialRuntime = "mcr.microsoft.com/dotnet/aspnet:10.0";
 
@@ -19,17 +20,27 @@ public sealed class DistGptImage : IAsyncLifetime
         if (DockerEngine.Unavailable != null) return; // every test skips, saying why
         var (sdk, runtime) = Bases();
         var clock = Stopwatch.StartNew();
+        // Testcontainers reports no failed build: an older distgpt:test would silently stand in for this tree's. Each
+        // build is labelled, and the image must carry this build's label.
+        string build = Guid.NewGuid().ToString("N");
         var image = new ImageFromDockerfileBuilder()
             .WithDockerfileDirectory(TestData.RepoRoot)
             .WithDockerfile("deploy/Dockerfile")
             .WithBuildArgument("SDK_IMAGE", sdk)
             .WithBuildArgument("RUNTIME_IMAGE", runtime)
             .WithName(Name)
+            .WithLabel(BuildLabel, build)
             .WithDeleteIfExists(false)
             .WithCleanUp(false)
             .WithLogger(Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance)
             .Build();
         await image.CreateAsync();
+        var label = DockerEngine.Cli("image", "inspect", Name, "--format", $"{{{{ index .Config.Labels \"{BuildLabel}\" }}}}");
+        if (label.Output.Trim() != build)
+        {
+            var cli = DockerEngine.Cli("build", "-f", "deploy/Dockerfile", "--build-arg", $"SDK_IMAGE={sdk}", "--build-arg", $"RUNTIME_IMAGE={runtime}", TestData.RepoRoot);
+            throw new InvalidOperationException($"deploy/Dockerfile did not build ({Name} is not this run's image); `docker build` says:\n{string.Join('\n', cli.Output.Split('\n').TakeLast(15))}");
+        }
         Console.WriteLine($"[containers] image {Name} built in {clock.Elapsed.TotalSeconds:F1} s on {sdk} and {runtime} (engine API {DockerEngine.ApiVersion})");
     }
 
