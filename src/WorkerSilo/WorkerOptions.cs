@@ -19,6 +19,8 @@ public sealed record WorkerOptions
     /// <summary>Runs on the coordinator's host: accept its offer to move payloads through /dev/shm instead of the socket.</summary>
     public bool SharedMemory { get; init; }
     public Action<string> Log { get; init; } = Console.WriteLine;
+    /// <summary>What computes this worker's gradients (--backend, --device): the engine, or the TorchSharp backend.</summary>
+    public Model.Training.IGradientBackend Backend { get; init; } = Model.Training.EngineBackend.Instance;
     /// <summary>This worker's Orleans silo port (0: a free one, chosen at each start), and the coordinator's (the primary
     /// of the cluster's membership).</summary>
     public int SiloPort { get; init; }

@@ -18,7 +18,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     string? modelHash;
     bool modelInRegions;
     Corpus? corpus;
-    readonly Dictionary<(int Sequences, int Replicas), GradientWorker> workers = new();
+    readonly Dictionary<(int Sequences, int Replicas), IGradientComputer> workers = new();
     readonly TestFaults? faults = TestFaults.FromEnvironment();
     volatile bool heartbeating = true;
 
@@ -107,7 +107,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             await using var channel = opened!;
             joinRetryUntil = null;
             using var shared = MapSharedMemory(channel, accepted);
-            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, Untrusted.IdLength)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
+            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, Untrusted.IdLength)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads{(options.Backend is EngineBackend ? "" : $", backend {options.Backend.Name}")}, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
             joinedBefore = true;
             Prepare(accepted, shared);
             bool finished = await ServeAsync(channel, accepted, cancel);
@@ -215,12 +215,12 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         corpus = accepted.SendsWindows ? null : Corpus.Load(options.DataPath!, Directory.Exists(options.DataPath) ? null : CharTokenizer.FromCharacters(accepted.Vocabulary));
     }
 
-    GradientWorker WorkerFor(int sequences, ulong seed, int replicas)
+    IGradientComputer WorkerFor(int sequences, ulong seed, int replicas)
     {
         if (workers.TryGetValue((sequences, replicas), out var w)) return w;
         foreach (var old in workers.Values) old.Dispose();
         workers.Clear();
-        return workers[(sequences, replicas)] = new GradientWorker(model!, corpus?.Train ?? TokenSplit.Empty, seed, sequences, replicas > 0 ? replicas : null);
+        return workers[(sequences, replicas)] = options.Backend.Create(model!, corpus?.Train ?? TokenSplit.Empty, seed, sequences, replicas > 0 ? replicas : null);
     }
 
     /// <summary>Serves compute requests; true when the coordinator ended the run, false when the connection dropped.</summary>

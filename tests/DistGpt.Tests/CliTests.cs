@@ -51,6 +51,17 @@ public sealed class CliTests(ITestOutputHelper output) : IDisposable
     // ---------------------------------------------------------------- bad input: exit 2, one line
 
     [Fact]
+    public void TheTorchBackendOfABuildWithoutItIsRefusedNamingTheBuildProperty()
+    {
+        // The suite's CLI is the default build: DistGpt.TorchBackend is not beside it (tests/run-torch.sh tests the other).
+        Assert.False(File.Exists(Path.Combine(AppContext.BaseDirectory, "DistGpt.TorchBackend.dll")));
+        AssertBadInput(Distgpt(["train", "--backend", "torch", .. Tiny(), "--max-iters", "1"]), "this build has no torch backend", "-p:DistGptTorch=true");
+        AssertBadInput(Distgpt(["worker", "--coordinator", "http://127.0.0.1:1", "--backend", "torch"]), "this build has no torch backend");
+        AssertBadInput(Distgpt(["dev", "--workers", "2", "--worker-backends", "engine,torch", .. Tiny(), "--max-iters", "1"]), "this build has no torch backend");
+        AssertBadInput(Distgpt(["train", "--device", "cuda", .. Tiny(), "--max-iters", "1"]), "--device cuda needs --backend torch");
+    }
+
+    [Fact]
     public void AnUnknownOrUnsupportedMatmulKernelExitsTwoWithAOneLineError()
     {
         AssertBadInput(Distgpt(new() { ["DISTGPT_GEMM"] = "sse" }, ["bench", "--config", "tiny", "--steps", "1"]), "DISTGPT_GEMM", "unknown matmul kernel 'sse'");

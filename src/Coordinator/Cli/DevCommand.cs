@@ -4,6 +4,7 @@ using DistGpt.Contracts;
 using DistGpt.Coordinator.Hosting;
 using DistGpt.Coordinator.Training;
 using DistGpt.Model;
+using DistGpt.Model.Training;
 
 namespace DistGpt.Coordinator.Cli;
 
@@ -24,7 +25,12 @@ public static class DevCommand
             Description = "how tensors move between the processes: shm (through /dev/shm, headers on the socket) or tcp (all on the socket)",
             DefaultValueFactory = _ => "shm",
         };
-        var command = new Command("dev", "Train with a coordinator and N worker processes on this machine.") { workers, workerThreads, restart, maxRestarts, transport };
+        var workerBackends = new Option<string>("--worker-backends")
+        {
+            Description = "what computes each worker's gradients, comma-separated in worker order, e.g. engine,torch (a shorter list repeats its last entry; torch needs a build with -p:DistGptTorch=true)",
+            DefaultValueFactory = _ => "engine",
+        };
+        var command = new Command("dev", "Train with a coordinator and N worker processes on this machine.") { workers, workerThreads, restart, maxRestarts, transport, workerBackends };
         train.AddTo(command);
         cluster.AddTo(command);
         dashboard.AddTo(command);
@@ -43,6 +49,9 @@ public static class DevCommand
             bool restarting = r.GetValue(restart);
             string mode = r.GetValue(transport)!;
             if (mode is not ("shm" or "tcp")) throw new ConfigException($"--transport must be shm or tcp (got '{mode}')");
+            var backends = GradientBackends.ParseList(r.GetValue(workerBackends)!, n);
+            var backendOf = Enumerable.Range(0, n).ToDictionary(i => $"worker-{i}", i => backends[i]);
+            foreach (var b in backends.Distinct()) GradientBackends.Load(b, "cpu"); // a missing backend fails here, before any process starts
             string token = cluster.Token(r) ?? Convert.ToHexString(RandomNumberGenerator.GetBytes(24)).ToLowerInvariant();
             int dataPort = FreePortTriple();
             var settings = new CoordinatorSettings
@@ -58,7 +67,7 @@ public static class DevCommand
             using var setup = RunSetup.Create(train, r, settings.OfferSharedMemory ? weights.Allocate : null);
             settings = settings with { SharedWeights = weights.Region };
             CoordinatorCommand.PrintModel(setup);
-            Console.WriteLine($"dev mode: {n} worker processes × {perWorker} threads");
+            Console.WriteLine($"dev mode: {n} worker processes × {perWorker} threads{(backends.All(b => b == "engine") ? "" : $", backends {string.Join(',', backends)}")}");
             await using var page = dashboard.Start(r, setup, "dev", n, settings.GradientDType.Name());
             using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             string? failure = null;
@@ -72,6 +81,7 @@ public static class DevCommand
                     {
                         var info = WorkerProcesses.SelfCommand(["worker", "--coordinator", address.ToString(), "--name", name,
                             "--threads", perWorker.ToString(), "--data", setup.Corpus.Path, "--connect-timeout", "20",
+                            "--backend", backendOf[name],
                             ..(settings.OfferSharedMemory ? new[] { "--shared-memory" } : [])]);
                         info.Environment[ClusterOptions.TokenEnvVar] = token; // not on the command line, where ps would show it
                         return info;
@@ -82,7 +92,7 @@ public static class DevCommand
                         Console.Error.WriteLine($"[dev] {why}; stopping the run");
                         failed.Cancel();
                     };
-                    for (int i = 0; i < n; i++) processes.Start($"worker-{i}");
+                    foreach (var name in backendOf.Keys) processes.Start(name);
                     tokenFile = WriteToken(setup.OutDir, token);
                     Console.WriteLine($"[dev] watch it: DISTGPT_CLUSTER_TOKEN=$(cat {tokenFile}) distgpt status --coordinator {address}");
                     return Task.CompletedTask;

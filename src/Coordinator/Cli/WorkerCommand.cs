@@ -23,10 +23,13 @@ public static class WorkerCommand
         var coordinatorSiloPort = new Option<int?>("--coordinator-silo-port") { Description = "the coordinator's Orleans silo port (its --silo-port; default: --coordinator's port + 1)" };
         var advertise = new Option<string>("--advertise") { Description = "the IP address this worker's silo advertises (default: the one it reaches the coordinator from)" };
         var sharedMemory = new Option<bool>("--shared-memory") { Description = "on the coordinator's host: take tensors through /dev/shm when it offers (dev mode does)" };
+        var backends = new BackendOptions();
         var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, tlsCert, tlsKey, sharedMemory, siloPort, coordinatorSiloPort, advertise };
+        backends.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
             int computeThreads = ThreadsOption.Read(r, threads);
+            var backend = backends.Load(r);
             var connectWait = ClusterOptions.Seconds(r.GetValue(connectTimeout), "--connect-timeout");
             string? dataPath = r.GetValue(data);
             if (string.IsNullOrEmpty(dataPath)) dataPath = Environment.GetEnvironmentVariable(DataLocator.EnvVar);
@@ -45,7 +48,7 @@ public static class WorkerCommand
                 Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = connectWait, ExpectConfigHash = r.GetValue(expectConfig),
-                TlsCaPath = r.GetValue(tlsCa), SiloTls = Fabric.FabricTls.For(address, "--coordinator", r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)), SharedMemory = r.GetValue(sharedMemory), Log = msg => Telemetry.TraceLog.Write("worker", msg),
+                TlsCaPath = r.GetValue(tlsCa), SiloTls = Fabric.FabricTls.For(address, "--coordinator", r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)), SharedMemory = r.GetValue(sharedMemory), Backend = backend, Log = msg => Telemetry.TraceLog.Write("worker", msg),
             };
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.WorkerService, options.Name);
             using var silo = new WorkerSilo.WorkerSilo(options);

@@ -14,7 +14,7 @@ public readonly record struct GradientSum(double LossSum, long Tokens)
 /// With several cores the slice is cut into one replica per core (data parallelism inside the process): each replica
 /// runs its rows' forward and backward alone on its core, with single-core kernels and its own gradient buffer, and the
 /// buffers are added in replica order. No fork/join per op, and every op runs on both cores, not just the matmuls.</summary>
-public sealed class GradientWorker : IDisposable
+public sealed class GradientWorker : IGradientComputer
 {
     readonly Gpt model;
     readonly TokenSplit trainData;

@@ -10,7 +10,7 @@ public interface IGradientSource
 /// <summary>A step's gradient sum plus what the distributed source measured (null for single-process).</summary>
 public sealed record StepGradients(GradientSum Sum, int? Workers = null, double? CommMs = null, IReadOnlyDictionary<string, object>? Extra = null);
 
-public sealed class LocalGradientSource(GradientWorker worker) : IGradientSource
+public sealed class LocalGradientSource(IGradientComputer worker) : IGradientSource
 {
     public StepGradients Compute(long step, CancellationToken cancel) => new(worker.Compute(step, first: 0));
 }
