@@ -34,12 +34,13 @@ public static class CliRunner
 {
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromMinutes(2);
 
-    /// <summary>distgpt.dll beside the test assembly.</summary>
+    /// <summary>$DISTGPT_TEST_CLI (tests/run.sh points it at the ReadyToRun CLI ./distgpt publishes from the same sources),
+    /// else distgpt.dll beside the test assembly.</summary>
     public static string DllPath
     {
         get
         {
-            string path = Path.Combine(AppContext.BaseDirectory, "distgpt.dll");
+            string path = Environment.GetEnvironmentVariable("DISTGPT_TEST_CLI") is { Length: > 0 } cli ? cli : Path.Combine(AppContext.BaseDirectory, "distgpt.dll");
             if (!File.Exists(path)) throw new FileNotFoundException($"the CLI is not built next to the tests: {path} is missing", path);
             return path;
         }
