@@ -9,11 +9,5 @@ results="$(mktemp -d)"
 dotnet test DistGpt.sln -c Release --logger "trx;LogFileName=results.trx" --results-directory "$results" \
   --logger "console;verbosity=normal" "$@"
 status=$?
-trx="$(find "$results" -name '*.trx' | head -1)"
-if [ -n "$trx" ]; then
-  passed=$(grep -o 'passed="[0-9]*"' "$trx" | head -1 | tr -dc 0-9)
-  failed=$(grep -o 'failed="[0-9]*"' "$trx" | head -1 | tr -dc 0-9)
-  echo "${passed:-0} passed, ${failed:-0} failed"
-fi
-rm -rf "$results"
+bash tests/trx-summary.sh "$results"
 exit $status

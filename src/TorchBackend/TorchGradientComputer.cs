@@ -47,9 +47,7 @@ public sealed class TorchGradientComputer : IGradientComputer
         Action<GradientBucket>? bucketReady = null)
     {
         int t = model.Config.BlockSize;
-        if (windows.Length != Sequences * (t + 1)) throw new ArgumentException($"expected {Sequences * (t + 1)} window tokens, got {windows.Length}");
-        foreach (int id in windows)
-            if ((uint)id >= (uint)model.Config.VocabSize) throw new ArgumentException($"token id {id} is outside the vocabulary");
+        BatchSampler.CheckWindows(windows, Sequences, t, model.Config.VocabSize);
         for (int b = 0; b < Sequences; b++)
         {
             var window = windows.Slice(b * (t + 1), t + 1);

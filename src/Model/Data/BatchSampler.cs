@@ -7,6 +7,14 @@ namespace DistGpt.Model.Data;
 /// many workers share it, and worker r of N reads only sequences [r B/N, (r+1) B/N). Resuming at step s replays exactly.</summary>
 public static class BatchSampler
 {
+    /// <summary>Checks token windows given by a coordinator: <paramref name="sequences"/> × (block + 1) ids, each inside the vocabulary.</summary>
+    public static void CheckWindows(ReadOnlySpan<int> windows, int sequences, int blockSize, int vocabSize)
+    {
+        if (windows.Length != sequences * (blockSize + 1)) throw new ArgumentException($"expected {sequences * (blockSize + 1)} window tokens, got {windows.Length}");
+        foreach (int id in windows)
+            if ((uint)id >= (uint)vocabSize) throw new ArgumentException($"token id {id} is outside the vocabulary");
+    }
+
     const ulong TrainStream = 0x7472, ValStream = 0x76616c, EvalStream = 0x6576;
 
     public static long Start(ulong seed, DataSplit split, long step, long sequence, long dataLength, int blockSize)
