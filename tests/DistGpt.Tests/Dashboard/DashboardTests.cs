@@ -120,7 +120,8 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
         const string token = "dashboard-test-cluster-token-5f1e";
         var env = DistributedTests.Env(token);
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"; // steps are traced (so they have trace ids); the export goes nowhere
-        // Long enough to still be running when the page is checked; stopped with Ctrl-C after.
+        // Long enough to still be running when the page is checked; stopped with SIGTERM after (not SIGINT: a suite started
+        // in the background by a non-interactive shell passes SIGINT on ignored, and an ignored Ctrl-C stops nothing).
         using var dev = CliRunner.Start(["dev", "--workers", "2", "--worker-threads", "1", .. CliRunner.Split(FinishedRunsFixture.Model.Replace("--max-iters 300", "--max-iters 100000")),
             "--out", outDir, "--dashboard", "0", "--trace-link", "http://localhost:16686/trace/{trace_id}?step={step}"], env);
         var url = PageUrl(dev);
@@ -162,7 +163,7 @@ public sealed class DashboardTests(FinishedRunsFixture runs, ITestOutputHelper o
         Assert.DoesNotContain(token, everything);
         Assert.Empty(browser.Errors);
 
-        Assert.True(dev.Signal(2));
+        Assert.True(dev.Signal(15));
         var end = dev.WaitForExit(TimeSpan.FromSeconds(60));
         Assert.False(end.TimedOut, end.ToString());
     }
