@@ -48,12 +48,7 @@ public sealed class TorchGradientComputer : IGradientComputer
     {
         int t = model.Config.BlockSize;
         BatchSampler.CheckWindows(windows, Sequences, t, model.Config.VocabSize);
-        for (int b = 0; b < Sequences; b++)
-        {
-            var window = windows.Slice(b * (t + 1), t + 1);
-            window[..t].CopyTo(tokens.AsSpan(b * t, t));
-            window[1..].CopyTo(targets.AsSpan(b * t, t));
-        }
+        BatchSampler.FillFromWindows(windows, 0, Sequences, t, tokens, targets);
         return Run(step, first, phase, bucketReady);
     }
 

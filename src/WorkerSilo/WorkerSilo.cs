@@ -53,17 +53,15 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         try { return await RunUntilEndAsync(silo, cancel); }
         finally
         {
-            await silo.StopAsync(cancel.IsCancellationRequested ? SignalledLeave : TimeSpan.FromSeconds(1));
-            if (cancel.IsCancellationRequested)
+            if (!cancel.IsCancellationRequested) await silo.StopAsync(TimeSpan.FromSeconds(1));
+            else
             {
+                silo.Abandon();
                 Interlocked.CompareExchange(ref askedAt, Stopwatch.GetTimestamp(), 0);
                 options.Log($"{options.Name}: stopped {Stopwatch.GetElapsedTime(askedAt).TotalMilliseconds:F0} ms after it was asked to");
             }
         }
     }
-
-    /// <summary>How long a signalled worker (docker stop, Kubernetes, Ctrl-C) gives Orleans' graceful leave.</summary>
-    static readonly TimeSpan SignalledLeave = TimeSpan.Zero;
 
     async Task<int> RunUntilEndAsync(WorkerSiloHost silo, CancellationToken cancel)
     {

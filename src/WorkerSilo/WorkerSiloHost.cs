@@ -10,7 +10,7 @@ namespace DistGpt.WorkerSilo;
 /// <summary>The worker's Orleans silo in the coordinator's cluster, named after the worker so that its worker grain lives
 /// here. Started fresh for every (re)join: a silo the cluster has declared dead can never come back, and one whose
 /// coordinator restarted is refused by the new membership table; the worker process itself carries on.</summary>
-public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : IAsyncDisposable
+public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker)
 {
     IHost? host;
 
@@ -70,20 +70,19 @@ public sealed class WorkerSiloHost(WorkerOptions options, WorkerSilo worker) : I
             TaskContinuationOptions.OnlyOnRanToCompletion);
     }
 
-    /// <summary>Leaves the cluster gracefully if that fits in <paramref name="patience"/> (default 3 s), else stops
-    /// ungracefully. <see cref="TimeSpan.Zero"/>: the process is about to exit, so the silo is not taken down at all (even
-    /// an ungraceful stop costs ~0.6 s): the exit closes its sockets, the coordinator learns of the leave from the data
-    /// plane, and Orleans' probes declare the silo dead.</summary>
+    /// <summary>Leaves the cluster gracefully if that fits in <paramref name="patience"/> (default 3 s), else stops ungracefully.</summary>
     public async Task StopAsync(TimeSpan? patience = null)
     {
         if (host is not { } running) return;
         host = null;
-        if (patience == TimeSpan.Zero) return;
         using var bounded = new CancellationTokenSource(patience ?? TimeSpan.FromSeconds(3));
         try { await running.StopAsync(bounded.Token); }
         catch (Exception e) when (e is OperationCanceledException or OrleansException or TimeoutException or IOException) { }
         running.Dispose();
     }
 
-    public async ValueTask DisposeAsync() => await StopAsync();
+    /// <summary>For a process about to exit (signalled): the silo is not taken down at all, since even an ungraceful stop
+    /// costs ~0.6 s. The exit closes its sockets, the coordinator learns of the leave from the data plane, and Orleans'
+    /// probes declare the silo dead.</summary>
+    public void Abandon() => host = null;
 }

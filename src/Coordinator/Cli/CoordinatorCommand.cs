@@ -37,8 +37,7 @@ public static class CoordinatorCommand
             Compute.Threads = train.ReadThreads(r);
             Check.InRange(r.GetValue(minWorkers), 1, 1 << 16, "--min-workers");
             Check.InRange(r.GetValue(replicas), 1, ThreadsOption.Max, "--replicas-per-share");
-            dashboard.ReadAddress(r);
-            dashboard.ReadTraceLink(r);
+            dashboard.Check(r);
             var dataPlane = ParseUri(r.GetValue(listen)!, "--listen");
             if (cluster.Token(r) == null && !System.Net.IPAddress.IsLoopback(Hosting.CoordinatorHost.ListenAddress(dataPlane)) && !r.GetValue(allowUnauthenticated))
                 throw new ConfigException($"--listen {dataPlane} reaches beyond this host but no cluster token is set: anyone could join. Set DISTGPT_CLUSTER_TOKEN (or --cluster-token), or pass --allow-unauthenticated");

@@ -24,6 +24,13 @@ public sealed class DashboardOptions
         command.Options.Add(TraceLink);
     }
 
+    /// <summary>Refuses a bad --dashboard or --trace-link up front, before a run sets anything up.</summary>
+    public void Check(ParseResult r)
+    {
+        ReadAddress(r);
+        ReadTraceLink(r);
+    }
+
     public DashboardAddress? ReadAddress(ParseResult r) =>
         r.GetResult(Address) is { Implicit: false } ? DashboardAddress.Parse(r.GetValue(Address)) : null;
 

@@ -42,8 +42,7 @@ public static class DevCommand
             int perWorker = r.GetResult(workerThreads) is { Implicit: false } ? r.GetValue(workerThreads) : Math.Max(1, Environment.ProcessorCount / n);
             Check.InRange(perWorker, 1, ThreadsOption.Max, "--worker-threads");
             Check.InRange(r.GetValue(maxRestarts), 0, 1 << 20, "--max-restarts");
-            dashboard.ReadAddress(r);
-            dashboard.ReadTraceLink(r);
+            dashboard.Check(r);
             Compute.Threads = train.ReadThreads(r);
             Compute.HelperSpin = TimeSpan.Zero; // the workers' kernels share these cores
             bool restarting = r.GetValue(restart);

@@ -18,8 +18,7 @@ public static class TrainCommand
         dashboard.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.Guard(() =>
         {
-            dashboard.ReadAddress(r);
-            dashboard.ReadTraceLink(r);
+            dashboard.Check(r);
             using var telemetry = Telemetry.TelemetryProviders.Start(Telemetry.TelemetryProviders.CoordinatorService, null);
             Compute.Threads = options.ReadThreads(r);
             var backend = backends.Load(r);

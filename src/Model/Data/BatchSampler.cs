@@ -44,6 +44,18 @@ public static class BatchSampler
         }
     }
 
+    /// <summary>Rows 0..count of tokens/targets = windows [first, first + count) of <paramref name="windows"/> (each block + 1
+    /// ids, as <see cref="Windows"/> makes them) and their shift by one.</summary>
+    public static void FillFromWindows(ReadOnlySpan<int> windows, int first, int count, int blockSize, Span<int> tokens, Span<int> targets)
+    {
+        for (int b = 0; b < count; b++)
+        {
+            var window = windows.Slice((first + b) * (blockSize + 1), blockSize + 1);
+            window[..blockSize].CopyTo(tokens.Slice(b * blockSize, blockSize));
+            window[1..].CopyTo(targets.Slice(b * blockSize, blockSize));
+        }
+    }
+
     /// <summary>Sequences [first, first + count) as raw windows of block_size + 1 tokens (inputs and the shifted targets).</summary>
     public static int[] Windows(TokenSplit data, ulong seed, long step, long first, int count, int blockSize)
     {

@@ -117,13 +117,7 @@ public sealed class GradientWorker : IGradientComputer
     {
         int t = model.Config.BlockSize;
         BatchSampler.CheckWindows(windows, Sequences, t, model.Config.VocabSize);
-        foreach (var r in replicas)
-            for (int b = 0; b < r.Graph.Batch; b++)
-            {
-                var window = windows.Slice((r.Offset + b) * (t + 1), t + 1);
-                window[..t].CopyTo(r.Graph.Tokens.AsSpan(b * t, t));
-                window[1..].CopyTo(r.Graph.Targets.AsSpan(b * t, t));
-            }
+        foreach (var r in replicas) BatchSampler.FillFromWindows(windows, r.Offset, r.Graph.Batch, t, r.Graph.Tokens, r.Graph.Targets);
         return Run(step, first, phase, bucketReady, null);
     }
 
