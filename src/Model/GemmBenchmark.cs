@@ -86,7 +86,17 @@ public static unsafe class GemmBenchmark
 
     static IEnumerable<Shape> Shapes =>
         LinearShapes("tiny", 16 * 32, 64, 65).Concat(LinearShapes("cpu", 12 * 64, 128, 65)).Concat(LinearShapes("shakespeare", 64 * 256, 384, 65))
-            .Concat(LinearShapes("cpu-gpt2", 12 * 64, 128, 50304).Where(s => s.Name.Contains("lm_head"))).Concat(Generic);
+            .Concat(LmHeadBlockShapes("cpu-gpt2", 128, 50304)).Concat(Generic);
+
+    /// <summary>The lm_head's products as the fused lm_head + cross-entropy runs them in training: a block of
+    /// <see cref="Layers.LmHeadCrossEntropy.DefaultRowBlock"/> rows at a time, each replica on its own core.</summary>
+    static IEnumerable<Shape> LmHeadBlockShapes(string model, int c, int vocab)
+    {
+        int rows = Layers.LmHeadCrossEntropy.DefaultRowBlock;
+        yield return new($"{model} lm_head block fwd (serial)", rows, vocab, c, false, true, 0, false);
+        yield return new($"{model} lm_head block dx (serial)", rows, c, vocab, false, false, 0, false);
+        yield return new($"{model} lm_head block dW (serial)", vocab, c, rows, true, false, 1, false);
+    }
 
     /// <summary>Runs every shape on every packed kernel this CPU has (and the portable one when asked) with
     /// <paramref name="threads"/> cores; each kernel's percentage is of the peak at its own vector width.</summary>

@@ -69,7 +69,8 @@ public sealed class Gpt : IDisposable
         }
     }
 
-    /// <summary>Records the tape for a (batch, time) input. With targets the graph ends in the cross-entropy loss.
+    /// <summary>Records the tape for a (batch, time) input. With a loss the graph ends in the lm_head fused with
+    /// the cross-entropy (no whole logits); without one, in the logits.
     /// Parameter gradients accumulate into <paramref name="grads"/> (laid out as Parameters.Grads; default that buffer).</summary>
     public GptGraph Build(int batch, int time, bool withGrad, bool withLoss = true, NativeBuffer? grads = null)
     {
@@ -127,18 +128,21 @@ public sealed class Gpt : IDisposable
         }
         var lnf = g.Activation("ln_f", batch, time, c);
         g.Add(new LayerNorm(g, x, P("transformer.ln_f.weight"), Bias("transformer.ln_f.bias"), lnf));
-        // With a loss, the logits' gradient overwrites them in the loss's backward (the largest tensor at GPT-2's vocabulary).
-        var logits = withLoss ? g.ActivationWithGradInPlace("logits", batch, time, cfg.VocabSize) : g.Activation("logits", batch, time, cfg.VocabSize);
+        if (withLoss)
+        {
+            var loss = g.Add(new LmHeadCrossEntropy(g, lnf, P("transformer.wte.weight"), targets)); // lm_head shares wte
+            return new GptGraph(g, batch, time, tokens, targets, null, loss);
+        }
+        var logits = g.Activation("logits", batch, time, cfg.VocabSize);
         g.Add(new Linear(lnf, P("transformer.wte.weight"), null, logits, soleConsumer: true)); // lm_head shares wte
-        CrossEntropy? loss = withLoss ? g.Add(new CrossEntropy(g, logits, targets, soleConsumer: true)) : null;
-        return new GptGraph(g, batch, time, tokens, targets, logits, loss);
+        return new GptGraph(g, batch, time, tokens, targets, logits, null);
     }
 
     public void Dispose() => Parameters.Dispose();
 }
 
 /// <summary>A recorded forward/backward pass for one (B, T) shape, with its input slots.</summary>
-public sealed class GptGraph(Graph graph, int batch, int time, int[] tokens, int[] targets, Tensor logits, CrossEntropy? loss) : IDisposable
+public sealed class GptGraph(Graph graph, int batch, int time, int[] tokens, int[] targets, Tensor? logits, LmHeadCrossEntropy? loss) : IDisposable
 {
     public Graph Graph { get; } = graph;
     public int Batch { get; } = batch;
@@ -146,14 +150,18 @@ public sealed class GptGraph(Graph graph, int batch, int time, int[] tokens, int
     /// <summary>(B*T) token ids, row-major; written by the caller before Forward.</summary>
     public int[] Tokens { get; } = tokens;
     public int[] Targets { get; } = targets;
-    public Tensor Logits { get; } = logits;
-    public CrossEntropy Loss => loss ?? throw new InvalidOperationException("graph was built without a loss");
+    /// <summary>The (B*T, V) logits of a graph built without the loss (a graph with one never holds them whole).</summary>
+    public Tensor Logits => logits ?? throw new InvalidOperationException("a graph with a loss computes its logits a row block at a time; build one without the loss for whole logits");
+    public LmHeadCrossEntropy Loss => loss ?? throw new InvalidOperationException("graph was built without a loss");
     public StepContext Step => Graph.Step;
 
     /// <summary>Forward pass; returns the mean token loss when the graph has a loss, else NaN. beforeOp as in
-    /// <see cref="Graph.Forward"/>.</summary>
-    public float Forward(Action<int>? beforeOp = null)
+    /// <see cref="Graph.Forward"/>. With <paramref name="lossGradientScale"/> (the scale the Backward that follows will
+    /// be given) the loss computes its gradient during the forward, while each block of logits is at hand, instead of
+    /// recomputing them in backward; parameter gradients must then be zeroed before this forward, not after it.</summary>
+    public float Forward(Action<int>? beforeOp = null, float? lossGradientScale = null)
     {
+        if (lossGradientScale is { } scale) Loss.AnnounceGradient(scale);
         Graph.Forward(beforeOp);
         return loss == null ? float.NaN : (float)(loss.LossSum() / loss.Tokens);
     }

@@ -12,11 +12,15 @@ public sealed record MemoryEstimate(long Parameters, double ParameterBytes, doub
         long p = cfg.ParameterCount();
         // Weights, gradients and AdamW's two moments, plus one gradient buffer per extra replica.
         double parameterBytes = 4.0 * p * (4 + Math.Max(0, Math.Min(replicas, batch) - 1));
-        // Per token: each layer's forward values (~18 C, and H x T attention probabilities), one layer's worth of
-        // gradients (their buffers are shared across layers) and the logits with their gradient.
+        // Per token: each layer's forward values (~18 C, and H x T attention probabilities) and one layer's worth of
+        // gradients (their buffers are shared across layers); per replica, one row block of logits (the loss never
+        // holds them whole).
         double c = cfg.NEmbd, perLayer = 18 * c + (double)cfg.NHead * cfg.BlockSize;
-        double perToken = cfg.NLayer * perLayer + perLayer + 4.0 * cfg.VocabSize;
-        return new MemoryEstimate(p, parameterBytes, 4.0 * batch * cfg.BlockSize * perToken);
+        double perToken = cfg.NLayer * perLayer + perLayer;
+        int graphs = Math.Max(1, Math.Min(replicas, batch));
+        long rowsPerGraph = (long)(batch + graphs - 1) / graphs * cfg.BlockSize;
+        double logitBlocks = 4.0 * graphs * Math.Min(rowsPerGraph, Layers.LmHeadCrossEntropy.DefaultRowBlock) * cfg.VocabSize;
+        return new MemoryEstimate(p, parameterBytes, 4.0 * batch * cfg.BlockSize * perToken + logitBlocks);
     }
 
     /// <summary>Memory this process could still get: MemAvailable, capped by the GC's limit (a container's).</summary>

@@ -375,37 +375,64 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
         Assert.Contains(grad[..(3 * 3 * c)].ToArray(), v => v != 0f);
     }
 
-    // ---------------------------------------------------------------- CrossEntropy
+    // ---------------------------------------------------------------- lm_head + cross-entropy
 
     [Theory]
-    [InlineData(1f)]
-    [InlineData(1f / 12)] // the mean's scale
-    [InlineData(0.37f)]
-    public void CrossEntropyGradientMatchesFiniteDifferencesWithLossScale(float lossScale)
+    [InlineData(1f, 5)] // three row blocks, the last one ragged
+    [InlineData(1f / 12, 12)] // the mean's scale, one block
+    [InlineData(0.37f, 4)]
+    public void LmHeadCrossEntropyGradientMatchesFiniteDifferencesWithLossScale(float lossScale, int rowBlock)
     {
-        const int rows = 12, vocab = 9;
+        const int rows = 12, c = 6, vocab = 9;
         using var g = new Graph(withGrad: true);
         var rng = new Random(81);
-        var logits = Filled(g, "logits", rng, 2.0, rows, vocab);
+        var x = Filled(g, "x", rng, 1.0, rows, c);
+        var w = Parameter(g, "w", rng, 0.8, vocab, c);
         int[] targets = Enumerable.Range(0, rows).Select(i => (i * 5 + 3) % vocab).ToArray();
         targets[4] = targets[5] = 0;
-        var ce = g.Add(new CrossEntropy(g, logits, targets));
-        ce.LossScale = lossScale;
-        var probe = AddProbe(g, rng, [], [logits]);
+        var loss = g.Add(new LmHeadCrossEntropy(g, x, w, targets, rowBlock));
+        loss.LossScale = lossScale;
+        var probe = AddProbe(g, rng, [], [w]);
 
-        AssertClose(Check(g, () => ce.LossSum() * lossScale + probe.Value(), [logits]));
+        w.GradSpan.Clear();
+        AssertClose(Check(g, () => loss.LossSum() * lossScale + probe.Value(), [x, w]));
 
-        // and the forward is the textbook value
+        // the forward is the textbook value
         g.Forward();
         double expected = 0;
         for (int r = 0; r < rows; r++)
         {
-            double max = double.NegativeInfinity, sum = 0;
-            for (int j = 0; j < vocab; j++) max = Math.Max(max, logits.Data[r * vocab + j]);
-            for (int j = 0; j < vocab; j++) sum += Math.Exp(logits.Data[r * vocab + j] - max);
-            expected += max + Math.Log(sum) - logits.Data[r * vocab + targets[r]];
+            var logits = new double[vocab];
+            for (int j = 0; j < vocab; j++)
+                for (int k = 0; k < c; k++) logits[j] += (double)x.Data[r * c + k] * w.Data[j * c + k];
+            double max = logits.Max();
+            expected += max + Math.Log(logits.Sum(l => Math.Exp(l - max))) - logits[targets[r]];
         }
-        Assert.Equal(expected, ce.LossSum(), 1e-4);
+        Assert.Equal(expected, loss.LossSum(), 1e-4);
+
+        // the gradient computed in the forward (announced) has the bits of the one backward recomputes (a graph of
+        // its own: the probe's additions to dW would come in another order)
+        using var bare = new Graph(withGrad: true);
+        var (bx, bw) = (Filled(bare, "x", rng, 1.0, rows, c), Parameter(bare, "w", rng, 0.8, vocab, c));
+        var bareLoss = bare.Add(new LmHeadCrossEntropy(bare, bx, bw, targets, rowBlock));
+        bareLoss.LossScale = lossScale;
+        (float[], float[]) Gradients(bool announce)
+        {
+            bw.GradSpan.Clear();
+            if (announce) bareLoss.AnnounceGradient(lossScale);
+            bare.Forward();
+            bare.Backward();
+            return (bx.GradSpan.ToArray(), bw.GradSpan.ToArray());
+        }
+        var (dx, dw) = Gradients(announce: false);
+        var (dxAnnounced, dwAnnounced) = Gradients(announce: true);
+        Assert.Equal(dx, dxAnnounced);
+        Assert.Equal(dw, dwAnnounced);
+        Assert.Contains(dw, v => v != 0f);
+
+        bareLoss.AnnounceGradient(lossScale * 2);
+        bare.Forward();
+        Assert.Throws<InvalidOperationException>(() => bare.Backward());
     }
 
     // ---------------------------------------------------------------- whole GPT
@@ -667,6 +694,15 @@ public sealed unsafe class GradientCheckTests(ITestOutputHelper output)
     static Tensor Filled(Graph g, string name, Random rng, double std, params int[] shape)
     {
         var t = g.Activation(name, shape);
+        for (int i = 0; i < t.Length; i++) t.Data[i] = (float)(std * Normal(rng));
+        return t;
+    }
+
+    /// <summary>As a model parameter: a gradient the graph does not zero before backward (the caller does).</summary>
+    static Tensor Parameter(Graph g, string name, Random rng, double std, params int[] shape)
+    {
+        long n = shape.Aggregate(1L, (a, d) => a * d);
+        var t = new Tensor(name, g.Allocate(n).Pointer, g.Allocate(n).Pointer, shape);
         for (int i = 0; i < t.Length; i++) t.Data[i] = (float)(std * Normal(rng));
         return t;
     }

@@ -20,7 +20,14 @@ public static class ParityCheck
     /// buffer; returns the mean loss.</summary>
     public delegate float Step(int[] tokens, int[] targets, Action<ReadOnlySpan<float>> checkLogits);
 
-    public sealed record Backend(Step Step, IDisposable Resources);
+    /// <summary>A backend's step and what it holds, disposed in order after the run.</summary>
+    public sealed record Backend(Step Step, params IDisposable[] Resources) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var r in Resources) r.Dispose();
+        }
+    }
 
     public static void Run(string fixtureName, ITestOutputHelper output, Func<Gpt, int, int, Backend> backendFor)
     {
@@ -34,8 +41,7 @@ public static class ParityCheck
         Assert.Equal(p.Slots.Count, f.Tensors.Keys.Count(k => k.StartsWith("init.")));
 
         int b = f["idx1"].Shape[0], t = f["idx1"].Shape[1];
-        var backend = backendFor(model, b, t);
-        using var resources = backend.Resources;
+        using var backend = backendFor(model, b, t);
         var schedule = new LearningRateSchedule(float.Parse(meta["learning_rate"]), float.Parse(meta["min_lr"]),
             int.Parse(meta["warmup_iters"]), int.Parse(meta["lr_decay_iters"]));
         using var adam = new AdamW(p, float.Parse(meta["beta1"]), float.Parse(meta["beta2"]), float.Parse(meta["weight_decay"]), float.Parse(meta["eps"]));

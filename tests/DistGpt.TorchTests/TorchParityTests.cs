@@ -36,16 +36,7 @@ public sealed class TorchParityTests(ITestOutputHelper output)
                 mean.backward();
                 flat.DownloadGrads();
                 return mean.item<float>();
-            }, new Both(gpt, flat));
+            }, gpt, flat);
         });
-    }
-
-    sealed class Both(IDisposable first, IDisposable second) : IDisposable
-    {
-        public void Dispose()
-        {
-            first.Dispose();
-            second.Dispose();
-        }
     }
 }

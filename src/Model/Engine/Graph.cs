@@ -79,16 +79,6 @@ public sealed unsafe class Graph : IDisposable
         return t;
     }
 
-    /// <summary>Allocates an activation whose gradient overwrites its values: for a tensor whose only consumer reads it
-    /// last in its own backward and assigns the gradient in the same pass (the logits under the cross-entropy), so nothing
-    /// reads the values after backward starts. Not zeroed before backward (the consumer assigns).</summary>
-    public Tensor ActivationWithGradInPlace(string name, params int[] shape)
-    {
-        long n = Elements(shape);
-        var data = Allocate(n);
-        return new Tensor(name, data.Pointer, WithGrad ? data.Pointer : null, shape) { GradAssignedByConsumer = WithGrad };
-    }
-
     static long Elements(int[] shape)
     {
         long n = 1;

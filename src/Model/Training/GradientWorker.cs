@@ -144,17 +144,21 @@ public sealed class GradientWorker : IGradientComputer
                 var needed = weightsNeeded ??= WeightsNeeded();
                 waitForWeights = op => weights.WaitFor(needed[op]);
             }
-            DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward(waitForWeights));
+            // The loss op, last, computes the loss's gradient (a sum: scale 1) in the forward, so the gradients are zeroed
+            // just before it: not earlier, as until every weight has arrived the coordinator may still be reading
+            // the last step's sum from this buffer (dev mode's shared memory).
+            int lossOp = replicas[0].Graph.Graph.Ops.Count - 1;
+            DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward(op =>
+            {
+                waitForWeights?.Invoke(op);
+                if (op == lossOp) replicas[i].Grads.Clear();
+            }, lossGradientScale: 1f));
         }
         phase?.Invoke("backward");
         using (TrainingTelemetry.Start("run backward", step))
         {
             var hook = ready == null ? null : afterOp;
-            DistGpt.Model.Compute.For(replicas.Length, i =>
-            {
-                replicas[i].Grads.Clear();
-                replicas[i].Graph.Backward(1f, hook);
-            });
+            DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Backward(1f, hook));
             // replica 0's buffer is the model's; with buckets, each range was summed as it completed
             if (ready == null) GradientOps.SumInOrder(model.Parameters.Grads, replicaGrads, replicas.Length);
         }
