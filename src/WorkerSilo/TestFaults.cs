@@ -1,22 +1,35 @@
 namespace DistGpt.WorkerSilo;
 
 /// <summary>Fault injection for the fault-tolerance tests and the chaos benchmark, read from DISTGPT_TEST_FAULT as
-/// `kind:step` (e.g. `nan:5`). Kinds: nan (NaN in the gradients), short (gradient payload 4 bytes short),
-/// stall-compute / stall-upload (block forever before computing / after half the upload, heartbeats continuing, so a
-/// test can kill the process at exactly that moment), hang (block forever and stop heartbeating). Never set in production.</summary>
-public sealed record TestFaults(string Kind, long Step)
+/// `kind:step`, or several separated by commas at distinct steps (e.g. `nan:3,short:6`). Kinds: nan (NaN in the
+/// gradients), short (gradient payload 4 bytes short), stall-compute / stall-upload (block forever before computing /
+/// after half the upload, heartbeats continuing, so a test can kill the process at exactly that moment), hang (block
+/// forever and stop heartbeating). Never set in production.</summary>
+public sealed class TestFaults
 {
     public const string EnvVar = "DISTGPT_TEST_FAULT";
+
+    readonly Dictionary<long, string> kindAtStep;
+
+    TestFaults(Dictionary<long, string> kindAtStep) => this.kindAtStep = kindAtStep;
 
     public static TestFaults? FromEnvironment()
     {
         string? spec = Environment.GetEnvironmentVariable(EnvVar);
         if (string.IsNullOrEmpty(spec)) return null;
-        var parts = spec.Split(':');
-        if (parts.Length != 2 || !long.TryParse(parts[1], out long step) || parts[0] is not ("nan" or "short" or "stall-compute" or "stall-upload" or "hang"))
-            throw new Model.ConfigException($"{EnvVar} '{spec}' must be KIND:STEP with KIND nan, short, stall-compute, stall-upload or hang");
-        return new TestFaults(parts[0], step);
+        var kindAtStep = new Dictionary<long, string>();
+        foreach (string fault in spec.Split(','))
+        {
+            var parts = fault.Split(':');
+            if (parts.Length != 2 || !long.TryParse(parts[1], out long step) || parts[0] is not ("nan" or "short" or "stall-compute" or "stall-upload" or "hang")
+                || !kindAtStep.TryAdd(step, parts[0]))
+                throw new Model.ConfigException($"{EnvVar} '{spec}' must be KIND:STEP[,KIND:STEP...] at distinct steps with KIND nan, short, stall-compute, stall-upload or hang");
+        }
+        return new TestFaults(kindAtStep);
     }
 
-    public bool At(string kind, long step) => Kind == kind && Step == step;
+    /// <summary>The fault injected at <paramref name="step"/>, if any.</summary>
+    public string? KindAt(long step) => kindAtStep.GetValueOrDefault(step);
+
+    public bool At(string kind, long step) => KindAt(step) == kind;
 }

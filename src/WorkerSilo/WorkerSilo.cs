@@ -413,17 +413,18 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     /// stall-upload blocks once the middle bucket is on the wire, before the rest and the reply (heartbeats go on).</summary>
     Func<int, ReadOnlyMemory<byte>, ReadOnlyMemory<byte>>? TamperBucket(long step, BucketUploader uploader, FrameChannel channel)
     {
-        if (faults == null || faults.Step != step) return null;
+        string? kind = faults?.KindAt(step);
+        if (kind == null) return null;
         return (index, payload) =>
         {
-            if (faults.Kind == "nan" && uploader.Sent == 0)
+            if (kind == "nan" && uploader.Sent == 0)
             {
                 var poisoned = payload.ToArray();
                 BitConverter.TryWriteBytes(poisoned.AsSpan(0, sizeof(float)), float.NaN); // as bf16: 0 then NaN (its top half)
                 return poisoned;
             }
-            if (faults.Kind == "short" && index == uploader.Count - 1) return payload[..^4];
-            if (faults.Kind == "stall-upload" && index == uploader.Count / 2)
+            if (kind == "short" && index == uploader.Count - 1) return payload[..^4];
+            if (kind == "stall-upload" && index == uploader.Count / 2)
                 channel.AfterPayloadChunk = () => { options.Log($"{options.Name}: fault injected: stalled mid-upload at step {step}"); Thread.Sleep(Timeout.Infinite); };
             return payload;
         };

@@ -101,25 +101,24 @@ public sealed class FaultToleranceTests
     }
 
     [Theory]
-    [InlineData("nan:5", "NaN or Inf")]
-    [InlineData("short:5", "gradient payload of")]
-    [InlineData("nan:5", "NaN or Inf", "--wire-dtype bf16")] // a NaN survives the narrowing to bf16
-    [InlineData("short:5", "gradient payload of", "--wire-dtype bf16")]
-    [InlineData("nan:5", "NaN or Inf", "--bucket-cap-mb 0.01")] // the sum streamed in ~10 buckets: the first is poisoned
-    [InlineData("short:5", "gradient payload of", "--bucket-cap-mb 0.01 --wire-dtype bf16")] // the last is short
-    public void TamperedGradientPayloadIsRejectedAndTheShareRecomputedExactly(string fault, string message, string flags = "")
+    [InlineData("")]
+    [InlineData("--wire-dtype bf16")] // a NaN survives the narrowing to bf16
+    [InlineData("--bucket-cap-mb 0.01")] // the sum streamed in ~10 buckets: the first is poisoned, the last is short
+    [InlineData("--bucket-cap-mb 0.01 --wire-dtype bf16")]
+    public void TamperedGradientPayloadsAreRejectedAndTheSharesRecomputedExactly(string flags)
     {
         using var c = new Cluster();
         var coordinator = c.StartCoordinator($"--min-workers 2 --max-iters 8 --eval-interval 8 {flags}");
         c.StartWorker("alpha");
-        c.StartWorker("beta", fault);
+        c.StartWorker("beta", "nan:3,short:6");
         var r = coordinator.WaitForExit(Timeout);
         Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Contains(message, r.StdOut);
+        Assert.Contains("NaN or Inf", r.StdOut);
+        Assert.Contains("gradient payload of", r.StdOut);
         Assert.Contains("worker 'beta' sent invalid gradients", r.StdOut);
         AssertContiguous(c.Metrics, 8);
-        Assert.Equal([5L], StepsNaming(c.Metrics, "rejected_payloads", "beta"));
-        // The rejected share was recomputed by the other worker from the same sequences: nothing of the bad payload applied.
+        Assert.Equal([3L, 6L], StepsNaming(c.Metrics, "rejected_payloads", "beta"));
+        // The rejected shares were recomputed by the other worker from the same sequences: nothing of a bad payload applied.
         Assert.Equal(FaultFreeLosses(flags.Contains("bf16") ? "--wire-dtype bf16" : ""), Losses(c.Metrics));
     }
 
