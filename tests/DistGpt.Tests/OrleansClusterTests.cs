@@ -100,7 +100,7 @@ public sealed class OrleansClusterTests
             silo.Configure<SiloOptions>(o => o.SiloName = "rogue-plain");
             silo.ConfigureEndpoints(IPAddress.Loopback, DistributedTests.FreePort(), 0);
             silo.UseDevelopmentClustering(primary);
-            silo.Configure<ClusterMembershipOptions>(o => o.MaxJoinAttemptTime = TimeSpan.FromSeconds(5));
+            silo.Configure<ClusterMembershipOptions>(o => o.MaxJoinAttemptTime = TimeSpan.FromSeconds(2));
         });
         using (var rogue = plain.Build())
         {
