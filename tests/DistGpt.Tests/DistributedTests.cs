@@ -87,22 +87,46 @@ public sealed class DistributedTests
         Assert.True(b.ExitCode == 0, b.ToString());
         Assert.DoesNotContain("payloads through shared memory", b.StdOut);
         Assert.Equal(Metrics(tcp).Select(m => m.GetProperty("loss").GetDouble()), Metrics(shm).Select(m => m.GetProperty("loss").GetDouble()));
-        // The metrics say which way the tensors went: over the socket (wire_bytes) or through the regions (shm_bytes).
+        // The metrics say which way the tensors went: over the socket (wire_bytes) or through the regions (shm_bytes),
+        // and node by node (node_bytes) how much each sent and received.
         foreach (var m in Metrics(shm))
         {
             Assert.True(m.GetProperty("wire_bytes").GetProperty("received").GetInt64() < 10_000, m.ToString());
             Assert.True(m.GetProperty("shm_bytes").GetProperty("received").GetInt64() > 100_000, m.ToString());
+            AssertNodeBytesMirrorTheCoordinators(m, "shm");
         }
         foreach (var m in Metrics(tcp))
         {
             Assert.True(m.GetProperty("wire_bytes").GetProperty("received").GetInt64() > 100_000, m.ToString());
             Assert.False(m.TryGetProperty("shm_bytes", out _), m.ToString());
+            AssertNodeBytesMirrorTheCoordinators(m, "socket");
         }
         string runId = JsonDocument.Parse(File.ReadAllText(Path.Combine(shm, "ckpt", "checkpoint.json"))).RootElement.GetProperty("run_id").GetString()!;
         Assert.Empty(Directory.GetFiles("/dev/shm", $"distgpt-{runId}-*"));
         var bad = CliRunner.Run($"{run} --out {tmp.Subdirectory("bad")} --transport carrier-pigeon", Env(), Timeout);
         Assert.Equal(2, bad.ExitCode);
         Assert.Contains("--transport", bad.StdErr);
+    }
+
+    /// <summary>node_bytes: the coordinator's bytes are wire_bytes / shm_bytes, and what the workers sent and received
+    /// adds up to what it received and sent; each worker moved a gradient sum's worth (&gt; 100 kB, the model has ~30K
+    /// parameters) one way and the weights the other, through <paramref name="payloadPath"/>.</summary>
+    static void AssertNodeBytesMirrorTheCoordinators(JsonElement m, string payloadPath)
+    {
+        var nodes = m.GetProperty("node_bytes");
+        long Get(JsonElement node, string path, string direction) =>
+            node.TryGetProperty(path, out var p) ? p.GetProperty(direction).GetInt64() : 0;
+        var coordinator = nodes.GetProperty("coordinator");
+        Assert.Equal(m.GetProperty("wire_bytes").GetProperty("sent").GetInt64(), Get(coordinator, "socket", "sent"));
+        Assert.Equal(m.GetProperty("wire_bytes").GetProperty("received").GetInt64(), Get(coordinator, "socket", "received"));
+        var workers = nodes.EnumerateObject().Where(n => n.Name != "coordinator").Select(n => n.Value).ToList();
+        Assert.True(workers.Count == 2, m.ToString());
+        foreach (string path in new[] { "socket", "shm" })
+        {
+            Assert.Equal(Get(coordinator, path, "received"), workers.Sum(w => Get(w, path, "sent")));
+            Assert.Equal(Get(coordinator, path, "sent"), workers.Sum(w => Get(w, path, "received")));
+        }
+        Assert.All(workers, w => Assert.True(Get(w, payloadPath, "sent") > 100_000 && Get(w, payloadPath, "received") > 100_000, m.ToString()));
     }
 
     /// <summary>Over a socket, workers stream their sums in buckets during the backward (--bucket-cap-mb, as DDP's

@@ -65,7 +65,7 @@ public sealed class WorkerCall : IDisposable
             WorkerNetworkIo.Add(received, new TagList { { Attr.WorkerName, worker.Name }, { Attr.Direction, "receive" } });
             span?.SetTag(Attr.BytesSent, sent).SetTag(Attr.BytesReceived, received);
             if (sharedSent + sharedReceived > 0) span?.SetTag(Attr.SharedBytesSent, sharedSent).SetTag(Attr.SharedBytesReceived, sharedReceived);
-            traffic?.Add(sent, received, sharedSent, sharedReceived);
+            traffic?.Add(worker.Name, sent, received, sharedSent, sharedReceived);
         }
         span?.Dispose();
     }
@@ -73,22 +73,59 @@ public sealed class WorkerCall : IDisposable
 
 /// <summary>Bytes the coordinator sent to and received from its workers over their sockets (frames, heartbeats that
 /// crossed during a call included), and payload bytes that went through shared memory instead, summed over a step's
-/// calls.</summary>
+/// calls, in all and per worker.</summary>
 public sealed class WireTraffic
 {
-    long sent, received, sharedSent, sharedReceived;
-
-    public long Sent => Interlocked.Read(ref sent);
-    public long Received => Interlocked.Read(ref received);
-    public long SharedSent => Interlocked.Read(ref sharedSent);
-    public long SharedReceived => Interlocked.Read(ref sharedReceived);
-
-    public void Add(long sentBytes, long receivedBytes, long sharedSentBytes, long sharedReceivedBytes)
+    /// <summary>One node's bytes in a step: over sockets and through shared memory, each sent and received.</summary>
+    public sealed class Tally
     {
-        Interlocked.Add(ref sent, sentBytes);
-        Interlocked.Add(ref received, receivedBytes);
-        Interlocked.Add(ref sharedSent, sharedSentBytes);
-        Interlocked.Add(ref sharedReceived, sharedReceivedBytes);
+        long sent, received, sharedSent, sharedReceived;
+
+        public long Sent => Interlocked.Read(ref sent);
+        public long Received => Interlocked.Read(ref received);
+        public long SharedSent => Interlocked.Read(ref sharedSent);
+        public long SharedReceived => Interlocked.Read(ref sharedReceived);
+
+        public void Add(long sentBytes, long receivedBytes, long sharedSentBytes, long sharedReceivedBytes)
+        {
+            Interlocked.Add(ref sent, sentBytes);
+            Interlocked.Add(ref received, receivedBytes);
+            Interlocked.Add(ref sharedSent, sharedSentBytes);
+            Interlocked.Add(ref sharedReceived, sharedReceivedBytes);
+        }
+
+        /// <summary>As metrics.jsonl writes it: {"socket": {"sent", "received"}, "shm": {...}} (shm only when used).</summary>
+        public Dictionary<string, object> ToJson(bool mirrored = false)
+        {
+            var (s, r, ss, sr) = mirrored ? (Received, Sent, SharedReceived, SharedSent) : (Sent, Received, SharedSent, SharedReceived);
+            var node = new Dictionary<string, object> { ["socket"] = new Dictionary<string, long> { ["sent"] = s, ["received"] = r } };
+            if (ss + sr > 0) node["shm"] = new Dictionary<string, long> { ["sent"] = ss, ["received"] = sr };
+            return node;
+        }
+    }
+
+    readonly Tally total = new();
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, Tally> perWorker = new();
+
+    public long Sent => total.Sent;
+    public long Received => total.Received;
+    public long SharedSent => total.SharedSent;
+    public long SharedReceived => total.SharedReceived;
+
+    public void Add(string worker, long sentBytes, long receivedBytes, long sharedSentBytes, long sharedReceivedBytes)
+    {
+        total.Add(sentBytes, receivedBytes, sharedSentBytes, sharedReceivedBytes);
+        perWorker.GetOrAdd(worker, _ => new Tally()).Add(sentBytes, receivedBytes, sharedSentBytes, sharedReceivedBytes);
+    }
+
+    /// <summary>Every node's bytes in the step: the coordinator's, and each worker's as the mirror of its traffic with
+    /// the coordinator (the data plane is a star: workers exchange tensors with the coordinator only). Orleans' own
+    /// control-plane messages are not counted.</summary>
+    public Dictionary<string, object> NodeBytes()
+    {
+        var nodes = new Dictionary<string, object> { ["coordinator"] = total.ToJson() };
+        foreach (var (name, tally) in perWorker.OrderBy(kv => kv.Key, StringComparer.Ordinal)) nodes[name] = tally.ToJson(mirrored: true);
+        return nodes;
     }
 }
 

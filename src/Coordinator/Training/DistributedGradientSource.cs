@@ -142,6 +142,7 @@ public sealed class DistributedGradientSource(
         };
         if (traffic.SharedSent + traffic.SharedReceived > 0)
             extra["shm_bytes"] = new Dictionary<string, long> { ["sent"] = traffic.SharedSent, ["received"] = traffic.SharedReceived };
+        extra["node_bytes"] = traffic.NodeBytes();
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;
         if (rejected.Count > 0) extra["rejected_payloads"] = rejected;
