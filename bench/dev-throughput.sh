@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Dev-mode throughput: median tokens/s of `distgpt train` (one process, all cores) next to `distgpt dev` with 1 and
 # 2 worker processes and PyTorch DDP (gloo, 2 processes x 1 thread, bench/reference_ddp.py), on the `cpu` config (the
-# default recipe), alternating all four for each repeat. Usage: bench/dev-throughput.sh [steps] [repeats]
+# default recipe), alternating all four for each repeat; dev's ratio to train also per repeat (against the train run
+# just before it) and their median. Usage: bench/dev-throughput.sh [steps] [repeats]
 # env: PYTHON (/usr/bin/python3 with Debian's python3-torch; without torch the DDP row is skipped), OPENBLAS_DIR (as in
 # compare-pytorch.sh).
 set -euo pipefail
@@ -37,7 +38,10 @@ train=$(echo "${results[train]}" | med)
 printf '%-26s %10s tokens/s\n' "train (1 process)" "$train"
 for w in 1 2; do
   v=$(echo "${results[dev$w]}" | med)
-  printf '%-26s %10s tokens/s  (%.2fx train)\n' "dev --workers $w" "$v" "$(echo "$v / $train" | bc -l)"
+  # Each repeat's dev run against the train run just before it: drifts in machine speed between repeats cancel out.
+  paired=$(paste <(echo "${results[dev$w]}" | tr ' ' '\n' | grep .) <(echo "${results[train]}" | tr ' ' '\n' | grep .) | awk '{printf "%.4f ", $1 / $2}')
+  printf '%-26s %10s tokens/s  (%.2fx train; per repeat %s-> median %.2fx)\n' "dev --workers $w" "$v" "$(echo "$v / $train" | bc -l)" \
+    "$(echo "$paired" | awk '{for (i = 1; i <= NF; i++) printf "%.2f ", $i}')" "$(echo "$paired" | med)"
 done
 if [ "$ddp" = 1 ]; then
   d=$(echo "${results[ddp]}" | med); v=$(echo "${results[dev2]}" | med)
