@@ -39,25 +39,27 @@ public sealed unsafe class Linear : Op
 
     public override void Backward(StepContext step)
     {
-        if (x.HasGrad && Compute.AvailableThreads == 2)
-        {
-            // dx and dW take the same number of multiply-adds: on two cores, one each (one fork/join, no shared panels).
-            // Each product is computed exactly as the serial kernel would, so results do not change.
-            Compute.For(2, i =>
-            {
-                if (i == 0) Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, dxBeta, x.Grad, inF, parallel: false);
-                else Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF, parallel: false);
-            });
-        }
-        else
-        {
-            if (x.HasGrad) // dx += dy W (dx = dy W as sole consumer)
-                Gemm.Sgemm(false, false, n, inF, outF, 1f, y.Grad, outF, weight.Data, inF, dxBeta, x.Grad, inF);
-            // dW += dy^T x
-            Gemm.Sgemm(true, false, outF, inF, n, 1f, y.Grad, outF, x.Data, inF, 1f, weight.Grad, inF);
-        }
+        Products(n, inF, outF, y.Grad, weight.Data, x.Data, x.HasGrad ? x.Grad : null, dxBeta, weight.Grad);
         if (bias == null) return;
         var db = new Span<float>(bias.Grad, outF);
         for (int r = 0; r < n; r++) TensorPrimitives.Add(db, new ReadOnlySpan<float>(y.Grad + (long)r * outF, outF), db);
+    }
+
+    /// <summary>The backward's two products for n rows of y = x Wᵀ: dx = dy W + dxBeta·dx (skipped when dx is null) and
+    /// dW += dyᵀ x. On two cores, one each (one fork/join, no shared panels); each product is computed exactly as the
+    /// serial kernel would, so the results do not change.</summary>
+    internal static void Products(int n, int inF, int outF, float* dy, float* w, float* x, float* dx, float dxBeta, float* dW)
+    {
+        if (dx != null && Compute.AvailableThreads == 2)
+        {
+            Compute.For(2, i =>
+            {
+                if (i == 0) Gemm.Sgemm(false, false, n, inF, outF, 1f, dy, outF, w, inF, dxBeta, dx, inF, parallel: false);
+                else Gemm.Sgemm(true, false, outF, inF, n, 1f, dy, outF, x, inF, 1f, dW, inF, parallel: false);
+            });
+            return;
+        }
+        if (dx != null) Gemm.Sgemm(false, false, n, inF, outF, 1f, dy, outF, w, inF, dxBeta, dx, inF);
+        Gemm.Sgemm(true, false, outF, inF, n, 1f, dy, outF, x, inF, 1f, dW, inF);
     }
 }

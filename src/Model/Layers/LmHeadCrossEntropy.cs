@@ -106,21 +106,8 @@ public sealed unsafe class LmHeadCrossEntropy : Op
         });
         if (!gradient) return;
 
-        float* dx = x.Grad + (long)r0 * c;
-        if (Compute.AvailableThreads == 2)
-        {
-            // dx and dW take the same multiply-adds: on two cores, one each (as Linear's backward).
-            Compute.For(2, i =>
-            {
-                if (i == 0) Gemm.Sgemm(false, false, rows, c, v, 1f, block, v, weight.Data, c, 0f, dx, c, parallel: false);
-                else Gemm.Sgemm(true, false, v, c, rows, 1f, block, v, xb, c, 1f, weight.Grad, c, parallel: false);
-            });
-        }
-        else
-        {
-            Gemm.Sgemm(false, false, rows, c, v, 1f, block, v, weight.Data, c, 0f, dx, c);
-            Gemm.Sgemm(true, false, v, c, rows, 1f, block, v, xb, c, 1f, weight.Grad, c);
-        }
+        // dx assigned (this op is x's only consumer), dW accumulated: Linear's backward products on the block.
+        Linear.Products(rows, c, v, block, weight.Data, xb, x.Grad + (long)r0 * c, 0f, weight.Grad);
     }
 
     /// log-sum-exp(row) - row[target], reading the row only.

@@ -145,8 +145,8 @@ public sealed class GradientWorker : IGradientComputer
                 waitForWeights = op => weights.WaitFor(needed[op]);
             }
             // The loss op, last, computes the loss's gradient (a sum: scale 1) in the forward, so the gradients are zeroed
-            // just before it: not earlier, as until every weight has arrived the coordinator may still be reading
-            // the last step's sum from this buffer (dev mode's shared memory).
+            // just before it: after every other op has waited for its weights, where the backward used to zero them, so
+            // the buffer holds the last step's sum for as long as it did before (dev mode's coordinator reads it in place).
             int lossOp = replicas[0].Graph.Graph.Ops.Count - 1;
             DistGpt.Model.Compute.For(replicas.Length, i => replicas[i].Graph.Forward(op =>
             {
