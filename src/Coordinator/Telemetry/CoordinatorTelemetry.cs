@@ -97,24 +97,31 @@ public sealed class WireTraffic
         /// <summary>As metrics.jsonl writes it: {"socket": {"sent", "received"}, "shm": {...}} (shm only when used).</summary>
         public Dictionary<string, object> ToJson(bool mirrored = false)
         {
-            var (s, r, ss, sr) = mirrored ? (Received, Sent, SharedReceived, SharedSent) : (Sent, Received, SharedSent, SharedReceived);
-            var node = new Dictionary<string, object> { ["socket"] = new Dictionary<string, long> { ["sent"] = s, ["received"] = r } };
-            if (ss + sr > 0) node["shm"] = new Dictionary<string, long> { ["sent"] = ss, ["received"] = sr };
+            var node = new Dictionary<string, object> { ["socket"] = Pair(Sent, Received, mirrored) };
+            if (UsedSharedMemory) node["shm"] = Shared(mirrored);
             return node;
         }
+
+        public bool UsedSharedMemory => SharedSent + SharedReceived > 0;
+
+        /// <summary>{"sent", "received"} over sockets; mirrored: as the other end saw them.</summary>
+        public Dictionary<string, long> Socket(bool mirrored = false) => Pair(Sent, Received, mirrored);
+
+        /// <summary>{"sent", "received"} through shared memory; mirrored: as the other end saw them.</summary>
+        public Dictionary<string, long> Shared(bool mirrored = false) => Pair(SharedSent, SharedReceived, mirrored);
+
+        static Dictionary<string, long> Pair(long sent, long received, bool mirrored) =>
+            new() { ["sent"] = mirrored ? received : sent, ["received"] = mirrored ? sent : received };
     }
 
-    readonly Tally total = new();
     readonly System.Collections.Concurrent.ConcurrentDictionary<string, Tally> perWorker = new();
 
-    public long Sent => total.Sent;
-    public long Received => total.Received;
-    public long SharedSent => total.SharedSent;
-    public long SharedReceived => total.SharedReceived;
+    /// <summary>The coordinator's bytes: all workers' together.</summary>
+    public Tally Total { get; } = new();
 
     public void Add(string worker, long sentBytes, long receivedBytes, long sharedSentBytes, long sharedReceivedBytes)
     {
-        total.Add(sentBytes, receivedBytes, sharedSentBytes, sharedReceivedBytes);
+        Total.Add(sentBytes, receivedBytes, sharedSentBytes, sharedReceivedBytes);
         perWorker.GetOrAdd(worker, _ => new Tally()).Add(sentBytes, receivedBytes, sharedSentBytes, sharedReceivedBytes);
     }
 
@@ -123,7 +130,7 @@ public sealed class WireTraffic
     /// control-plane messages are not counted.</summary>
     public Dictionary<string, object> NodeBytes()
     {
-        var nodes = new Dictionary<string, object> { ["coordinator"] = total.ToJson() };
+        var nodes = new Dictionary<string, object> { ["coordinator"] = Total.ToJson() };
         foreach (var (name, tally) in perWorker.OrderBy(kv => kv.Key, StringComparer.Ordinal)) nodes[name] = tally.ToJson(mirrored: true);
         return nodes;
     }

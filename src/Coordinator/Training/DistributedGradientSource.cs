@@ -138,10 +138,9 @@ public sealed class DistributedGradientSource(
             ["compute_ms"] = Math.Round(slowest, 3),
             ["straggler_lag_ms"] = Math.Round(slowest - fastest, 3),
             ["worker_compute_ms"] = computeMs.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
-            ["wire_bytes"] = new Dictionary<string, long> { ["sent"] = traffic.Sent, ["received"] = traffic.Received },
+            ["wire_bytes"] = traffic.Total.Socket(),
         };
-        if (traffic.SharedSent + traffic.SharedReceived > 0)
-            extra["shm_bytes"] = new Dictionary<string, long> { ["sent"] = traffic.SharedSent, ["received"] = traffic.SharedReceived };
+        if (traffic.Total.UsedSharedMemory) extra["shm_bytes"] = traffic.Total.Shared();
         extra["node_bytes"] = traffic.NodeBytes();
         if (stragglers.Count > 0) extra["stragglers"] = stragglers;
         if (lost.Count > 0) extra["lost_workers"] = lost;
