@@ -1,7 +1,8 @@
 namespace DistGpt.WorkerSilo;
 
 /// <summary>Fault injection for the fault-tolerance tests and the chaos benchmark, read from DISTGPT_TEST_FAULT as
-/// `kind:step`, or several separated by commas at distinct steps (e.g. `nan:3,short:6`). Kinds: nan (NaN in the
+/// `kind:step`, or several separated by commas at distinct steps (e.g. `nan:3,short:6`); `kind:step@name` is for the
+/// worker of that name only (dev mode's workers share one environment). Kinds: nan (NaN in the
 /// gradients), short (gradient payload 4 bytes short), stall-compute / stall-upload (block forever before computing /
 /// after half the upload, heartbeats continuing, so a test can kill the process at exactly that moment), hang (block
 /// forever and stop heartbeating). Never set in production.</summary>
@@ -13,17 +14,20 @@ public sealed class TestFaults
 
     TestFaults(Dictionary<long, string> kindAtStep) => this.kindAtStep = kindAtStep;
 
-    public static TestFaults? FromEnvironment()
+    public static TestFaults? FromEnvironment(string workerName)
     {
         string? spec = Environment.GetEnvironmentVariable(EnvVar);
         if (string.IsNullOrEmpty(spec)) return null;
         var kindAtStep = new Dictionary<long, string>();
         foreach (string fault in spec.Split(','))
         {
-            var parts = fault.Split(':');
+            var (kindStep, worker) = fault.Split('@') is [var ks, var w] ? (ks, w) : (fault, null);
+            var parts = kindStep.Split(':');
             if (parts.Length != 2 || !long.TryParse(parts[1], out long step) || parts[0] is not ("nan" or "short" or "stall-compute" or "stall-upload" or "hang")
-                || !kindAtStep.TryAdd(step, parts[0]))
-                throw new Model.ConfigException($"{EnvVar} '{spec}' must be KIND:STEP[,KIND:STEP...] at distinct steps with KIND nan, short, stall-compute, stall-upload or hang");
+                || worker == "" || fault.Count(c => c == '@') > 1)
+                throw new Model.ConfigException($"{EnvVar} '{spec}' must be KIND:STEP[@WORKER][,...] at distinct steps with KIND nan, short, stall-compute, stall-upload or hang");
+            if ((worker == null || worker == workerName) && !kindAtStep.TryAdd(step, parts[0]))
+                throw new Model.ConfigException($"{EnvVar} '{spec}' has two faults at step {step}");
         }
         return new TestFaults(kindAtStep);
     }

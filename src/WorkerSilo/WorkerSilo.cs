@@ -19,7 +19,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     bool modelInRegions;
     Corpus? corpus;
     readonly Dictionary<(int Sequences, int Replicas), IGradientComputer> workers = new();
-    readonly TestFaults? faults = TestFaults.FromEnvironment();
+    readonly TestFaults? faults = TestFaults.FromEnvironment(options.Name);
     volatile bool heartbeating = true;
 
     /// <summary>Orders from this worker's grain, waiting for (or met by) their tensors on the data plane.</summary>

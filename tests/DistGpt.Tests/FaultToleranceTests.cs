@@ -122,6 +122,28 @@ public sealed class FaultToleranceTests
         Assert.Equal(FaultFreeLosses(flags.Contains("bf16") ? "--wire-dtype bf16" : ""), Losses(c.Metrics));
     }
 
+    /// <summary>Dev mode reads each worker's fp32 sum in place from its shared-memory region and checks it only as the
+    /// coordinator adds the shares up: a NaN there is still caught, pinned on the worker that sent it, and its share
+    /// recomputed by the other worker, so the run keeps the fault-free losses.</summary>
+    [Fact]
+    public void DevModeCatchesANaNInAWorkersRegionAsItSumsAndRecomputesTheShare()
+    {
+        using var clean = new TempDirectory("dev-nan-clean");
+        using var faulty = new TempDirectory("dev-nan");
+        CliResult Run(string dir, string? fault) => CliRunner.Run(CliRunner.Split(
+            $"dev --workers 2 --worker-threads 1 {Model} --max-iters 6 --eval-interval 6 --out {dir}"), Env("dev-nan", fault), Timeout);
+        var reference = Run(clean.Path, null);
+        Assert.True(reference.ExitCode == 0, reference.ToString());
+        var r = Run(faulty.Path, "nan:3@worker-1");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("worker 'worker-1' sent invalid gradients: NaN or Inf in the gradients", r.StdOut);
+        Assert.DoesNotContain("worker 'worker-0' sent invalid gradients", r.StdOut);
+        var metrics = DistributedTests.Metrics(faulty.Path);
+        AssertContiguous(metrics, 6);
+        Assert.Equal([3L], StepsNaming(metrics, "rejected_payloads", "worker-1"));
+        Assert.Equal(Losses(DistributedTests.Metrics(clean.Path)), Losses(metrics));
+    }
+
     /// <summary>The steps whose metrics line lists <paramref name="worker"/> in the array <paramref name="field"/>.</summary>
     static List<long> StepsNaming(List<JsonElement> metrics, string field, string worker) =>
         metrics.Where(m => m.TryGetProperty(field, out var names) && names.EnumerateArray().Any(n => n.GetString() == worker))

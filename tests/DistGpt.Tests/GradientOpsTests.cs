@@ -3,6 +3,7 @@ using Xunit;
 
 namespace DistGpt.Tests;
 
+[Collection(nameof(GemmTests))] // sets Compute.Threads
 public sealed class GradientOpsTests
 {
     [Fact]
@@ -47,5 +48,52 @@ public sealed class GradientOpsTests
                 }
         }
         Assert.Throws<ArgumentException>(() => GradientOps.CopyAllFinite(new float[3], new float[2]));
+    }
+    /// <summary>The fused pass gives SumInOrder's sum and Norm's norm bit for bit, whatever the number of cores, and says
+    /// when the sum is not finite: a NaN or an infinity in any addend, in any chunk, or an addition that overflowed.</summary>
+    [Fact]
+    public void SumInOrderWithNormMatchesTheSumAndNormPassesAndFlagsNonFiniteSums()
+    {
+        int saved = DistGpt.Model.Compute.Threads;
+        try
+        {
+            foreach (long length in new long[] { 1, 1000, (1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 12345 })
+            {
+                var rng = new Random((int)length);
+                var addends = Enumerable.Range(0, 3).Select(_ => Buffer(length, _ => (float)(rng.NextDouble() * 2 - 1) * 1e3f)).ToList();
+                using var expected = new DistGpt.Model.Engine.NativeBuffer(length);
+                GradientOps.SumInOrder(expected, addends, 3);
+                double expectedNorm = GradientOps.Norm(expected);
+                foreach (int threads in new[] { 1, 2, 3 })
+                {
+                    DistGpt.Model.Compute.Threads = threads;
+                    using var sum = new DistGpt.Model.Engine.NativeBuffer(length);
+                    Assert.True(GradientOps.SumInOrderWithNorm(sum, addends, 3, out double norm), $"length {length}");
+                    Assert.Equal(expected.Span.ToArray(), sum.Span.ToArray());
+                    Assert.Equal(BitConverter.DoubleToInt64Bits(expectedNorm), BitConverter.DoubleToInt64Bits(norm));
+                }
+                foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+                    foreach (long at in new[] { 0, length / 2, length - 1 })
+                    {
+                        float kept = addends[1].Span[(int)at];
+                        addends[1].Span[(int)at] = bad;
+                        using var sum = new DistGpt.Model.Engine.NativeBuffer(length);
+                        Assert.False(GradientOps.SumInOrderWithNorm(sum, addends, 3, out _), $"length {length}: {bad} at {at}");
+                        addends[1].Span[(int)at] = kept;
+                    }
+                foreach (var a in addends) a.Dispose();
+            }
+            using var big = Buffer(100, _ => float.MaxValue);
+            using var overflow = new DistGpt.Model.Engine.NativeBuffer(100);
+            Assert.False(GradientOps.SumInOrderWithNorm(overflow, [big, big], 2, out _), "MaxValue + MaxValue overflows");
+        }
+        finally { DistGpt.Model.Compute.Threads = saved; }
+    }
+
+    static DistGpt.Model.Engine.NativeBuffer Buffer(long length, Func<long, float> value)
+    {
+        var b = new DistGpt.Model.Engine.NativeBuffer(length);
+        for (long i = 0; i < length; i++) b.Span[(int)i] = value(i);
+        return b;
     }
 }

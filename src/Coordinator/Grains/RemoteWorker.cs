@@ -35,8 +35,9 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
     public bool SendsWindows => sendsWindows;
 
     /// <summary>Dev mode with fp32 gradients: the shared-memory region this worker writes its gradient sum to. Passed as a
-    /// call's gradients buffer, the sum is only checked there, not copied; it stays valid until this worker's next call
-    /// (the region outlives the connection, see WorkerConnectionHandler).</summary>
+    /// call's gradients buffer, the sum is neither copied nor checked as it lands: the caller checks it as it adds it up
+    /// (GradientOps.SumInOrderWithNorm), one pass instead of two. It stays valid until this worker's next call (the
+    /// region outlives the connection, see WorkerConnectionHandler).</summary>
     public NativeBuffer? GradientRegion { get; set; }
     public TimeSpan SinceLastHeard => Stopwatch.GetElapsedTime(Interlocked.Read(ref lastHeardTicks));
 
@@ -196,7 +197,7 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
             call.Done.TrySetException(new InvalidGradientsException(name, problem));
             return;
         }
-        if (!streamed && !await ReadGradientsAsync(NativeMemoryManager.Bytes(call.Gradients), cancel))
+        if (!streamed && !await ReadGradientsAsync(NativeMemoryManager.Bytes(call.Gradients), cancel, check: !ReferenceEquals(call.Gradients, GradientRegion)))
             call.Done.TrySetException(new InvalidGradientsException(name, "NaN or Inf in the gradients"));
         else call.Done.TrySetResult(reply);
     }
@@ -239,9 +240,15 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
         : step != call.Request.Step || version != call.Request.WeightsVersion ? $"stale reply for step {step} (version {version}), expected step {call.Request.Step}"
         : null;
 
-    /// <summary>Reads a gradient payload into destination (float32 bytes), widening bfloat16; true when all finite.</summary>
-    async Task<bool> ReadGradientsAsync(Memory<byte> destination, CancellationToken cancel)
+    /// <summary>Reads a gradient payload into destination (float32 bytes), widening bfloat16; true when all finite (or,
+    /// fp32 unchecked, always: the caller checks).</summary>
+    async Task<bool> ReadGradientsAsync(Memory<byte> destination, CancellationToken cancel, bool check = true)
     {
+        if (run.GradientDType == WireDType.Fp32 && !check)
+        {
+            await channel.ReadPayloadAsync(destination, cancel);
+            return true;
+        }
         if (run.GradientDType == WireDType.Fp32) return await channel.ReadFloatPayloadAsync(destination, cancel); // checked as it lands
         await channel.ReadBFloat16PayloadAsync(destination, cancel);
         return GradientOps.AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination.Span));

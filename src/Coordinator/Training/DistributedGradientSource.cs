@@ -46,8 +46,43 @@ public sealed class DistributedGradientSource(
         // Where each share's sum is: its own buffer, or (dev mode, fp32) the gradient region its worker wrote it to, read
         // in place when that worker computes only this share in the round.
         var sources = shareBuffers.Take(shares.Count).ToArray();
-        while (todo.Count > 0)
+        var computedBy = new IWorkerProxy?[shares.Count];
+
+        // A worker's share that failed: lost, straggling, or invalid (its shares go back on the queue).
+        void Fail(IWorkerProxy worker, Exception error, List<Share> unfinished)
         {
+            alive.Remove(worker);
+            foreach (var s in unfinished) todo.Enqueue(s);
+            if (error is OperationCanceledException)
+            {
+                stragglers.Add(worker.Name);
+                log($"step {step}: worker '{worker.Name}' is a straggler (not done {options.StragglerTimeout!.Value.TotalSeconds:F1} s after the first worker); its {unfinished.Count} share(s) go to the other workers");
+                OnStraggler?.Invoke(worker, step);
+                return;
+            }
+            if (!options.TolerateFailures) throw new RunFailedException($"step {step}: {error.Message}; stopping the run");
+            log($"step {step}: {error.Message}; its {unfinished.Count} share(s) go to the other workers");
+            if (error is InvalidGradientsException) rejected.Add(worker.Name);
+            bool drop = error is WorkerLostException || Reject(worker);
+            if (drop)
+            {
+                lost.Add(worker.Name);
+                OnWorkerDropped?.Invoke(worker, error is WorkerLostException wl ? wl.Reason : $"{options.MaxRejections} rejected gradient payloads");
+            }
+        }
+
+        double sumNorm, wallMs;
+        Task? orderingAhead = null;
+        while (true)
+        {
+            if (todo.Count == 0)
+            {
+                wallMs = clock.Elapsed.TotalMilliseconds;
+                // The next step's orders go out while this one's sum is added up (see OrderAhead).
+                if (step < settings.MaxIters) orderingAhead ??= Task.Run(() => OrderAhead(step + 1, shares));
+                if (SumShares(step, shares, sources, computedBy, Fail, out sumNorm)) break;
+                continue;
+            }
             MoveOutOfRegions(sources); // before a retry round: it may give a worker another share, rewriting its region
             if (alive.Count == 0) alive = (await MembersAsync(cancel)).ToList();
             // One queue per worker this round: round-robin over the live workers.
@@ -75,6 +110,7 @@ public sealed class DistributedGradientSource(
                             throw new InvalidGradientsException(worker.Name, "NaN or Inf in the loss");
                         replies[share.Index] = reply;
                         sources[share.Index] = target;
+                        computedBy[share.Index] = worker;
                         lock (computeMs)
                         {
                             computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
@@ -103,32 +139,10 @@ public sealed class DistributedGradientSource(
             foreach (var (worker, error, unfinished) in await all)
             {
                 busy[worker].Dispose();
-                if (error == null) continue;
-                alive.Remove(worker);
-                foreach (var s in unfinished) todo.Enqueue(s);
-                if (error is OperationCanceledException)
-                {
-                    stragglers.Add(worker.Name);
-                    log($"step {step}: worker '{worker.Name}' is a straggler (not done {options.StragglerTimeout!.Value.TotalSeconds:F1} s after the first worker); its {unfinished.Count} share(s) go to the other workers");
-                    OnStraggler?.Invoke(worker, step);
-                    continue;
-                }
-                if (!options.TolerateFailures) throw new RunFailedException($"step {step}: {error.Message}; stopping the run");
-                log($"step {step}: {error.Message}; its {unfinished.Count} share(s) go to the other workers");
-                if (error is InvalidGradientsException) rejected.Add(worker.Name);
-                bool drop = error is WorkerLostException || Reject(worker);
-                if (drop)
-                {
-                    lost.Add(worker.Name);
-                    OnWorkerDropped?.Invoke(worker, error is WorkerLostException wl ? wl.Reason : $"{options.MaxRejections} rejected gradient payloads");
-                }
+                if (error != null) Fail(worker, error, unfinished);
             }
         }
-        double wallMs = clock.Elapsed.TotalMilliseconds;
-        if (step < settings.MaxIters) OrderAhead(step + 1, shares);
-
-        using var summing = TrainingTelemetry.Start("sum gradients", step);
-        GradientOps.SumInOrder(model.Parameters.Grads, sources, shares.Count);
+        if (orderingAhead != null) await orderingAhead;
         double lossSum = 0;
         long tokens = 0;
         foreach (var r in replies) { lossSum += r!.LossSum; tokens += r.Tokens; }
@@ -154,7 +168,28 @@ public sealed class DistributedGradientSource(
         if (joined.Count > 0) extra["joined_workers"] = joined;
         if (left.Count > 0) extra["left_workers"] = left;
         (previousMembers, previousLost) = (names, lost.ToHashSet());
-        return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra);
+        return new StepGradients(new GradientSum(lossSum, tokens), members.Count, Math.Round(Math.Max(0, wallMs - slowest), 3), extra, sumNorm);
+    }
+
+    /// <summary>Adds the shares up in share order into the model's gradient buffer and takes the sum's norm in the same pass;
+    /// false when the sum holds a NaN or an infinity from a share not checked as it landed (a worker's region): that share
+    /// failed (<paramref name="fail"/>) and goes back on the queue. Every share finite and still an infinity: the addition
+    /// overflowed, and the run cannot go on.</summary>
+    bool SumShares(long step, List<Share> shares, NativeBuffer[] sources, IWorkerProxy?[] computedBy,
+        Action<IWorkerProxy, Exception, List<Share>> fail, out double sumNorm)
+    {
+        using (TrainingTelemetry.Start("sum gradients", step))
+            if (GradientOps.SumInOrderWithNorm(model.Parameters.Grads, sources, shares.Count, out sumNorm)) return true;
+        var invalid = Enumerable.Range(0, shares.Count).Where(i => !GradientOps.AllFinite(sources[i].Span)).ToList();
+        if (invalid.Count == 0) throw new TrainingDivergedException($"the gradient sum overflowed at step {step}; lower --learning-rate");
+        foreach (var byWorker in invalid.GroupBy(i => computedBy[i]!))
+        {
+            var error = new InvalidGradientsException(byWorker.Key.Name, "NaN or Inf in the gradients");
+            foreach (int i in byWorker)
+                using (var call = WorkerCall.Start(byWorker.Key, step, i, shares[i].First, shares[i].Count)) call.Failed(error);
+            fail(byWorker.Key, error, byWorker.Select(i => shares[i]).ToList());
+        }
+        return false;
     }
 
     /// <summary>The members at the previous step's start and the ones it lost: a step names who joined or left since.</summary>

@@ -9,23 +9,28 @@ public static unsafe class GradientOps
 {
     /// <summary>Global L2 norm of a gradient buffer: double sums of squares over 64K-value chunks, split between cores
     /// and added in chunk order (the result does not depend on the number of cores).</summary>
-    public static double Norm(NativeBuffer grads)
+    public static double Norm(NativeBuffer grads) => Math.Sqrt(SquaresInChunkOrder(grads.Length, (offset, n) => SumOfSquares(grads, offset, n)));
+
+    const int SquaresChunk = 1 << 16;
+
+    static double SumOfSquares(NativeBuffer buffer, long offset, int n) => TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(buffer.Pointer + offset, n));
+
+    /// <summary>The sum over 64K-value chunks of chunk(offset, length), each chunk's double computed on some core, added in
+    /// chunk order: the one order <see cref="Norm"/> and <see cref="SumInOrderWithSquares"/> share, so their bits agree.</summary>
+    static double SquaresInChunkOrder(long length, Func<long, int, double> chunk)
     {
-        const int Chunk = 1 << 16;
-        int chunks = (int)((grads.Length + Chunk - 1) / Chunk);
+        int chunks = (int)((length + SquaresChunk - 1) / SquaresChunk);
         var partial = System.Buffers.ArrayPool<double>.Shared.Rent(Math.Max(1, chunks));
         try
         {
-            float* p = grads.Pointer;
-            long length = grads.Length;
             Compute.For(chunks, c =>
             {
-                long o = (long)c * Chunk;
-                partial[c] = TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(p + o, (int)Math.Min(Chunk, length - o)));
+                long o = (long)c * SquaresChunk;
+                partial[c] = chunk(o, (int)Math.Min(SquaresChunk, length - o));
             });
             double sum = 0;
             for (int c = 0; c < chunks; c++) sum += partial[c];
-            return Math.Sqrt(sum);
+            return sum;
         }
         finally { System.Buffers.ArrayPool<double>.Shared.Return(partial); }
     }
@@ -34,9 +39,13 @@ public static unsafe class GradientOps
     /// norm of the mean gradient, and the one factor that turns the sum into the mean clipped as
     /// torch.nn.utils.clip_grad_norm_ does (times min(1, maxNorm / (norm + 1e-6)); maxNorm &lt;= 0: no clipping), which
     /// AdamW applies as it reads each gradient. One pass over the buffer instead of three.</summary>
-    public static (double Norm, float Scale) MeanClipScale(NativeBuffer sum, long tokens, float maxNorm)
+    public static (double Norm, float Scale) MeanClipScale(NativeBuffer sum, long tokens, float maxNorm) =>
+        MeanClipScale(Norm(sum), tokens, maxNorm);
+
+    /// <summary><see cref="MeanClipScale(NativeBuffer, long, float)"/> from the sum's L2 norm, already known.</summary>
+    public static (double Norm, float Scale) MeanClipScale(double sumNorm, long tokens, float maxNorm)
     {
-        double norm = Norm(sum) / tokens;
+        double norm = sumNorm / tokens;
         double scale = 1.0 / tokens;
         if (maxNorm > 0)
         {
@@ -59,6 +68,22 @@ public static unsafe class GradientOps
             long start = c * Chunk;
             SumRange(destination, addends, count, start, Math.Min(Chunk, length - start));
         });
+    }
+
+    /// <summary><see cref="SumInOrder"/>, and in the same pass (each chunk while it is in cache) the sum's L2 norm as
+    /// <see cref="Norm"/> gives it, bit for bit; false when the sum holds a NaN or an infinity, which it does whenever an
+    /// addend does (or the addition overflowed), so checking the sum checks every addend.</summary>
+    public static bool SumInOrderWithNorm(NativeBuffer destination, IReadOnlyList<NativeBuffer> addends, int count, out double norm)
+    {
+        if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), "nothing to add");
+        int bad = 0;
+        norm = Math.Sqrt(SquaresInChunkOrder(destination.Length, (offset, n) =>
+        {
+            SumRange(destination, addends, count, offset, n);
+            if (!AllFinite(new ReadOnlySpan<float>(destination.Pointer + offset, n))) Interlocked.Exchange(ref bad, 1);
+            return SumOfSquares(destination, offset, n);
+        }));
+        return bad == 0;
     }
 
     /// <summary><see cref="SumInOrder"/> on [offset, offset + length) only, on the calling thread: the same additions in

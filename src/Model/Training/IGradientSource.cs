@@ -7,8 +7,10 @@ public interface IGradientSource
     StepGradients Compute(long step, CancellationToken cancel);
 }
 
-/// <summary>A step's gradient sum plus what the distributed source measured (null for single-process).</summary>
-public sealed record StepGradients(GradientSum Sum, int? Workers = null, double? CommMs = null, IReadOnlyDictionary<string, object>? Extra = null);
+/// <summary>A step's gradient sum plus what the distributed source measured (null for single-process); SumNorm is the L2
+/// norm of the gradient buffer when the source computed it as it summed (<see cref="GradientOps.SumInOrderWithNorm"/>).</summary>
+public sealed record StepGradients(GradientSum Sum, int? Workers = null, double? CommMs = null, IReadOnlyDictionary<string, object>? Extra = null,
+    double? SumNorm = null);
 
 public sealed class LocalGradientSource(IGradientComputer worker) : IGradientSource
 {

@@ -60,7 +60,8 @@ public sealed class TrainingLoop(
         using (var clipping = TrainingTelemetry.Start("clip gradients", step))
         {
             // The mean over tokens and the clip are one factor, applied by AdamW as it reads the gradient sum.
-            (norm, gradScale) = GradientOps.MeanClipScale(model.Parameters.Grads, sum.Tokens, settings.GradClip);
+            (norm, gradScale) = result.SumNorm is { } sumNorm ? GradientOps.MeanClipScale(sumNorm, sum.Tokens, settings.GradClip)
+                : GradientOps.MeanClipScale(model.Parameters.Grads, sum.Tokens, settings.GradClip);
             clipping?.SetTag(TrainingTelemetry.Attr.Tokens, sum.Tokens).SetTag(TrainingTelemetry.Attr.GradNorm, norm)
                 .SetTag(TrainingTelemetry.Attr.GradClip, (double)settings.GradClip);
         }
