@@ -124,6 +124,7 @@ public static class Checkpoint
         var meta = new Dictionary<string, string> { ["format"] = "pt", ["step"] = step.ToString() };
         string modelSha = WriteDurably(System.IO.Path.Combine(tmp, ModelFile), s => SafeTensors.Write(s, weights, meta), writing);
 
+        RequireWhole(optimizer, p);
         var moments = new List<(string, int[], ReadOnlyMemory<float>)>();
         foreach (var s in p.Slots)
             moments.Add(("exp_avg." + s.Name, s.Shape, new Span<float>(optimizer.ExpAvg.Pointer + s.Offset, (int)s.Length).ToArray()));
@@ -193,9 +194,17 @@ public sealed record LoadedCheckpoint(string Directory, CheckpointState State, S
         foreach (var s in p.Slots) Weights[s.Name].Floats.CopyTo(p.ValuesOf(s));
     }
 
+    /// <summary>A checkpoint holds every parameter's moments: one shard's optimizer alone cannot be saved or loaded.</summary>
+    static void RequireWhole(AdamW optimizer, FlatParameters parameters)
+    {
+        if (optimizer.Range.Offset != 0 || optimizer.Range.Length != parameters.Count)
+            throw new InvalidOperationException($"the optimizer holds parameters [{optimizer.Range.Offset}, {optimizer.Range.End}) of {parameters.Count}: gather the shards' moments first");
+    }
+
     public unsafe void LoadOptimizer(Gpt model, AdamW optimizer)
     {
         var p = model.Parameters;
+        RequireWhole(optimizer, p);
         foreach (var s in p.Slots) { Check(Moments["exp_avg." + s.Name], s); Check(Moments["exp_avg_sq." + s.Name], s); }
         foreach (var s in p.Slots)
         {

@@ -7,32 +7,32 @@ namespace DistGpt.Model.Training;
 
 public static unsafe class GradientOps
 {
+    /// <summary>Values per chunk of the norm's sums of squares.</summary>
+    public const int NormChunk = 1 << 16;
+
+    /// <summary>The norm's chunks in <paramref name="length"/> values.</summary>
+    public static int NormChunks(long length) => (int)((length + NormChunk - 1) / NormChunk);
+
     /// <summary>Global L2 norm of a gradient buffer: double sums of squares over 64K-value chunks, split between cores
     /// and added in chunk order (the result does not depend on the number of cores).</summary>
-    public static double Norm(NativeBuffer grads) => Math.Sqrt(SquaresInChunkOrder(grads.Length, (offset, n) => SumOfSquares(grads, offset, n)));
-
-    const int SquaresChunk = 1 << 16;
-
-    static double SumOfSquares(NativeBuffer buffer, long offset, int n) => TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(buffer.Pointer + offset, n));
-
-    /// <summary>The sum over 64K-value chunks of chunk(offset, length), each chunk's double computed on some core, added in
-    /// chunk order: the one order <see cref="Norm"/> and <see cref="SumInOrderWithSquares"/> share, so their bits agree.</summary>
-    static double SquaresInChunkOrder(long length, Func<long, int, double> chunk)
+    public static double Norm(NativeBuffer grads)
     {
-        int chunks = (int)((length + SquaresChunk - 1) / SquaresChunk);
-        var partial = System.Buffers.ArrayPool<double>.Shared.Rent(Math.Max(1, chunks));
-        try
+        var squares = new double[NormChunks(grads.Length)];
+        Compute.For(squares.Length, c =>
         {
-            Compute.For(chunks, c =>
-            {
-                long o = (long)c * SquaresChunk;
-                partial[c] = chunk(o, (int)Math.Min(SquaresChunk, length - o));
-            });
-            double sum = 0;
-            for (int c = 0; c < chunks; c++) sum += partial[c];
-            return sum;
-        }
-        finally { System.Buffers.ArrayPool<double>.Shared.Return(partial); }
+            long o = (long)c * NormChunk;
+            squares[c] = TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(grads.Pointer + o, (int)Math.Min(NormChunk, grads.Length - o)));
+        });
+        return NormOfChunkSquares(squares);
+    }
+
+    /// <summary>The L2 norm from the chunks' sums of squares, added in chunk order (<see cref="Norm"/>'s order: however the
+    /// chunks were computed, on whichever cores or parameter shards, the bits are Norm's).</summary>
+    public static double NormOfChunkSquares(ReadOnlySpan<double> squares)
+    {
+        double sum = 0;
+        foreach (double s in squares) sum += s;
+        return Math.Sqrt(sum);
     }
 
     /// <summary>nanoGPT's step on a gradient SUM over <paramref name="tokens"/> tokens, without touching it: the global L2
@@ -75,14 +75,34 @@ public static unsafe class GradientOps
     /// addend does (or the addition overflowed), so checking the sum checks every addend.</summary>
     public static bool SumInOrderWithNorm(NativeBuffer destination, IReadOnlyList<NativeBuffer> addends, int count, out double norm)
     {
+        var squares = new double[NormChunks(destination.Length)];
+        bool finite = SumRangeWithSquares(destination, addends, count, 0, destination.Length, squares);
+        norm = NormOfChunkSquares(squares);
+        return finite;
+    }
+
+    /// <summary><see cref="SumInOrderWithNorm"/> on one parameter shard's range [offset, offset + length), which starts on a
+    /// norm chunk and ends on one or at the end of the buffer (<see cref="ParameterShards"/>): the range's chunks' sums of
+    /// squares go to <paramref name="squares"/>, in order, for <see cref="NormOfChunkSquares"/> over every shard's.</summary>
+    public static bool SumRangeWithSquares(NativeBuffer destination, IReadOnlyList<NativeBuffer> addends, int count, long offset, long length,
+        double[] squares)
+    {
         if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), "nothing to add");
+        if (offset < 0 || length < 0 || offset + length > destination.Length) throw new ArgumentOutOfRangeException(nameof(offset));
+        if (offset % NormChunk != 0 || (offset + length) % NormChunk != 0 && offset + length != destination.Length)
+            throw new ArgumentException($"range [{offset}, {offset + length}) does not start and end on the norm's {NormChunk}-value chunks");
+        int chunks = NormChunks(length);
+        if (squares.Length < chunks) throw new ArgumentException($"{squares.Length} places for {chunks} chunks' sums of squares");
         int bad = 0;
-        norm = Math.Sqrt(SquaresInChunkOrder(destination.Length, (offset, n) =>
+        Compute.For(chunks, c =>
         {
-            SumRange(destination, addends, count, offset, n);
-            if (!AllFinite(new ReadOnlySpan<float>(destination.Pointer + offset, n))) Interlocked.Exchange(ref bad, 1);
-            return SumOfSquares(destination, offset, n);
-        }));
+            long o = offset + (long)c * NormChunk;
+            int n = (int)Math.Min(NormChunk, offset + length - o);
+            SumRange(destination, addends, count, o, n);
+            var values = new ReadOnlySpan<float>(destination.Pointer + o, n);
+            if (!AllFinite(values)) Interlocked.Exchange(ref bad, 1);
+            squares[c] = TensorPrimitives.SumOfSquares(values);
+        });
         return bad == 0;
     }
 
