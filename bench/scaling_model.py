@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""A scaling model of data-parallel steps, calibrated on bench/scaling-netns.sh runs and checked against them.
+
+A step on N workers (weak scaling: each worker computes its own share in C seconds) is
+    overlap:    T = max(W_down + W_up + x C, C) + U
+    no overlap: T = W_down + W_up + C + U
+where W_down / W_up are the seconds the busiest link needs for what it receives / sends in a step (tau seconds a byte,
+plus a latency per message round), x the part of the compute that no transfer can hide (the first op waits for its
+weights, the last bucket leaves after the backward), and U the update (AdamW and the control plane). The designs:
+    one coordinator (today):  its link carries N weight sets down (4P bytes each) and N gradient sums up (gP each);
+    parameter shards:         every node sends and receives (N-1)/N of the gradients (gP) and of the weights (4P), the
+                              update is spread over the N shards, plus one scalar round for the norm;
+    ring all-reduce (theory): every node sends and receives 2 (N-1)/N gP in 2 (N-1) messages, no weights move, every
+                              node runs the whole update.
+P parameters, g = 4 bytes (fp32) or 2 (bf16) a gradient value.
+
+Calibration: the unshaped run (RATE=40gbit) gives the compute C(N) and U(N) = its step time minus C(N) for every N
+(all the workers share one machine's cores, so C grows with N there); the shaped runs at N = 1 and 2 give tau and x.
+N = 3.. are then predicted, not fitted, and compared with the measured step times. Efficiency is C / (T - U): the
+share of a step, the update aside, that is compute.
+
+usage: bench/scaling_model.py SHAPED.jsonl UNSHAPED.jsonl [--compute-ms MS] [--latency-us US]
+"""
+import argparse
+import json
+import statistics
+import sys
+
+DESIGNS = ("coordinator", "shards", "ring")
+
+
+def step_seconds(design, n, params, grad_bytes, tau, hidden, compute, update, latency, overlap=True):
+    """Step time of one design on n workers; update is the whole model's update on one node; hidden = 1 - x."""
+    if design == "coordinator":
+        down, up, update_here, rounds = n * 4 * params, n * grad_bytes * params, update, 1
+    elif design == "shards":
+        share = (n - 1) / n
+        down, up, update_here, rounds = share * 4 * params, share * grad_bytes * params, update / n, 2
+    elif design == "ring":
+        down, up, update_here, rounds = 0.0, 2 * (n - 1) / n * grad_bytes * params, update, 2 * max(0, n - 1)
+    else:
+        raise ValueError(design)
+    wire = (down + up) * tau + rounds * latency
+    if overlap:
+        return max(wire + (1 - hidden) * compute, compute) + update_here
+    return wire + compute + update_here
+
+
+def medians(path):
+    runs = [json.loads(line) for line in open(path) if line.strip()]
+    by_n = {}
+    for n in sorted({r["workers"] for r in runs}):
+        mine = [r for r in runs if r["workers"] == n]
+        by_n[n] = {k: statistics.median(r[k] for r in mine) for k in ("step_ms", "compute_ms", "coordinator_bytes", "max_node_bytes")}
+        by_n[n].update(rate_bps=mine[0]["rate_bps"], wire=mine[0]["wire"])
+    return by_n
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("shaped")
+    parser.add_argument("unshaped")
+    parser.add_argument("--compute-ms", type=float, help="compute per step of the 10.7M model on one node (default: "
+                        "the measured N = 1 compute scaled from the measured model's size)")
+    parser.add_argument("--latency-us", type=float, default=50.0, help="per message (default 50, a datacenter TCP hop)")
+    args = parser.parse_args()
+
+    shaped, unshaped = medians(args.shaped), medians(args.unshaped)
+    if not {1, 2, 3} <= shaped.keys() & unshaped.keys():
+        print("need N = 1, 2 and at least 3 in both runs", file=sys.stderr)
+        return 2
+    grad_bytes = 2 if shaped[1]["wire"] == "bf16" else 4
+    params = shaped[1]["coordinator_bytes"] / (4 + grad_bytes)  # N = 1: one weight set down, one gradient sum up
+    latency = args.latency_us * 1e-6
+
+    def measured(n):
+        c = unshaped[n]["compute_ms"] / 1e3
+        return c, max(0.0, unshaped[n]["step_ms"] / 1e3 - c), shaped[n]["step_ms"] / 1e3
+
+    # Wire-bound at N = 1 and 2: T(N) = N (4 + g) P tau + latency + x C(N) + U(N), two equations for tau and x.
+    (c1, u1, t1), (c2, u2, t2) = measured(1), measured(2)
+    a1, a2 = (4 + grad_bytes) * params, 2 * (4 + grad_bytes) * params
+    tau = ((t2 - u2) - (t1 - u1)) / (a2 - a1)  # first guess: x C(N) the same at both points
+    for _ in range(50):  # x C(N) differs between the two points: iterate the pair to its fixed point
+        x = (t1 - u1 - latency - a1 * tau) / c1
+        tau = ((t2 - u2 - x * c2) - (t1 - u1 - x * c1)) / (a2 - a1)
+    hidden = 1 - x
+    nominal = 8 / shaped[1]["rate_bps"]
+    print(f"calibration (N = 1, 2): P = {params / 1e6:.2f}M parameters, {shaped[1]['wire']} gradients; link "
+          f"{shaped[1]['rate_bps'] / 1e9:g} Gbit/s nominal, measured as {nominal / tau:.0%} of it (tau {tau * 1e9:.2f} ns/byte); "
+          f"x = {x:.2f} of the compute not hidden by the transfers")
+    print("\nmeasured against predicted (one coordinator; N = 1, 2 calibrate):")
+    print(f"{'N':>3} {'compute ms':>11} {'measured ms':>12} {'predicted ms':>13} {'error':>7} {'coordinator MB/step':>20} {'model MB/step':>14}")
+    worst = 0.0
+    for n in sorted(shaped.keys() & unshaped.keys()):
+        c, u, t = measured(n)
+        predicted = step_seconds("coordinator", n, params, grad_bytes, tau, hidden, c, u, latency)
+        error = predicted / t - 1
+        if n > 2:
+            worst = max(worst, abs(error))
+        print(f"{n:3d} {c * 1e3:11.1f} {t * 1e3:12.1f} {predicted * 1e3:13.1f} {error:+7.1%} "
+              f"{shaped[n]['coordinator_bytes'] / 1e6:20.1f} {n * (4 + grad_bytes) * params / 1e6:14.1f}")
+    trusted = worst <= 0.15
+    print(f"largest error of the predicted points: {worst:.1%} ({'within' if trusted else 'OUTSIDE'} the 15% the table below needs)")
+
+    # Predictions: per-node compute from the measurement, scaled with the parameter count (FLOPs per token ~ 6P).
+    base_ms = args.compute_ms if args.compute_ms else unshaped[1]["compute_ms"] * 10.7e6 / params
+    update_per_param = u1 / params
+    print(f"\npredictions, weak scaling: a node computes {base_ms:.0f} ms a step for 10.7M parameters (scaled with P; "
+          f"--compute-ms sets it), updates {update_per_param * 1e9:.1f} ns a parameter, {args.latency_us:g} us a message, "
+          f"links at their nominal rate, x = {x:.2f}; efficiency at N = 2, 8, 64, 256:")
+    for size in (10.7e6, 124e6):
+        compute = base_ms / 1e3 * size / 10.7e6
+        update = update_per_param * size
+        for gbit in (10, 25, 100):
+            link_tau = 8 / (gbit * 1e9)
+            for wire, g in (("fp32", 4), ("bf16", 2)):
+                for overlap in (True, False):
+                    cells = []
+                    for design in DESIGNS:
+                        effs = []
+                        for n in (2, 8, 64, 256):
+                            t = step_seconds(design, n, size, g, link_tau, hidden, compute, update, latency, overlap)
+                            effs.append(compute / (t - (update / n if design == "shards" else update)))
+                        cells.append(" ".join(f"{e:4.0%}" for e in effs))
+                    print(f"{size / 1e6:6.1f}M {gbit:3d} Gbit {wire} {'overlap' if overlap else 'serial ':7}  " +
+                          "  |  ".join(f"{d}: {c}" for d, c in zip(DESIGNS, cells)))
+    return 0 if trusted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
