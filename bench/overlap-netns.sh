@@ -15,11 +15,13 @@ command -v ip >/dev/null && command -v tc >/dev/null || { echo "needs iproute2 (
 [ "$(id -u)" = 0 ] || { echo "needs root for network namespaces" >&2; exit 2; }
 ./distgpt --help >/dev/null
 bin="$(realpath ./distgpt)"
+source bench/lib/netns.sh
+export DISTGPT_CLUSTER_TOKEN="overlap-$$-$RANDOM" # the coordinator listens beyond loopback: members only
 
 tag="dgov$$"; coord="$tag-c"; hosts=("$tag-w0" "$tag-w1")
 tmp=$(mktemp -d)
 cleanup() {
-  for ns in "$coord" "${hosts[@]}"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true; done
+  netns_remove "${hosts[@]}" "$coord"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -29,19 +31,8 @@ ip -n "$coord" link set lo up
 ip -n "$coord" link add br0 type bridge
 ip -n "$coord" addr add 10.77.0.1/24 dev br0
 ip -n "$coord" link set br0 up
-for i in 0 1; do
-  ns="${hosts[$i]}"
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip link add "$tag-p$i" type veth peer name eth0 netns "$ns"
-  ip link set "$tag-p$i" netns "$coord"
-  ip -n "$coord" link set "$tag-p$i" master br0 up
-  ip -n "$ns" addr add "10.77.0.$((i + 2))/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  # RATE each way: the worker's uploads (its eth0) and its downloads (the bridge port towards it)
-  ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$RATE" burst 1mb latency 100ms
-  ip netns exec "$coord" tc qdisc add dev "$tag-p$i" root tbf rate "$RATE" burst 1mb latency 100ms
-done
+# RATE each way on the workers' links: their uploads and their downloads
+for i in 0 1; do netns_attach "${hosts[$i]}" "10.77.0.$((i + 2))" "$tag-p$i" "$coord" "$RATE"; done
 
 median_ms() { # metrics.jsonl -> median step_ms after the warm-up steps
   grep -o '"step_ms":[0-9.]*' "$1" | cut -d: -f2 | tail -n +$((warm + 1)) | sort -g | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'

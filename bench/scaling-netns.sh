@@ -24,16 +24,14 @@ command -v ip >/dev/null && command -v tc >/dev/null || { echo "needs iproute2 (
 [ "$(id -u)" = 0 ] || { echo "needs root for network namespaces" >&2; exit 2; }
 ./distgpt --help >/dev/null
 bin="$(realpath ./distgpt)"
+source bench/lib/netns.sh
 export DISTGPT_CLUSTER_TOKEN="scaling-$$-$RANDOM"
 
 tag="dgsc$$"; switch="$tag-s"; coord="$tag-c"
 hosts=(); for ((i = 0; i < NMAX; i++)); do hosts+=("$tag-w$i"); done
 tmp=$(mktemp -d)
 cleanup() {
-  for ns in "$coord" "${hosts[@]}" "$switch"; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-  done
+  netns_remove "$coord" "${hosts[@]}" "$switch"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -41,20 +39,8 @@ trap cleanup EXIT
 ip netns add "$switch"
 ip -n "$switch" link add br0 type bridge
 ip -n "$switch" link set br0 up
-node() { # namespace, address, port name on the switch
-  local ns="$1" addr="$2" port="$3"
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip link add "$port" type veth peer name eth0 netns "$ns"
-  ip link set "$port" netns "$switch"
-  ip -n "$switch" link set "$port" master br0 up
-  ip -n "$ns" addr add "$addr/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$RATE" burst 1mb latency 100ms          # what it sends
-  ip netns exec "$switch" tc qdisc add dev "$port" root tbf rate "$RATE" burst 1mb latency 100ms   # what it receives
-}
-node "$coord" 10.78.0.1 "$tag-pc"
-for ((i = 0; i < NMAX; i++)); do node "${hosts[$i]}" "10.78.0.$((i + 2))" "$tag-p$i"; done
+netns_attach "$coord" 10.78.0.1 "$tag-pc" "$switch" "$RATE"
+for ((i = 0; i < NMAX; i++)); do netns_attach "${hosts[$i]}" "10.78.0.$((i + 2))" "$tag-p$i" "$switch" "$RATE"; done
 
 run() { # workers -> one JSON line of medians
   local n="$1" out="$tmp/run-$1-$RANDOM" port=$((20000 + RANDOM % 20000))
