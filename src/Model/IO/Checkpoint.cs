@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using DistGpt.Model.Data;
+using DistGpt.Model.Engine;
 using DistGpt.Model.Training;
 
 namespace DistGpt.Model.IO;
@@ -84,6 +85,13 @@ public static class Checkpoint
         string final = PathIn(outDir);
         foreach (string dir in new[] { final + ".tmp", final + ".old", final })
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
+    }
+
+    /// <summary>A checkpoint holds every parameter's moments: one shard's optimizer alone cannot be saved or loaded.</summary>
+    internal static void RequireWhole(AdamW optimizer, FlatParameters parameters)
+    {
+        if (optimizer.Range.Offset != 0 || optimizer.Range.Length != parameters.Count)
+            throw new InvalidOperationException($"the optimizer holds parameters [{optimizer.Range.Offset}, {optimizer.Range.End}) of {parameters.Count}: gather the shards' moments first");
     }
 
     public static void Save(string outDir, Gpt model, AdamW optimizer, ITokenizer tokenizer, TrainSettings settings,
@@ -194,17 +202,10 @@ public sealed record LoadedCheckpoint(string Directory, CheckpointState State, S
         foreach (var s in p.Slots) Weights[s.Name].Floats.CopyTo(p.ValuesOf(s));
     }
 
-    /// <summary>A checkpoint holds every parameter's moments: one shard's optimizer alone cannot be saved or loaded.</summary>
-    static void RequireWhole(AdamW optimizer, FlatParameters parameters)
-    {
-        if (optimizer.Range.Offset != 0 || optimizer.Range.Length != parameters.Count)
-            throw new InvalidOperationException($"the optimizer holds parameters [{optimizer.Range.Offset}, {optimizer.Range.End}) of {parameters.Count}: gather the shards' moments first");
-    }
-
     public unsafe void LoadOptimizer(Gpt model, AdamW optimizer)
     {
         var p = model.Parameters;
-        RequireWhole(optimizer, p);
+        Checkpoint.RequireWhole(optimizer, p);
         foreach (var s in p.Slots) { Check(Moments["exp_avg." + s.Name], s); Check(Moments["exp_avg_sq." + s.Name], s); }
         foreach (var s in p.Slots)
         {
