@@ -244,12 +244,12 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
     /// fp32 unchecked, always: the caller checks).</summary>
     async Task<bool> ReadGradientsAsync(Memory<byte> destination, CancellationToken cancel, bool check = true)
     {
-        if (run.GradientDType == WireDType.Fp32 && !check)
+        if (run.GradientDType == WireDType.Fp32)
         {
+            if (check) return await channel.ReadFloatPayloadAsync(destination, cancel); // checked as it lands
             await channel.ReadPayloadAsync(destination, cancel);
             return true;
         }
-        if (run.GradientDType == WireDType.Fp32) return await channel.ReadFloatPayloadAsync(destination, cancel); // checked as it lands
         await channel.ReadBFloat16PayloadAsync(destination, cancel);
         return GradientOps.AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination.Span));
     }

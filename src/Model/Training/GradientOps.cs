@@ -18,13 +18,17 @@ public static unsafe class GradientOps
     public static double Norm(NativeBuffer grads)
     {
         var squares = new double[NormChunks(grads.Length)];
-        Compute.For(squares.Length, c =>
-        {
-            long o = (long)c * NormChunk;
-            squares[c] = TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(grads.Pointer + o, (int)Math.Min(NormChunk, grads.Length - o)));
-        });
+        ForNormChunks(0, grads.Length, (c, o, n) => squares[c] = TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(grads.Pointer + o, n)));
         return NormOfChunkSquares(squares);
     }
+
+    /// <summary>body(c, offset, length) for each norm chunk c of [offset, offset + length), split between cores.</summary>
+    static void ForNormChunks(long offset, long length, Action<int, long, int> body) =>
+        Compute.For(NormChunks(length), c =>
+        {
+            long o = offset + (long)c * NormChunk;
+            body(c, o, (int)Math.Min(NormChunk, offset + length - o));
+        });
 
     /// <summary>The L2 norm from the chunks' sums of squares, added in chunk order (<see cref="Norm"/>'s order: however the
     /// chunks were computed, on whichever cores or parameter shards, the bits are Norm's).</summary>
@@ -94,10 +98,8 @@ public static unsafe class GradientOps
         int chunks = NormChunks(length);
         if (squares.Length < chunks) throw new ArgumentException($"{squares.Length} places for {chunks} chunks' sums of squares");
         int bad = 0;
-        Compute.For(chunks, c =>
+        ForNormChunks(offset, length, (c, o, n) =>
         {
-            long o = offset + (long)c * NormChunk;
-            int n = (int)Math.Min(NormChunk, offset + length - o);
             SumRange(destination, addends, count, o, n);
             var values = new ReadOnlySpan<float>(destination.Pointer + o, n);
             if (!AllFinite(values)) Interlocked.Exchange(ref bad, 1);
