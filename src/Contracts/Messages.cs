@@ -11,6 +11,8 @@ namespace DistGpt.Contracts;
 public enum MessageKind : byte
 {
     Join = 1, JoinAccepted = 2, JoinRefused = 3, Compute = 4, Gradients = 5, Heartbeat = 6, Shutdown = 7, Failed = 8, GradientsBucket = 9,
+    ShardLayout = 10, ShardReady = 11, ShardUpdate = 12, ShardNorm = 13, ShardStateRequest = 14, ShardState = 15,
+    PeerChallenge = 16, PeerHello = 17, ShardGradients = 18, ShardWeights = 19,
 }
 
 /// <summary>Worker → coordinator grain: the request to join the run.
@@ -21,19 +23,21 @@ public sealed record JoinRequest(
     string? DataSha256, string? ExpectedConfigHash, string? ClusterToken, bool SharedMemory = false, string? Silo = null);
 
 /// <summary>Worker → coordinator, first frame on a data-plane connection: the ticket the coordinator grain gave this worker
-/// when it admitted it (single use, short-lived), and whether it can map the coordinator's /dev/shm regions.</summary>
-public sealed record DataPlaneHello(string WorkerName, string Ticket, bool SharedMemory);
+/// when it admitted it (single use, short-lived), and whether it can map the coordinator's /dev/shm regions.
+/// PeerEndpoint: where this worker's peer plane listens (host:port), in a run with parameter shards.</summary>
+public sealed record DataPlaneHello(string WorkerName, string Ticket, bool SharedMemory, string? PeerEndpoint = null);
 
 /// <summary>Coordinator → worker: everything needed to build the same model and sample the same batches, the
 /// element type the worker sends its gradient sums in (the weights always come as float32), and the size of the
 /// buckets a worker streams its sum in during the backward over a socket (0: the whole sum after the backward).
 /// ReplicasPerShare: the graphs every worker cuts a share into, whatever its --threads, so a share's gradient sum has the
 /// same bits whoever computes it (0: the worker's own thread count). The coordinator grain's answer carries the
-/// data-plane Ticket; the data plane's answer to the hello adds the SharedMemory regions.</summary>
+/// data-plane Ticket; the data plane's answer to the hello adds the SharedMemory regions. PeerSecret: set when the run
+/// has parameter shards (see ShardMessages): the key workers prove to each other on the peer plane.</summary>
 public sealed record JoinAccepted(
     string RunId, int Rank, GptConfig Config, string ConfigHash, string Vocabulary, ulong Seed,
     long ParameterCount, bool SendsWindows, double HeartbeatSeconds, WireDType GradientDType = WireDType.Fp32,
-    SharedMemoryPaths? SharedMemory = null, long GradientBucketBytes = 0, int ReplicasPerShare = 0, string? Ticket = null);
+    SharedMemoryPaths? SharedMemory = null, long GradientBucketBytes = 0, int ReplicasPerShare = 0, string? Ticket = null, string? PeerSecret = null);
 
 /// <summary>The two regions a same-host connection moves its payloads through (see Wire.SharedMemoryRegion).
 /// <paramref name="SharedDown"/>: Down is the coordinator's own parameter memory, mapped by every local worker and
@@ -56,10 +60,12 @@ public sealed record ComputeRequest(string RunId, long Step, long WeightsVersion
 }
 
 /// <summary>Worker → coordinator: the gradient sum (payload) with the loss behind it and the worker's own timings. When
-/// the sum went ahead in <see cref="GradientsBucket"/> frames, this frame ends the step's reply and has no payload.</summary>
+/// the sum went ahead in <see cref="GradientsBucket"/> frames, this frame ends the step's reply and has no payload; with
+/// parameter shards the sum went to the holders, and PeerSent/PeerReceived are the worker's peer-plane bytes since its
+/// previous reply.</summary>
 public sealed record GradientsReply(
     string RunId, long Step, long WeightsVersion, string ConfigHash, double LossSum, long Tokens,
-    double ComputeMs, double ForwardMs, double BackwardMs, double ReceiveMs);
+    double ComputeMs, double ForwardMs, double BackwardMs, double ReceiveMs, long PeerSent = 0, long PeerReceived = 0);
 
 /// <summary>Worker → coordinator, during the backward (as PyTorch DDP's buckets): values [Offset, Offset + Count) of the
 /// step's gradient sum (payload), final while the rest is still being computed. A step's buckets run from the end of the

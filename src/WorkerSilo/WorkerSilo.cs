@@ -21,6 +21,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     readonly Dictionary<(int Sequences, int Replicas), IGradientComputer> workers = new();
     readonly TestFaults? faults = TestFaults.FromEnvironment(options.Name);
     volatile bool heartbeating = true;
+    PeerPlane? peerPlane;      // this join's peer-plane listener, in a run with parameter shards
+    ShardedWorker? sharded;    // the shard layout this worker is part of
 
     /// <summary>Orders from this worker's grain, waiting for (or met by) their tensors on the data plane.</summary>
     public ComputeOrders Orders { get; } = new();
@@ -85,6 +87,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                     var admitted = await AdmitAsync(silo, dataSha, cancel);
                     var link = await CoordinatorConnector.ConnectAsync(options, joinRetryUntil ?? deadline, cancel);
                     opened = link.Channel;
+                    await LeaveLayoutAsync();
+                    if (peerPlane != null) await peerPlane.DisposeAsync();
+                    peerPlane = admitted.PeerSecret == null ? null : new PeerPlane(link.Local, admitted.PeerSecret, admitted.RunId, options.Log);
                     return await OpenDataPlaneAsync(link, admitted, joinRetryUntil ?? deadline, cancel);
                 });
             }
@@ -108,7 +113,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, Untrusted.IdLength)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads{(options.Backend is EngineBackend ? "" : $", backend {options.Backend.Name}")}, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
             joinedBefore = true;
             Prepare(accepted, shared);
-            bool finished = await ServeAsync(channel, accepted, cancel);
+            bool finished;
+            try { finished = await ServeAsync(channel, accepted, cancel); }
+            finally { await LeaveLayoutAsync(); }
             Orders.FailAll("the data-plane connection to the coordinator ended");
             if (finished) return 0;
             options.Log($"{options.Name}: the coordinator closed the connection; reconnecting");
@@ -140,7 +147,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         Frame? frame;
         try
         {
-            await channel.SendAsync(MessageKind.Join, new DataPlaneHello(options.Name, admitted.Ticket!, SharedMemoryWanted), answer.Token);
+            await channel.SendAsync(MessageKind.Join, new DataPlaneHello(options.Name, admitted.Ticket!, SharedMemoryWanted, peerPlane?.Endpoint), answer.Token);
             frame = await channel.ReceiveAsync(answer.Token);
         }
         catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
@@ -258,7 +265,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                             var order = Orders.ClaimAsync(request, unclaimed.Token);
                             try
                             {
-                                var reply = await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => ComputeAsync(channel, run, request, frame.PayloadLength, watch, order));
+                                var reply = await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => sharded is { } shards
+                                    ? ComputeShardedAsync(channel, run, request, frame.PayloadLength, watch, order, shards)
+                                    : ComputeAsync(channel, run, request, frame.PayloadLength, watch, order));
                                 (await order).Done.TrySetResult(reply);
                             }
                             catch (Exception e)
@@ -268,6 +277,17 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                                 throw;
                             }
                         }
+                        break;
+                    case MessageKind.ShardLayout:
+                        await TakeLayoutAsync(channel, run, frame, watch.Token);
+                        break;
+                    case MessageKind.ShardUpdate:
+                        ApplyUpdate(run, frame.Read<ShardUpdate>());
+                        await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+                        break;
+                    case MessageKind.ShardStateRequest:
+                        await SendShardStateAsync(channel, run, frame.Read<ShardStateRequest>(), watch.Token);
+                        await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
                         break;
                     case MessageKind.Shutdown:
                         options.Log($"{options.Name}: run {Untrusted.Escape(run.RunId, Untrusted.IdLength)} finished ({Untrusted.Escape(frame.Read<Shutdown>().Reason)})");
@@ -302,8 +322,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     {
         var cancel = watch.Token; // armed since the frame header: covers the payload transfer
         var m = model!;
-        if (request.RunId != run.RunId || request.ConfigHash != run.ConfigHash)
-            throw new ProtocolException($"compute request for run {Untrusted.Quote(request.RunId, Untrusted.IdLength)}/{Untrusted.Quote(request.ConfigHash, Untrusted.IdLength)}, joined {Untrusted.Quote(run.RunId, Untrusted.IdLength)}/{Untrusted.Quote(run.ConfigHash, Untrusted.IdLength)}");
+        CheckRun(request.RunId, request.ConfigHash, run, "compute request");
         long weightBytes = m.Parameters.Count * sizeof(float);
         long windowBytes = run.SendsWindows ? (long)request.Sequences * (m.Config.BlockSize + 1) * sizeof(int) : 0;
         if (payloadLength != weightBytes + windowBytes)
@@ -389,6 +408,111 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         return reply;
     }
 
+    static void CheckRun(string runId, string configHash, JoinAccepted run, string what)
+    {
+        if (runId != run.RunId || configHash != run.ConfigHash)
+            throw new ProtocolException($"{what} for run {Untrusted.Quote(runId, Untrusted.IdLength)}/{Untrusted.Quote(configHash, Untrusted.IdLength)}, joined {Untrusted.Quote(run.RunId, Untrusted.IdLength)}/{Untrusted.Quote(run.ConfigHash, Untrusted.IdLength)}");
+    }
+
+    /// <summary>With parameter shards: the weights come from the range holders (waited for, not in the payload), and range k
+    /// of the sum goes to range k's holder; the reply to the coordinator carries the loss and the peer-plane bytes only.</summary>
+    async Task<GradientsReply> ComputeShardedAsync(FrameChannel channel, JoinAccepted run, ComputeRequest request, long payloadLength, SilenceWatch watch,
+        Task<ComputeOrders.Order> order, ShardedWorker shards)
+    {
+        var cancel = watch.Token;
+        var m = model!;
+        CheckRun(request.RunId, request.ConfigHash, run, "compute request");
+        long windowBytes = run.SendsWindows ? (long)request.Sequences * (m.Config.BlockSize + 1) * sizeof(int) : 0;
+        if (payloadLength != windowBytes) throw new ProtocolException($"compute payload is {payloadLength} bytes, expected {windowBytes} (the weights come from the shard holders)");
+        if (request.Sequences < 1 || request.FirstSequence % request.Sequences != 0) throw new ProtocolException($"share [{request.FirstSequence}, +{request.Sequences}) is not a whole share");
+        var clock = Stopwatch.StartNew();
+        int[]? windows = null;
+        if (windowBytes > 0)
+        {
+            var bytes = new byte[windowBytes];
+            await channel.ReadPayloadAsync(bytes, cancel);
+            windows = MemoryMarshal.Cast<byte, int>(bytes).ToArray();
+        }
+        watch.Disarm(); // the coordinator may be quiet now: the weights come from the peers
+        using (WorkerTracing.StartReceive(0)) await shards.WeightsAsync(request.WeightsVersion, TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatSeconds)), cancel);
+        double receiveMs = clock.Elapsed.TotalMilliseconds;
+        if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
+        if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
+        var worker = WorkerFor(request.Sequences, run.Seed, run.ReplicasPerShare);
+        double forwardAt = 0, backwardAt = 0;
+        var compute = Stopwatch.StartNew();
+        void Phase(string p) { if (p == "forward") forwardAt = compute.Elapsed.TotalMilliseconds; else backwardAt = compute.Elapsed.TotalMilliseconds; }
+        var sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase) : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase);
+        double computeMs = compute.Elapsed.TotalMilliseconds;
+        await order; // no sum leaves without the grain's order for it
+        var grads = m.Parameters.Grads;
+        if (faults?.At("nan", request.Step) == true) grads.Span[0] = float.NaN;
+        var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
+            computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
+        using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size()))
+            await shards.SendGradientsAsync(request.Step, (int)(request.FirstSequence / request.Sequences), grads,
+                run.GradientDType == WireDType.Bf16 ? NarrowingBuffer(grads) : null, cancel);
+        var (peerSent, peerReceived) = shards.TakePeerBytes();
+        reply = reply with { PeerSent = peerSent, PeerReceived = peerReceived };
+        await channel.SendAsync(MessageKind.Gradients, reply, cancel);
+        return reply;
+    }
+
+    /// <summary>A shard layout from the coordinator: load the weights (and the held range's moments) from its payload, link
+    /// to every other holder, say so.</summary>
+    async Task TakeLayoutAsync(FrameChannel channel, JoinAccepted run, Frame frame, CancellationToken cancel)
+    {
+        var layout = frame.Read<ShardLayout>();
+        if (peerPlane == null || run.PeerSecret == null) throw new ProtocolException("a shard layout in a run without parameter shards");
+        CheckRun(layout.RunId, layout.ConfigHash, run, "shard layout");
+        await LeaveLayoutAsync();
+        var next = ShardedWorker.Create(layout, model!, run.GradientDType, options.Name, norm => channel.SendAsync(MessageKind.ShardNorm, norm), options.Log);
+        try
+        {
+            long expected = next.PayloadTargets().Sum(t => (long)t.Length);
+            if (frame.PayloadLength != expected) throw new ProtocolException($"shard layout payload is {frame.PayloadLength} bytes, expected {expected}");
+            foreach (var target in next.PayloadTargets()) await channel.ReadPayloadAsync(target, cancel);
+            sharded = next;
+            peerPlane.Serve(next);
+            await next.ConnectAsync(run.PeerSecret, cancel);
+        }
+        catch
+        {
+            await LeaveLayoutAsync();
+            if (sharded != next) await next.DisposeAsync();
+            throw;
+        }
+        options.Log($"{options.Name}: shard layout {layout.LayoutId}: {layout.Ranges.Count} ranges{(layout.Holding >= 0 ? $", holding range {layout.Holding} ({layout.Ranges[layout.Holding].Length:N0} parameters)" : "")}");
+        await channel.SendAsync(MessageKind.ShardReady, new ShardReady(run.RunId, layout.LayoutId), cancel);
+    }
+
+    async Task LeaveLayoutAsync()
+    {
+        peerPlane?.Serve(null);
+        if (sharded != null) await sharded.DisposeAsync();
+        sharded = null;
+    }
+
+    /// <summary>The coordinator's go for the held range's update: applied now, the range sent to the peers in the background.</summary>
+    void ApplyUpdate(JoinAccepted run, ShardUpdate update)
+    {
+        if (update.RunId != run.RunId) throw new ProtocolException($"shard update for run {Untrusted.Quote(update.RunId, Untrusted.IdLength)}");
+        var holder = sharded?.Holder ?? throw new ProtocolException("a shard update for a worker that holds no range");
+        _ = holder.Apply(update);
+    }
+
+    /// <summary>The held range (and its moments, when asked) back to the coordinator, for evaluation and checkpoints.</summary>
+    async Task SendShardStateAsync(FrameChannel channel, JoinAccepted run, ShardStateRequest request, CancellationToken cancel)
+    {
+        if (request.RunId != run.RunId) throw new ProtocolException($"shard state request for run {Untrusted.Quote(request.RunId, Untrusted.IdLength)}");
+        var holder = sharded?.Holder ?? throw new ProtocolException("a shard state request for a worker that holds no range");
+        var r = holder.Range;
+        var weights = NativeMemoryManager.Bytes(model!.Parameters.Values).Slice(checked((int)(r.Offset * sizeof(float))), checked((int)(r.Length * sizeof(float))));
+        var header = new ShardState(run.RunId, sharded.LayoutId, r.Index, holder.Version, holder.StepCount, r.Offset, r.Length, request.Moments);
+        if (request.Moments) await channel.SendAsync(MessageKind.ShardState, header, cancel, weights, holder.MomentBytes(false), holder.MomentBytes(true));
+        else await channel.SendAsync(MessageKind.ShardState, header, cancel, weights);
+    }
+
     /// <summary>The gradient sum in one frame, after the backward (shared memory, or --bucket-cap-mb 0).</summary>
     async Task SendWholeAsync(FrameChannel channel, JoinAccepted run, GradientsReply reply, SilenceWatch watch)
     {
@@ -472,5 +596,10 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         model = null;
     }
 
-    public void Dispose() => DisposeModel();
+    public void Dispose()
+    {
+        LeaveLayoutAsync().GetAwaiter().GetResult();
+        peerPlane?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        DisposeModel();
+    }
 }

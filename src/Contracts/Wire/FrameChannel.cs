@@ -199,6 +199,20 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
         BytesReceived += (long)elements * sizeof(ushort);
     }
 
+    /// <summary>Reads a gradient payload in <paramref name="dtype"/> into destination (float32 bytes), widening bfloat16;
+    /// true when all finite (or, fp32 unchecked, always: the caller checks).</summary>
+    public async Task<bool> ReadGradientPayloadAsync(Memory<byte> destination, Contracts.WireDType dtype, CancellationToken cancel, bool check = true)
+    {
+        if (dtype == Contracts.WireDType.Fp32)
+        {
+            if (check) return await ReadFloatPayloadAsync(destination, cancel); // checked as it lands
+            await ReadPayloadAsync(destination, cancel);
+            return true;
+        }
+        await ReadBFloat16PayloadAsync(destination, cancel);
+        return GradientOps.AllFinite(MemoryMarshal.Cast<byte, float>(destination.Span));
+    }
+
     static bool SameMemory(ReadOnlySpan<byte> a, ReadOnlySpan<byte> b) =>
         a.Length == b.Length && Unsafe.AreSame(ref MemoryMarshal.GetReference(a), ref MemoryMarshal.GetReference(b));
 

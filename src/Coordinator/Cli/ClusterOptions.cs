@@ -16,6 +16,7 @@ public sealed class ClusterOptions
     public readonly Option<double> StragglerTimeout = new("--straggler-timeout") { Description = "seconds of patience for the drop policy", DefaultValueFactory = _ => 5 };
     public readonly Option<string> WireDType = new("--wire-dtype") { Description = "element type of the gradient sums workers send: fp32, or bf16 (half the bytes; rounded to nearest even, widened back to fp32 before summing). Weights always go as fp32", DefaultValueFactory = _ => "fp32" };
     public readonly Option<double> BucketCapMB = new("--bucket-cap-mb") { Description = "workers on other hosts send their gradient sums in buckets of about this many MiB as the backward pass finishes them (as PyTorch DDP's bucket_cap_mb), overlapping the upload with the computation; 0 sends each sum whole after the backward", DefaultValueFactory = _ => 0.25 };
+    public readonly Option<string> Shards = new("--shards") { Description = "parameter shards: K cuts the weights and AdamW state into K ranges held by the worker silos, which exchange gradient ranges and updated weights among themselves (the coordinator moves no bulk data); auto: one per worker; 1: the coordinator holds everything", DefaultValueFactory = _ => "1" };
     public readonly Option<int> MaxRejections = new("--max-rejections") { Description = "invalid gradient payloads (NaN/Inf, wrong size) before a worker is dropped", DefaultValueFactory = _ => 3 };
 
     public void AddTo(Command command)
@@ -28,6 +29,16 @@ public sealed class ClusterOptions
         command.Options.Add(JoinTimeout);
         command.Options.Add(WireDType);
         command.Options.Add(BucketCapMB);
+        command.Options.Add(Shards);
+    }
+
+    /// <summary>--shards: 1 (none), K, or 0 for auto (one per worker).</summary>
+    public int ParameterShards(ParseResult r)
+    {
+        string value = r.GetValue(Shards) ?? "1";
+        if (value == "auto") return 0;
+        if (!int.TryParse(value, out int k) || k < 1 || k > 1 << 16) throw new ConfigException($"--shards must be auto or a whole number from 1 to 65536 (got '{value}')");
+        return k;
     }
 
     public const long DefaultBucketBytes = 1 << 18;

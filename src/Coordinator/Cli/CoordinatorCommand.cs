@@ -49,7 +49,7 @@ public static class CoordinatorCommand
                 TolerateFailures = r.GetValue(tolerate), StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
                 GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), TlsCert = r.GetValue(tlsCert), TlsKey = r.GetValue(tlsKey),
                 SiloTls = Fabric.FabricTls.For(dataPlane, "--listen", r.GetValue(tlsCert), r.GetValue(tlsKey), r.GetValue(tlsCa)),
-                ReplicasPerShare = r.GetValue(replicas),
+                ReplicasPerShare = r.GetValue(replicas), ParameterShards = cluster.ParameterShards(r),
             };
             using var setup = RunSetup.Create(train, r);
             PrintModel(setup);

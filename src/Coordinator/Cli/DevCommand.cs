@@ -51,6 +51,7 @@ public static class DevCommand
             var backends = GradientBackends.ParseList(r.GetValue(workerBackends)!, n);
             var backendOf = Enumerable.Range(0, n).ToDictionary(i => $"worker-{i}", i => backends[i]);
             foreach (var b in backends.Distinct()) GradientBackends.Load(b, "cpu"); // a missing backend fails here, before any process starts
+            int shards = cluster.ParameterShards(r);
             string token = cluster.Token(r) ?? Convert.ToHexString(RandomNumberGenerator.GetBytes(24)).ToLowerInvariant();
             int dataPort = FreePortTriple();
             var settings = new CoordinatorSettings
@@ -59,8 +60,9 @@ public static class DevCommand
                 MinWorkers = n, ClusterToken = token,
                 HeartbeatTimeout = cluster.Seconds(r, cluster.HeartbeatTimeout), JoinTimeout = TimeSpan.FromSeconds(Math.Min(120, cluster.Seconds(r, cluster.JoinTimeout).TotalSeconds)),
                 TolerateFailures = restarting, StragglerTimeout = cluster.Straggler(r), MaxRejections = cluster.Rejections(r),
-                GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), OfferSharedMemory = mode == "shm",
-                ReplicasPerShare = perWorker,
+                // With parameter shards the tensors move between the workers, over their peer-plane sockets.
+                GradientDType = cluster.GradientDType(r), GradientBucketBytes = cluster.BucketBytes(r), OfferSharedMemory = mode == "shm" && shards == 1,
+                ReplicasPerShare = perWorker, ParameterShards = shards,
             };
             using var weights = new Hosting.SharedWeights(); // outlives the model (disposed after it)
             using var setup = RunSetup.Create(train, r, settings.OfferSharedMemory ? weights.Allocate : null);

@@ -14,9 +14,10 @@ public interface IWorkerProxy
 
     /// <summary>Sends the weights, has the worker compute the gradient sum of its sequences, and receives that sum
     /// into <paramref name="gradients"/>. Throws <see cref="WorkerLostException"/> when the worker dies or goes silent, and
-    /// refuses (as <see cref="InvalidGradientsException"/>) a sum that is stale, of the wrong size, or not all finite.</summary>
-    Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,
-        NativeBuffer gradients, CancellationToken cancel);
+    /// refuses (as <see cref="InvalidGradientsException"/>) a sum that is stale, of the wrong size, or not all finite.
+    /// With parameter shards both buffers are null: the worker has its weights from the range holders and sends its sum there.</summary>
+    Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer? weights, ReadOnlyMemory<byte> windows,
+        NativeBuffer? gradients, CancellationToken cancel);
 
     /// <summary>Gives the worker the order for a coming call now, while it waits for its weights: the call with the same
     /// share then sends only its tensors. (Where orders and tensors travel together, there is nothing to send ahead.)</summary>

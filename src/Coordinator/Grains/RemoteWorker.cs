@@ -12,10 +12,11 @@ namespace DistGpt.Coordinator.Grains;
 public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, string name, int rank, string? silo, RunDescription run,
     bool sendsWindows, Action abort) : IWorkerProxy
 {
-    sealed record Pending(ComputeRequest Request, NativeBuffer Gradients, TaskCompletionSource<GradientsReply> Done)
+    /// <summary>A call in flight; Gradients null: the sum goes to the parameter-shard holders, the reply has no payload.</summary>
+    sealed record Pending(ComputeRequest Request, NativeBuffer? Gradients, TaskCompletionSource<GradientsReply> Done)
     {
         /// <summary>Streamed buckets have filled [Covered, end of the buffer); they arrive from the end down.</summary>
-        public long Covered { get; set; } = Gradients.Length;
+        public long Covered { get; set; } = Gradients?.Length ?? 0;
         /// <summary>A bucket was refused: the rest of this step's reply is skipped.</summary>
         public bool Refused { get; set; }
     }
@@ -39,10 +40,16 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
     /// (GradientOps.SumInOrderWithNorm), one pass instead of two. It stays valid until this worker's next call (the
     /// region outlives the connection, see WorkerConnectionHandler).</summary>
     public NativeBuffer? GradientRegion { get; set; }
+    /// <summary>Where the worker's peer plane listens (host:port), in a run with parameter shards.</summary>
+    public string? PeerEndpoint { get; init; }
+
+    /// <summary>Handles the parameter-shard frames this worker sends (layout ready, norms, state); null: skipped.</summary>
+    public Func<RemoteWorker, Frame, CancellationToken, Task>? ShardFrames { get; init; }
+
     public TimeSpan SinceLastHeard => Stopwatch.GetElapsedTime(Interlocked.Read(ref lastHeardTicks));
 
-    public async Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows,
-        NativeBuffer gradients, CancellationToken cancel)
+    public async Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer? weights, ReadOnlyMemory<byte> windows,
+        NativeBuffer? gradients, CancellationToken cancel)
     {
         var call = new Pending(request, gradients, new TaskCompletionSource<GradientsReply>(TaskCreationOptions.RunContinuationsAsynchronously));
         if (Interlocked.CompareExchange(ref pending, call, null) != null) throw new InvalidOperationException($"worker '{name}' already has a call in flight");
@@ -61,7 +68,8 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
             using (Telemetry.CoordinatorTelemetry.StartSendWeights(channel, name, rank))
             try
             {
-                var send = channel.SendAsync(MessageKind.Compute, request, CancellationToken.None, NativeMemoryManager.Bytes(weights), windows);
+                var send = channel.SendAsync(MessageKind.Compute, request, CancellationToken.None,
+                    weights == null ? ReadOnlyMemory<byte>.Empty : NativeMemoryManager.Bytes(weights), windows);
                 while (await Task.WhenAny(send, Task.Delay(TimeSpan.FromMilliseconds(250), CancellationToken.None)) != send)
                     if (SinceLastHeard > run.HeartbeatTimeout)
                     {
@@ -163,6 +171,7 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
                 Interlocked.Exchange(ref lastHeardTicks, Stopwatch.GetTimestamp());
                 if (frame.Kind == MessageKind.Gradients) await ReceiveGradientsAsync(frame, cancel);
                 else if (frame.Kind == MessageKind.GradientsBucket) await ReceiveBucketAsync(frame, cancel);
+                else if (frame.Kind is MessageKind.ShardReady or MessageKind.ShardNorm or MessageKind.ShardState && ShardFrames != null) await ShardFrames(this, frame, cancel);
                 else await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
             }
             reason = "connection closed";
@@ -177,7 +186,7 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
     {
         var reply = frame.Read<GradientsReply>();
         var call = pending;
-        long expected = run.ParameterCount * run.GradientDType.Size();
+        long expected = call?.Gradients == null ? 0 : run.ParameterCount * run.GradientDType.Size();
         if (call == null || reply.Step < call.Request.Step || call.Refused)
         {
             // A straggler's late answer for a step that was already completed without it (or the end of a reply whose
@@ -185,11 +194,11 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
             await channel.SkipPayloadAsync(frame.PayloadLength, cancel);
             return;
         }
-        bool streamed = call.Covered < call.Gradients.Length;
+        bool streamed = call.Gradients != null && call.Covered < call.Gradients.Length;
         string? problem = Mismatch(reply.RunId, reply.ConfigHash, reply.Step, reply.WeightsVersion, call)
             ?? (streamed && frame.PayloadLength != 0 ? $"gradient payload of {frame.PayloadLength} bytes after streamed buckets"
             : streamed && call.Covered != 0 ? $"gradient buckets covered values [{call.Covered}, {call.Gradients.Length}) only"
-            : !streamed && frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected} ({run.GradientDType.Name()})"
+            : !streamed && frame.PayloadLength != expected ? $"gradient payload of {frame.PayloadLength} bytes, expected {expected}{(call.Gradients == null ? " (the sum goes to the parameter shards)" : $" ({run.GradientDType.Name()})")}"
             : null);
         if (problem != null)
         {
@@ -197,7 +206,7 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
             call.Done.TrySetException(new InvalidGradientsException(name, problem));
             return;
         }
-        if (!streamed && !await ReadGradientsAsync(NativeMemoryManager.Bytes(call.Gradients), cancel, check: !ReferenceEquals(call.Gradients, GradientRegion)))
+        if (call.Gradients != null && !streamed && !await channel.ReadGradientPayloadAsync(NativeMemoryManager.Bytes(call.Gradients), run.GradientDType, cancel, check: !ReferenceEquals(call.Gradients, GradientRegion)))
             call.Done.TrySetException(new InvalidGradientsException(name, "NaN or Inf in the gradients"));
         else call.Done.TrySetResult(reply);
     }
@@ -214,15 +223,16 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
             return;
         }
         string? problem = Mismatch(bucket.RunId, bucket.ConfigHash, bucket.Step, bucket.WeightsVersion, call)
-            ?? (bucket.Count < 1 || bucket.Offset < 0 || bucket.Offset + bucket.Count != call.Covered
+            ?? (call.Gradients == null ? "a gradient bucket, but the sum goes to the parameter shards"
+            : bucket.Count < 1 || bucket.Offset < 0 || bucket.Offset + bucket.Count != call.Covered
                 ? $"gradient bucket [{bucket.Offset}, {bucket.Offset + bucket.Count}) does not end where the streamed values begin ({call.Covered})"
             : frame.PayloadLength != bucket.Count * run.GradientDType.Size()
                 ? $"gradient payload of {frame.PayloadLength} bytes for values [{bucket.Offset}, {bucket.Offset + bucket.Count}), expected {bucket.Count * run.GradientDType.Size()} ({run.GradientDType.Name()})"
             : null);
         if (problem == null)
         {
-            var place = NativeMemoryManager.Bytes(call.Gradients).Slice(checked((int)bucket.Offset * sizeof(float)), checked((int)bucket.Count * sizeof(float)));
-            if (await ReadGradientsAsync(place, cancel))
+            var place = NativeMemoryManager.Bytes(call.Gradients!).Slice(checked((int)bucket.Offset * sizeof(float)), checked((int)bucket.Count * sizeof(float)));
+            if (await channel.ReadGradientPayloadAsync(place, run.GradientDType, cancel))
             {
                 call.Covered = bucket.Offset;
                 return;
@@ -239,20 +249,6 @@ public sealed class RemoteWorker(IWorkerGrain grain, FrameChannel channel, strin
         : configHash != run.ConfigHash ? $"config {Untrusted.Quote(configHash, Untrusted.IdLength)} is not this run's {run.ConfigHash}"
         : step != call.Request.Step || version != call.Request.WeightsVersion ? $"stale reply for step {step} (version {version}), expected step {call.Request.Step}"
         : null;
-
-    /// <summary>Reads a gradient payload into destination (float32 bytes), widening bfloat16; true when all finite (or,
-    /// fp32 unchecked, always: the caller checks).</summary>
-    async Task<bool> ReadGradientsAsync(Memory<byte> destination, CancellationToken cancel, bool check = true)
-    {
-        if (run.GradientDType == WireDType.Fp32)
-        {
-            if (check) return await channel.ReadFloatPayloadAsync(destination, cancel); // checked as it lands
-            await channel.ReadPayloadAsync(destination, cancel);
-            return true;
-        }
-        await channel.ReadBFloat16PayloadAsync(destination, cancel);
-        return GradientOps.AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination.Span));
-    }
 }
 
 /// <summary>A worker's reply that must not be applied (wrong length, stale step, NaN…): its share is recomputed.</summary>

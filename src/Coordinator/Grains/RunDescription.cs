@@ -8,7 +8,7 @@ namespace DistGpt.Coordinator.Grains;
 public sealed record RunDescription(
     string RunId, GptConfig Config, string Vocabulary, ulong Seed, long ParameterCount, string DataSha256,
     string? ClusterToken, TimeSpan HeartbeatTimeout, WireDType GradientDType = WireDType.Fp32, long GradientBucketBytes = 0,
-    int ReplicasPerShare = 0)
+    int ReplicasPerShare = 0, string? PeerSecret = null)
 {
     public string ConfigHash => Config.Hash();
 }

@@ -24,6 +24,9 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
     TaskCompletionSource membershipChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public RunDescription Run => run;
+
+    /// <summary>Takes the parameter-shard frames workers send on the data plane (set by the run when it has shards).</summary>
+    public Func<RemoteWorker, Contracts.Wire.Frame, CancellationToken, Task>? ShardFrames { get; set; }
     public event Action<IWorkerProxy>? Joined;
     public event Action<IWorkerProxy, string>? Left;
 
@@ -50,7 +53,8 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
             while (members.ContainsKey(rank) || reserved.Values.Any(r => r.Accepted.Rank == rank)) rank++;
             var accepted = new JoinAccepted(run.RunId, rank, run.Config, run.ConfigHash, run.Vocabulary, run.Seed,
                 run.ParameterCount, SendsWindows: request.DataSha256 == null, run.HeartbeatTimeout.TotalSeconds, run.GradientDType,
-                GradientBucketBytes: run.GradientBucketBytes, ReplicasPerShare: run.ReplicasPerShare, Ticket: Convert.ToHexString(RandomNumberGenerator.GetBytes(32)));
+                GradientBucketBytes: run.GradientBucketBytes, ReplicasPerShare: run.ReplicasPerShare, Ticket: Convert.ToHexString(RandomNumberGenerator.GetBytes(32)),
+                PeerSecret: run.PeerSecret);
             reserved[request.WorkerName] = new Reservation(accepted, request, DateTime.UtcNow + TicketLifetime);
             return new JoinDecision(accepted, null);
         }

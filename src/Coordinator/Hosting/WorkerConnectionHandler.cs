@@ -55,8 +55,19 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
             return;
         }
         authenticated();
+        if (grain.Run.PeerSecret != null && !PeerEndpoints.Valid(hello.PeerEndpoint))
+        {
+            grain.Leave(new RemoteWorker(workerGrain(request.WorkerName), channel, request.WorkerName, accepted.Rank, request.Silo, grain.Run, accepted.SendsWindows, abort),
+                "no peer-plane endpoint in its hello");
+            await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused("this run has parameter shards: the hello must name the worker's peer-plane endpoint (host:port)"));
+            return;
+        }
         var worker = new RemoteWorker(workerGrain(request.WorkerName), channel, request.WorkerName, accepted.Rank, request.Silo, grain.Run,
-            accepted.SendsWindows, abort);
+            accepted.SendsWindows, abort)
+        {
+            PeerEndpoint = grain.Run.PeerSecret != null ? hello.PeerEndpoint : null,
+            ShardFrames = (w, frame, cancel) => grain.ShardFrames is { } handle ? handle(w, frame, cancel) : channel.SkipPayloadAsync(frame.PayloadLength, cancel),
+        };
         SharedMemoryRegion? down = null, up = null;
         bool admitted = false;
         try
@@ -100,6 +111,15 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
                 if (up != null) retired.Add(up);
             }
         }
+    }
+
+    static class PeerEndpoints
+    {
+        /// <summary>host:port, short and plain (it reaches the other workers' logs).</summary>
+        public static bool Valid(string? endpoint) =>
+            endpoint is { Length: > 2 and <= 100 } && endpoint.LastIndexOf(':') is var colon && colon > 0
+            && int.TryParse(endpoint[(colon + 1)..], out int port) && port is > 0 and < 65536
+            && endpoint.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or ':' or '-' or '[' or ']');
     }
 
     public void Dispose()

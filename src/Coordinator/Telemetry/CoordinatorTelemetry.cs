@@ -125,13 +125,24 @@ public sealed class WireTraffic
         perWorker.GetOrAdd(worker, _ => new Tally()).Add(sentBytes, receivedBytes, sharedSentBytes, sharedReceivedBytes);
     }
 
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, Tally> peerOf = new();
+
+    /// <summary>A worker's bytes on the peer plane (parameter shards), as it reported them.</summary>
+    public void AddPeer(string worker, long sentBytes, long receivedBytes) =>
+        peerOf.GetOrAdd(worker, _ => new Tally()).Add(sentBytes, receivedBytes, 0, 0);
+
     /// <summary>Every node's bytes in the step: the coordinator's, and each worker's as the mirror of its traffic with
-    /// the coordinator (the data plane is a star: workers exchange tensors with the coordinator only). Orleans' own
-    /// control-plane messages are not counted.</summary>
+    /// the coordinator, plus, with parameter shards, its peer-plane bytes ("peer": gradient ranges to the holders, updated
+    /// ranges from them, and a holder's own side of both). Orleans' own control-plane messages are not counted.</summary>
     public Dictionary<string, object> NodeBytes()
     {
         var nodes = new Dictionary<string, object> { ["coordinator"] = Total.ToJson() };
-        foreach (var (name, tally) in perWorker.OrderBy(kv => kv.Key, StringComparer.Ordinal)) nodes[name] = tally.ToJson(mirrored: true);
+        foreach (var name in perWorker.Keys.Union(peerOf.Keys).Order(StringComparer.Ordinal))
+        {
+            var node = perWorker.TryGetValue(name, out var tally) ? tally.ToJson(mirrored: true) : new Tally().ToJson();
+            if (peerOf.TryGetValue(name, out var peer)) node["peer"] = peer.Socket();
+            nodes[name] = node;
+        }
         return nodes;
     }
 }

@@ -31,7 +31,9 @@ public sealed class DistributedGradientSource(
     {
         var members = await MembersAsync(cancel);
         var shares = Split(settings.BatchSize, options.Shares);
-        while (shareBuffers.Count < shares.Count) shareBuffers.Add(new NativeBuffer(model.Parameters.Count));
+        var sharded = ParameterShards;
+        if (sharded != null) await sharded.EnsureLayoutAsync(members, step - 1, cancel);
+        while (sharded == null && shareBuffers.Count < shares.Count) shareBuffers.Add(new NativeBuffer(model.Parameters.Count));
         var replies = new GradientsReply?[shares.Count];
         var weights = model.Parameters.Values;
         var clock = Stopwatch.StartNew();
@@ -45,7 +47,7 @@ public sealed class DistributedGradientSource(
         var traffic = new WireTraffic();
         // Where each share's sum is: its own buffer, or (dev mode, fp32) the gradient region its worker wrote it to, read
         // in place when that worker computes only this share in the round.
-        var sources = shareBuffers.Take(shares.Count).ToArray();
+        var sources = sharded == null ? shareBuffers.Take(shares.Count).ToArray() : [];
         var computedBy = new IWorkerProxy?[shares.Count];
 
         // A worker's share that failed: lost, straggling, or invalid (its shares go back on the queue).
@@ -80,7 +82,15 @@ public sealed class DistributedGradientSource(
                 wallMs = clock.Elapsed.TotalMilliseconds;
                 // The next step's orders go out while this one's sum is added up (see OrderAhead).
                 if (step < settings.MaxIters) orderingAhead ??= Task.Run(() => OrderAhead(step + 1, shares));
-                if (SumShares(step, shares, sources, computedBy, Fail, out sumNorm)) break;
+                if (sharded == null)
+                {
+                    if (SumShares(step, shares, sources, computedBy, Fail, out sumNorm)) break;
+                }
+                else if (await ShardNormAsync(sharded, step, shares, computedBy, Fail) is { } norm)
+                {
+                    sumNorm = norm;
+                    break;
+                }
                 continue;
             }
             MoveOutOfRegions(sources); // before a retry round: it may give a worker another share, rewriting its region
@@ -98,18 +108,19 @@ public sealed class DistributedGradientSource(
                 for (int k = 0; k < a.Value.Count; k++)
                 {
                     var share = a.Value[k];
-                    var target = region ?? shareBuffers[share.Index];
+                    var target = sharded != null ? null : region ?? shareBuffers[share.Index];
                     using var call = WorkerCall.Start(worker, step, share.Index, share.First, share.Count, traffic);
                     long started = Stopwatch.GetTimestamp();
                     try
                     {
                         var request = Order(step, share) with { TraceParent = call.TraceParent, TraceState = call.TraceState };
                         var windows = worker is RemoteWorker { SendsWindows: true } ? Windows(step, share) : ReadOnlyMemory<byte>.Empty;
-                        var reply = await worker.ComputeGradientsAsync(request, weights, windows, target, stop);
+                        var reply = await worker.ComputeGradientsAsync(request, sharded == null ? weights : null, windows, target, stop);
                         if (!double.IsFinite(reply.LossSum)) // (the worker grain has checked the gradients as they landed)
                             throw new InvalidGradientsException(worker.Name, "NaN or Inf in the loss");
                         replies[share.Index] = reply;
-                        sources[share.Index] = target;
+                        if (target != null) sources[share.Index] = target;
+                        if (reply.PeerSent + reply.PeerReceived > 0) traffic.AddPeer(worker.Name, reply.PeerSent, reply.PeerReceived);
                         computedBy[share.Index] = worker;
                         lock (computeMs)
                         {
@@ -192,6 +203,24 @@ public sealed class DistributedGradientSource(
         return false;
     }
 
+    /// <summary>With parameter shards: the norm of the step's gradient sum from the holders' reports, or null when a holder
+    /// refused shares (they failed, as in <see cref="SumShares"/>, and go back on the queue).</summary>
+    async Task<double?> ShardNormAsync(ShardedParameters sharded, long step, List<Share> shares, IWorkerProxy?[] computedBy,
+        Action<IWorkerProxy, Exception, List<Share>> fail)
+    {
+        ShardedParameters.NormResult result;
+        using (TrainingTelemetry.Start("sum gradients", step)) result = await sharded.NormAsync(step, CancellationToken.None);
+        if (result.InvalidShares.Count == 0) return result.Norm;
+        foreach (var byWorker in result.InvalidShares.Where(i => computedBy[i] != null).GroupBy(i => computedBy[i]!))
+        {
+            var error = new InvalidGradientsException(byWorker.Key.Name, "NaN or Inf in the gradients (found by a parameter-shard holder)");
+            foreach (int i in byWorker)
+                using (var call = WorkerCall.Start(byWorker.Key, step, i, shares[i].First, shares[i].Count)) call.Failed(error);
+            fail(byWorker.Key, error, byWorker.Select(i => shares[i]).ToList());
+        }
+        return null;
+    }
+
     /// <summary>The members at the previous step's start and the ones it lost: a step names who joined or left since.</summary>
     HashSet<string> previousMembers = new(), previousLost = new();
 
@@ -215,6 +244,9 @@ public sealed class DistributedGradientSource(
                 sources[i] = shareBuffers[i];
             }
     }
+
+    /// <summary>Set when the run has parameter shards: the workers' sums go to the range holders, not here.</summary>
+    public ShardedParameters? ParameterShards { get; init; }
 
     /// <summary>A worker to remove from the run (lost, or too many rejected payloads), with the reason.</summary>
     public Action<IWorkerProxy, string>? OnWorkerDropped { get; init; }

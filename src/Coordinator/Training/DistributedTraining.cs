@@ -37,6 +37,8 @@ public sealed record CoordinatorSettings
     public string? TlsKey { get; init; }
     /// <summary>Offer /dev/shm payload regions to workers that run on this host (dev mode's children).</summary>
     public bool OfferSharedMemory { get; init; }
+    /// <summary>--shards: 1 the coordinator holds the weights and optimizer; K (0: one per worker) the worker silos hold them in K ranges.</summary>
+    public int ParameterShards { get; init; } = 1;
     /// <summary>The region the model's weights live in (<see cref="Hosting.SharedWeights"/>), mapped by those workers.</summary>
     public Contracts.Wire.SharedMemoryRegion? SharedWeights { get; init; }
 }
@@ -59,7 +61,7 @@ public static class DistributedTraining
         var model = setup.Model;
         var run = new RunDescription(setup.RunId, model.Config, setup.Corpus.Tokenizer.Vocabulary, train.Seed, model.Parameters.Count,
             setup.Corpus.Sha256, settings.ClusterToken, settings.HeartbeatTimeout, settings.GradientDType, settings.GradientBucketBytes,
-            train.ReplicasPerShare);
+            train.ReplicasPerShare, settings.ParameterShards == 1 ? null : Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)));
         var grain = new RunMembership(run, log);
         var progress = new RunProgress(run.RunId, train.MaxIters);
         Telemetry.CoordinatorTelemetry.Watch(grain);
@@ -74,12 +76,16 @@ public static class DistributedTraining
             log($"run {run.RunId}: waiting for {settings.MinWorkers} worker(s); gradients on the wire as {run.GradientDType.Name()}");
             await grain.WaitForAsync(settings.MinWorkers, settings.JoinTimeout, cancel);
 
+            var sharded = run.PeerSecret == null ? null
+                : new ShardedParameters(grain, model, setup.Optimizer, run, settings.ParameterShards, train.Shares, log);
+            grain.ShardFrames = sharded == null ? null : sharded.OnFrameAsync;
             using var source = new DistributedGradientSource(grain, model, setup.Corpus, train, run,
                 new DistributedOptions
                 {
                     Shares = train.Shares, TolerateFailures = settings.TolerateFailures, StragglerTimeout = settings.StragglerTimeout, MaxRejections = settings.MaxRejections,
                 }, log)
             {
+                ParameterShards = sharded,
                 OnWorkerDropped = (worker, reason) =>
                 {
                     grain.Leave(worker, reason);
@@ -90,6 +96,7 @@ public static class DistributedTraining
             loop = new TrainingLoop(model, setup.Optimizer, setup.Corpus, train, source,
                 new Evaluator(evalGraph, train.BatchSize, setup.Corpus, train.Seed, train.EvalIters), setup.OutDir, setup.RunId, setup.StartStep)
             {
+                Remote = sharded,
                 OnStep = m =>
                 {
                     progress.Report(m);
@@ -130,7 +137,7 @@ public static class DistributedTraining
                 ? $"stopped at step {loop.Step}: checkpoint saved in {setup.OutDir} (continue with --resume)"
                 : $"stopped at step {loop.Step}: its checkpoint is already in {setup.OutDir}";
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OutputWriteException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OutputWriteException or RunFailedException)
         {
             return $"stopped at step {loop.Step}: no checkpoint written ({e.Message}); the last one is of step {loop.CheckpointStep}";
         }

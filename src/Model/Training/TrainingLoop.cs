@@ -12,6 +12,9 @@ public sealed class TrainingLoop(
 {
     /// <summary>Called after every step with its metrics (progress display).</summary>
     public Action<StepMetrics>? OnStep { get; init; }
+    /// <summary>Set when the optimizer runs on the parameter shards: it takes the updates, and the weights come back from it
+    /// before an evaluation or a checkpoint.</summary>
+    public IRemoteOptimizer? Remote { get; init; }
     /// <summary>Called around evaluation and checkpointing (telemetry spans).</summary>
     public Func<string, long, IDisposable?>? OnPhase { get; init; }
 
@@ -68,7 +71,8 @@ public sealed class TrainingLoop(
         using (var update = TrainingTelemetry.Start("update weights", step))
         {
             update?.SetTag("distgpt.optimizer", "adamw").SetTag(TrainingTelemetry.Attr.LearningRate, (double)lr);
-            optimizer.Step(lr, gradScale);
+            if (Remote != null) Remote.Step(step, lr, gradScale);
+            else optimizer.Step(lr, gradScale);
         }
         Step = step;
         double ms = clock.Elapsed.TotalMilliseconds;
@@ -80,6 +84,7 @@ public sealed class TrainingLoop(
             using (var evaluation = TrainingTelemetry.Start("evaluate model", step))
             using (OnPhase?.Invoke("evaluate", step))
             {
+                Remote?.Gather(moments: false);
                 (trainLoss, valLoss) = evaluator.Estimate(step);
                 if (step == settings.MaxIters && corpus.Val.Length <= Evaluator.WholeSplitMaxTokens) valLossFull = evaluator.WholeSplit(DataSplit.Val);
                 sample = sampler.Generate(step);
@@ -113,6 +118,7 @@ public sealed class TrainingLoop(
 
     public void SaveCheckpoint()
     {
+        Remote?.Gather(moments: true);
         Checkpoint.Save(outDir, model, optimizer, corpus.Tokenizer, settings, Step, runId, corpus.Sha256);
         CheckpointStep = Step;
     }

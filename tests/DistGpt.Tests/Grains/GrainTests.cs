@@ -148,7 +148,7 @@ public sealed class GrainTests : IAsyncLifetime
         public int Rank => rank;
         public string? Silo => silo;
         public TaskCompletionSource<string> Lost { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows, NativeBuffer gradients, CancellationToken cancel) =>
+        public Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer? weights, ReadOnlyMemory<byte> windows, NativeBuffer? gradients, CancellationToken cancel) =>
             throw new NotSupportedException();
         public Task ShutdownAsync(string reason) => Task.CompletedTask;
         public void Lose(string reason) => Lost.TrySetResult(reason);

@@ -24,10 +24,10 @@ public sealed class OrdersAheadTests
         public List<ComputeRequest> Ahead { get; } = new();
         public List<ComputeRequest> Calls { get; } = new();
         public void OrderAhead(ComputeRequest request) { lock (Ahead) Ahead.Add(request); }
-        public Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer weights, ReadOnlyMemory<byte> windows, NativeBuffer gradients, CancellationToken cancel)
+        public Task<GradientsReply> ComputeGradientsAsync(ComputeRequest request, NativeBuffer? weights, ReadOnlyMemory<byte> windows, NativeBuffer? gradients, CancellationToken cancel)
         {
             lock (Calls) Calls.Add(request);
-            gradients.Span.Clear();
+            gradients!.Span.Clear();
             return Task.FromResult(new GradientsReply(request.RunId, request.Step, request.WeightsVersion, request.ConfigHash, 1.0, request.Sequences * Config.BlockSize, 1, 0, 0, 0));
         }
         public Task ShutdownAsync(string reason) => Task.CompletedTask;

@@ -1,0 +1,227 @@
+using DistGpt.Contracts;
+using DistGpt.Contracts.Wire;
+using DistGpt.Coordinator.Grains;
+using DistGpt.Model;
+using DistGpt.Model.Training;
+
+namespace DistGpt.Coordinator.Training;
+
+/// <summary>The coordinator's side of parameter shards (--shards K): lays the K ranges out on the worker silos (again at a
+/// step boundary whenever the members change, after gathering them back), turns the holders' chunk sums of squares into
+/// the step's gradient norm, gives each holder the go for its update, and gathers the ranges for evaluation and checkpoints.
+/// Between layouts it moves no tensor: the gradient ranges and the updated weights travel between the worker silos.</summary>
+public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW optimizer, RunDescription run, int requested, int shares,
+    Action<string> log) : IRemoteOptimizer
+{
+    sealed record Layout(long Id, IReadOnlyList<ShardPlacement> Ranges, RemoteWorker[] Holders, RemoteWorker[] Members);
+
+    /// <summary>The holders' norm reports for a step: which shares they found invalid, or every range's chunk squares.</summary>
+    public sealed record NormResult(double Norm, IReadOnlyList<int> InvalidShares);
+
+    readonly object gate = new();
+    TaskCompletionSource changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    Layout? layout;
+    long nextLayoutId = 1;
+    readonly HashSet<string> ready = new();
+    readonly Dictionary<int, ShardNorm> norms = new();
+    readonly Dictionary<int, ShardState> states = new();
+    long version;                       // updates applied (the holders' ranges are at this version)
+    long gatheredVersion = -1;          // the local model's weights are of this version
+    bool gatheredMoments;               // ... and the local AdamW's moments too
+
+    /// <summary>Ranges in the current layout (0 before the first).</summary>
+    public int Count { get { lock (gate) return layout?.Ranges.Count ?? 0; } }
+
+    TimeSpan Patience => TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatTimeout.TotalSeconds));
+
+    /// <summary>At a step boundary: a layout over exactly these members, at weights version <paramref name="weightsVersion"/>.
+    /// A new one (first step, or the members changed) gathers the old layout's ranges first, then sends every member the
+    /// whole weights and each holder its range's moments, and waits until all are linked to each other.</summary>
+    public async Task EnsureLayoutAsync(IReadOnlyList<IWorkerProxy> members, long weightsVersion, CancellationToken cancel)
+    {
+        var workers = members.OfType<RemoteWorker>().OrderBy(w => w.Rank).ToArray();
+        if (workers.Length != members.Count) throw new InvalidOperationException("parameter shards need workers with a data plane");
+        Layout? old;
+        lock (gate) old = layout;
+        if (old != null && old.Members.Select(w => w.Name).SequenceEqual(workers.Select(w => w.Name)) && old.Members.SequenceEqual(workers)) return;
+        if (old == null) (version, gatheredVersion, gatheredMoments) = (weightsVersion, weightsVersion, true); // the local model is the run's start
+        else await GatherAsync(moments: true, cancel);
+        int k = Math.Min(requested == 0 ? workers.Length : requested, workers.Length);
+        var plan = ParameterShards.Plan(model.Parameters.Count, Math.Min(k, GradientOps.NormChunks(model.Parameters.Count)));
+        var ranges = plan.Select(r => new ShardPlacement(r.Index, r.Offset, r.Length, workers[r.Index].Name, workers[r.Index].PeerEndpoint!)).ToArray();
+        var next = new Layout(nextLayoutId++, ranges, workers[..ranges.Length], workers);
+        lock (gate)
+        {
+            layout = next;
+            ready.Clear();
+        }
+        var settings = new ShardOptimizer(optimizer.Beta1, optimizer.Beta2, optimizer.WeightDecay, optimizer.Eps, optimizer.StepCount);
+        await Task.WhenAll(workers.Select((w, i) =>
+        {
+            int holding = i < ranges.Length ? i : -1;
+            var header = new ShardLayout(run.RunId, run.ConfigHash, next.Id, version, shares, ranges, holding, settings);
+            var weights = Contracts.Wire.NativeMemoryManager.Bytes(model.Parameters.Values);
+            return holding < 0 ? w.Channel.SendAsync(MessageKind.ShardLayout, header, cancel, weights)
+                : w.Channel.SendAsync(MessageKind.ShardLayout, header, cancel, weights, Moment(optimizer.ExpAvg, ranges[i]), Moment(optimizer.ExpAvgSq, ranges[i]));
+        }));
+        await WaitAsync<object>(() => ready.Count == workers.Length ? ready : null, next, "link up for the shard layout", cancel);
+        log($"parameter shards: layout {next.Id}, {ranges.Length} ranges held by {string.Join(", ", ranges.Select(r => $"{r.Worker} [{r.Offset:N0}, {r.Offset + r.Length:N0})"))}");
+    }
+
+    static Memory<byte> Moment(Model.Engine.NativeBuffer moments, ShardPlacement range) =>
+        Contracts.Wire.NativeMemoryManager.Bytes(moments).Slice(checked((int)(range.Offset * sizeof(float))), checked((int)(range.Length * sizeof(float))));
+
+    /// <summary>Waits for every holder's report on <paramref name="step"/>: the norm of the whole gradient sum, from the
+    /// chunk squares in chunk order (the unsharded norm's bits); or, as soon as a holder refused shares, those shares.</summary>
+    public async Task<NormResult> NormAsync(long step, CancellationToken cancel)
+    {
+        Layout current;
+        lock (gate) current = layout ?? throw new InvalidOperationException("no shard layout");
+        return await WaitAsync(() =>
+        {
+            var invalid = norms.Values.Where(n => n.Step == step && n.InvalidShares is { Length: > 0 }).SelectMany(n => n.InvalidShares!).Distinct().ToList();
+            if (invalid.Count > 0)
+            {
+                foreach (var k in norms.Where(n => n.Value.InvalidShares is { Length: > 0 }).Select(n => n.Key).ToList()) norms.Remove(k);
+                return new NormResult(double.NaN, invalid);
+            }
+            if (current.Ranges.Any(r => !norms.TryGetValue(r.Index, out var n) || n.Step != step)) return null;
+            if (norms.Values.Any(n => n.Overflowed)) throw new TrainingDivergedException($"the gradient sum overflowed at step {step}; lower --learning-rate");
+            return new NormResult(GradientOps.NormOfChunkSquares(current.Ranges.SelectMany(r => norms[r.Index].ChunkSquares).ToArray()), []);
+        }, current, $"report the sums of squares of step {step}", cancel);
+    }
+
+    /// <summary>Until <paramref name="done"/> (called under the lock) has an answer; fails when a holder leaves the run or
+    /// nothing comes for the patience.</summary>
+    async Task<T> WaitAsync<T>(Func<T?> done, Layout current, string what, CancellationToken cancel) where T : class
+    {
+        var until = DateTime.UtcNow + Patience;
+        while (true)
+        {
+            Task next;
+            lock (gate)
+            {
+                if (done() is { } answer) return answer;
+                next = changed.Task;
+            }
+            var members = grain.Members();
+            var gone = current.Members.FirstOrDefault(w => !members.Contains(w));
+            if (gone != null)
+            {
+                int held = Array.IndexOf(current.Holders, gone);
+                throw new RunFailedException(held >= 0
+                    ? $"worker '{gone.Name}' left the run holding parameter range {held} and its AdamW moments; no replica of it exists (parameter-shard replicas are not built yet)"
+                    : $"worker '{gone.Name}' left the run before it could {what}");
+            }
+            if (DateTime.UtcNow > until) throw new RunFailedException($"the workers did not {what} within {Patience.TotalSeconds:F0} s");
+            await Task.WhenAny(next, Task.Delay(TimeSpan.FromMilliseconds(250), cancel));
+            cancel.ThrowIfCancellationRequested();
+        }
+    }
+
+    public void Step(long step, float lr, float gradScale) => StepAsync(step, lr, gradScale).GetAwaiter().GetResult();
+
+    async Task StepAsync(long step, float lr, float gradScale)
+    {
+        Layout current;
+        lock (gate) current = layout ?? throw new InvalidOperationException("no shard layout");
+        var update = new ShardUpdate(run.RunId, step, lr, gradScale);
+        try { await Task.WhenAll(current.Holders.Select(h => h.Channel.SendAsync(MessageKind.ShardUpdate, update))); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            throw new RunFailedException($"a parameter-shard holder could not be given step {step}'s update: {e.Message}");
+        }
+        optimizer.StepCount++;
+        version = step;
+    }
+
+    public void Gather(bool moments) => GatherAsync(moments, CancellationToken.None).GetAwaiter().GetResult();
+
+    async Task GatherAsync(bool moments, CancellationToken cancel)
+    {
+        if (gatheredVersion == version && (gatheredMoments || !moments)) return;
+        Layout current;
+        lock (gate)
+        {
+            current = layout ?? throw new InvalidOperationException("no shard layout");
+            states.Clear();
+        }
+        var request = new ShardStateRequest(run.RunId, current.Id, moments);
+        try { await Task.WhenAll(current.Holders.Select(h => h.Channel.SendAsync(MessageKind.ShardStateRequest, request, cancel))); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            throw new RunFailedException($"a parameter-shard holder could not be asked for its range: {e.Message}");
+        }
+        var got = await WaitAsync(() => states.Count == current.Ranges.Count ? states.Values.ToList() : null, current, "send back their parameter ranges", cancel);
+        if (got.FirstOrDefault(s => s.WeightsVersion != version || s.Moments != moments) is { } stale)
+            throw new RunFailedException($"parameter range {stale.Shard} came back at version {stale.WeightsVersion}, expected {version}");
+        if (moments) optimizer.StepCount = got[0].StepCount;
+        (gatheredVersion, gatheredMoments) = (version, moments);
+    }
+
+    /// <summary>A worker's parameter-shard frame (on its data-plane receive loop).</summary>
+    public async Task OnFrameAsync(RemoteWorker worker, Frame frame, CancellationToken cancel)
+    {
+        Layout? current;
+        lock (gate) current = layout;
+        switch (frame.Kind)
+        {
+            case MessageKind.ShardReady:
+                var r = frame.Read<ShardReady>();
+                await worker.Channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+                lock (gate) if (r.RunId == run.RunId && r.LayoutId == current?.Id) ready.Add(worker.Name);
+                break;
+            case MessageKind.ShardNorm:
+                var n = frame.Read<ShardNorm>();
+                await worker.Channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+                if (Refuse(worker, current, n.RunId, n.Shard, out var range)) break;
+                int chunks = GradientOps.NormChunks(range!.Length);
+                if (n.InvalidShares is not { Length: > 0 } && !n.Overflowed && n.ChunkSquares?.Length != chunks)
+                {
+                    log($"worker '{worker.Name}' reported {n.ChunkSquares?.Length} chunk squares for parameter range {n.Shard}, which has {chunks}; ignored");
+                    break;
+                }
+                if (n.InvalidShares?.Any(s => s < 0 || s >= shares) == true) break;
+                lock (gate) norms[n.Shard] = n;
+                break;
+            case MessageKind.ShardState:
+                var s = frame.Read<ShardState>();
+                long expected = s.Length * sizeof(float) * (s.Moments ? 3 : 1);
+                if (Refuse(worker, current, s.RunId, s.Shard, out range) || s.LayoutId != current!.Id || s.Offset != range!.Offset || s.Length != range.Length
+                    || frame.PayloadLength != expected)
+                {
+                    log($"worker '{worker.Name}' sent a parameter range that does not match the layout; ignored");
+                    await worker.Channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+                    break;
+                }
+                await worker.Channel.ReadPayloadAsync(Moment(model.Parameters.Values, range), cancel);
+                if (s.Moments)
+                {
+                    await worker.Channel.ReadPayloadAsync(Moment(optimizer.ExpAvg, range), cancel);
+                    await worker.Channel.ReadPayloadAsync(Moment(optimizer.ExpAvgSq, range), cancel);
+                }
+                lock (gate) states[s.Shard] = s;
+                break;
+            default:
+                await worker.Channel.SkipPayloadAsync(frame.PayloadLength, cancel);
+                return;
+        }
+        Signal();
+    }
+
+    /// <summary>A report about a range this worker does not hold (or of another run) is ignored.</summary>
+    bool Refuse(RemoteWorker worker, Layout? current, string runId, int shard, out ShardPlacement? range)
+    {
+        range = current != null && shard >= 0 && shard < current.Ranges.Count ? current.Ranges[shard] : null;
+        if (runId == run.RunId && range != null && ReferenceEquals(current!.Holders[shard], worker)) return false;
+        log($"worker '{worker.Name}' sent a report about parameter range {shard}, which it does not hold; ignored");
+        return true;
+    }
+
+    void Signal()
+    {
+        TaskCompletionSource signal;
+        lock (gate) (signal, changed) = (changed, new(TaskCreationOptions.RunContinuationsAsynchronously));
+        signal.TrySetResult();
+    }
+}

@@ -1,0 +1,175 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using DistGpt.Contracts;
+using DistGpt.Contracts.Wire;
+
+namespace DistGpt.WorkerSilo;
+
+/// <summary>This worker's peer-plane listener in a run with parameter shards: other workers connect to it to send the
+/// range it holds of their gradient sums and to receive that range's updated weights. A connection is admitted only with
+/// proof of the run's peer secret (HMAC of a fresh nonce), within a few seconds, and a bounded number wait at once.</summary>
+public sealed class PeerPlane : IAsyncDisposable
+{
+    const int MaxHandshakes = 32;
+    static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(5), LayoutPatience = TimeSpan.FromSeconds(30);
+
+    readonly TcpListener listener;
+    readonly string secret, runId;
+    readonly Action<string> log;
+    readonly CancellationTokenSource closing = new();
+    readonly Task accepting;
+    readonly Fabric.ThrottledLog refusals;
+    int handshakes;
+    ShardedWorker? current;
+    TaskCompletionSource layoutChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>host:port for the coordinator to hand to the other workers.</summary>
+    public string Endpoint { get; }
+
+    public PeerPlane(IPAddress local, string secret, string runId, Action<string> log)
+    {
+        (this.secret, this.runId, this.log) = (secret, runId, log);
+        refusals = new Fabric.ThrottledLog(log);
+        listener = new TcpListener(local, 0);
+        listener.Start();
+        var bound = (IPEndPoint)listener.LocalEndpoint;
+        Endpoint = bound.Address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{bound.Address}]:{bound.Port}" : $"{bound.Address}:{bound.Port}";
+        accepting = AcceptLoopAsync();
+    }
+
+    /// <summary>The layout inbound peers are served for from now on.</summary>
+    public void Serve(ShardedWorker? layout)
+    {
+        TaskCompletionSource changed;
+        lock (listener)
+        {
+            current = layout;
+            (changed, layoutChanged) = (layoutChanged, new(TaskCreationOptions.RunContinuationsAsynchronously));
+        }
+        changed.TrySetResult();
+    }
+
+    async Task AcceptLoopAsync()
+    {
+        while (!closing.IsCancellationRequested)
+        {
+            TcpClient client;
+            try { client = await listener.AcceptTcpClientAsync(closing.Token); }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
+            client.NoDelay = true;
+            client.SendBufferSize = client.ReceiveBufferSize = 4 << 20;
+            if (Interlocked.Increment(ref handshakes) > MaxHandshakes)
+            {
+                Interlocked.Decrement(ref handshakes);
+                refusals.Write($"peer connection from {client.Client.RemoteEndPoint} refused: {MaxHandshakes} handshakes already waiting");
+                client.Dispose();
+                continue;
+            }
+            _ = ServeAsync(client);
+        }
+    }
+
+    async Task ServeAsync(TcpClient client)
+    {
+        var remote = client.Client.RemoteEndPoint;
+        var stream = client.GetStream();
+        var channel = new FrameChannel(stream, stream);
+        (ShardedWorker Layout, PeerHello Hello)? admitted = null;
+        try
+        {
+            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(closing.Token))
+            {
+                handshake.CancelAfter(HandshakeTimeout);
+                admitted = await HandshakeAsync(channel, remote, handshake.Token);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or IOException or ProtocolException or ObjectDisposedException)
+        {
+            refusals.Write($"peer connection from {remote} closed before proving the run's secret: {e.Message}");
+        }
+        finally { Interlocked.Decrement(ref handshakes); }
+        try
+        {
+            if (admitted is var (layout, hello)) await layout.ServePeerAsync(channel, hello.WorkerName, closing.Token);
+        }
+        finally
+        {
+            await channel.DisposeAsync();
+            client.Dispose();
+        }
+    }
+
+    async Task<(ShardedWorker, PeerHello)?> HandshakeAsync(FrameChannel channel, EndPoint? remote, CancellationToken cancel)
+    {
+        string nonce = Convert.ToHexString(RandomNumberGenerator.GetBytes(16));
+        await channel.SendAsync(MessageKind.PeerChallenge, new PeerChallenge(nonce), cancel);
+        var frame = await channel.ReceiveAsync(cancel);
+        if (frame is not { Kind: MessageKind.PeerHello } || frame.PayloadLength != 0)
+        {
+            refusals.Write($"peer connection from {remote} sent {frame?.Kind.ToString() ?? "nothing"} instead of a hello; closed");
+            return null;
+        }
+        var hello = frame.Read<PeerHello>();
+        if (hello.RunId != runId || !PeerProof.Valid(secret, nonce, runId, hello.WorkerName ?? "", hello.Proof))
+        {
+            refusals.Write($"peer connection from {remote} could not prove the run's peer secret; closed");
+            return null;
+        }
+        // The peer may have its layout before this worker: wait (bounded) for the same one here.
+        var until = DateTime.UtcNow + LayoutPatience;
+        while (true)
+        {
+            Task changed;
+            lock (listener)
+            {
+                if (current?.LayoutId == hello.LayoutId) return (current, hello);
+                if (current?.LayoutId > hello.LayoutId) return null;
+                changed = layoutChanged.Task;
+            }
+            if (DateTime.UtcNow > until) return null;
+            await Task.WhenAny(changed, Task.Delay(until - DateTime.UtcNow, closing.Token));
+        }
+    }
+
+    /// <summary>Opens a link to the holder at <paramref name="endpoint"/> and proves the run's secret.</summary>
+    public static async Task<FrameChannel> ConnectAsync(string endpoint, string secret, string runId, string worker, long layoutId, CancellationToken cancel)
+    {
+        var (host, port) = Split(endpoint);
+        var client = new TcpClient { NoDelay = true, SendBufferSize = 4 << 20, ReceiveBufferSize = 4 << 20 };
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+            timeout.CancelAfter(HandshakeTimeout);
+            await client.ConnectAsync(host, port, timeout.Token);
+            var stream = client.GetStream();
+            var channel = new FrameChannel(stream, stream);
+            var challenge = await channel.ReceiveAsync(timeout.Token);
+            if (challenge is not { Kind: MessageKind.PeerChallenge }) throw new ProtocolException($"the peer at {endpoint} did not send a challenge");
+            string nonce = challenge.Read<PeerChallenge>().Nonce;
+            await channel.SendAsync(MessageKind.PeerHello, new PeerHello(worker, runId, layoutId, PeerProof.Of(secret, nonce, runId, worker)), timeout.Token);
+            return channel;
+        }
+        catch
+        {
+            client.Dispose();
+            throw;
+        }
+    }
+
+    static (string Host, int Port) Split(string endpoint)
+    {
+        int colon = endpoint.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(endpoint[(colon + 1)..], out int port) || port is < 1 or > 65535)
+            throw new ProtocolException($"peer endpoint {Untrusted.Quote(endpoint, Untrusted.IdLength)} is not host:port");
+        return (endpoint[..colon].Trim('[', ']'), port);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        closing.Cancel();
+        listener.Stop();
+        await accepting;
+        closing.Dispose();
+    }
+}

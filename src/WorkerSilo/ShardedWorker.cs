@@ -1,0 +1,232 @@
+using DistGpt.Contracts;
+using DistGpt.Contracts.Wire;
+using DistGpt.Model;
+using DistGpt.Model.Engine;
+
+namespace DistGpt.WorkerSilo;
+
+/// <summary>A worker's part in one shard layout: a link to every other range's holder (its gradient ranges go out there,
+/// that range's updated weights come back), the range it holds itself if any, and the version of each range of its
+/// weights, which a computation waits for.</summary>
+public sealed class ShardedWorker : IAsyncDisposable
+{
+    readonly ShardLayout layout;
+    readonly Gpt model;
+    readonly WireDType dtype;
+    readonly string name;
+    readonly Action<string> log;
+    readonly FrameChannel?[] links;
+    readonly long[] versions;
+    readonly List<FrameChannel> inbound = new();
+    readonly CancellationTokenSource closing = new();
+    readonly List<Task> loops = new();
+    readonly object gate = new();
+    TaskCompletionSource advanced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    string? linkFailure;
+    long peerSentTaken, peerReceivedTaken;
+
+    public long LayoutId => layout.LayoutId;
+    public ShardHolder? Holder { get; }
+
+    ShardedWorker(ShardLayout layout, Gpt model, WireDType dtype, string name, Func<ShardNorm, Task> report, Action<string> log)
+    {
+        (this.layout, this.model, this.dtype, this.name, this.log) = (layout, model, dtype, name, log);
+        links = new FrameChannel?[layout.Ranges.Count];
+        versions = Enumerable.Repeat(layout.WeightsVersion, layout.Ranges.Count).ToArray();
+        if (layout.Holding >= 0)
+            Holder = new ShardHolder(model, layout, layout.RunId, report, log) { Updated = v => Advance(layout.Holding, v) };
+    }
+
+    /// <summary>Takes the layout: the worker's weights (and its range's moments) are read from <paramref name="payload"/>
+    /// by the caller through <see cref="PayloadTargets"/>; then <see cref="ConnectAsync"/>.</summary>
+    public static ShardedWorker Create(ShardLayout layout, Gpt model, WireDType dtype, string name, Func<ShardNorm, Task> report, Action<string> log)
+    {
+        if (layout.Ranges.Count < 1 || layout.Holding < -1 || layout.Holding >= layout.Ranges.Count || layout.Shares < 1)
+            throw new ProtocolException($"shard layout with {layout.Ranges.Count} ranges, holding {layout.Holding}, {layout.Shares} shares");
+        long next = 0;
+        for (int k = 0; k < layout.Ranges.Count; k++)
+        {
+            var r = layout.Ranges[k];
+            if (r.Offset != next || r.Length < 1 || r.Index != k || r.Offset % Model.Training.GradientOps.NormChunk != 0) throw new ProtocolException($"shard layout range {r.Index} [{r.Offset}, {r.Offset + r.Length}) does not continue at {next}");
+            next = r.Offset + r.Length;
+        }
+        if (next != model.Parameters.Count) throw new ProtocolException($"shard layout covers {next} parameters of {model.Parameters.Count}");
+        return new ShardedWorker(layout, model, dtype, name, report, log);
+    }
+
+    /// <summary>Where the layout's payload goes: the whole weights, then the held range's two moments.</summary>
+    public IEnumerable<Memory<byte>> PayloadTargets()
+    {
+        yield return NativeMemoryManager.Bytes(model.Parameters.Values);
+        if (Holder != null)
+        {
+            yield return Holder.MomentBytes(second: false);
+            yield return Holder.MomentBytes(second: true);
+        }
+    }
+
+    /// <summary>Links to every other range's holder.</summary>
+    public async Task ConnectAsync(string secret, CancellationToken cancel)
+    {
+        await Task.WhenAll(layout.Ranges.Where(r => r.Index != layout.Holding).Select(async r =>
+        {
+            var channel = await PeerPlane.ConnectAsync(r.Endpoint, secret, layout.RunId, name, layout.LayoutId, cancel);
+            links[r.Index] = channel;
+        }));
+        foreach (var r in layout.Ranges.Where(r => r.Index != layout.Holding))
+            loops.Add(ReceiveWeightsAsync(r, links[r.Index]!, closing.Token));
+    }
+
+    /// <summary>Reads the holder's updated ranges into this worker's weights until the link closes.</summary>
+    async Task ReceiveWeightsAsync(ShardPlacement range, FrameChannel link, CancellationToken cancel)
+    {
+        try
+        {
+            while (await link.ReceiveAsync(cancel) is { } frame)
+            {
+                if (frame.Kind != MessageKind.ShardWeights)
+                {
+                    await link.SkipPayloadAsync(frame.PayloadLength, cancel);
+                    continue;
+                }
+                var w = frame.Read<ShardWeights>();
+                if (w.RunId != layout.RunId || w.Offset != range.Offset || w.Count != range.Length || frame.PayloadLength != range.Length * sizeof(float))
+                    throw new ProtocolException($"weights [{w.Offset}, {w.Offset + w.Count}) of {frame.PayloadLength} bytes from the holder of range {range.Index}");
+                if (w.Version <= Volatile.Read(ref versions[range.Index]))
+                {
+                    await link.SkipPayloadAsync(frame.PayloadLength, cancel);
+                    continue;
+                }
+                await link.ReadPayloadAsync(NativeMemoryManager.Bytes(model.Parameters.Values).Slice(checked((int)(range.Offset * sizeof(float))), checked((int)(range.Length * sizeof(float)))), cancel);
+                Advance(range.Index, w.Version);
+            }
+            Fail($"the holder of range {range.Index} ({range.Worker}) closed its link");
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested) { }
+        catch (Exception e) when (e is IOException or ProtocolException or ObjectDisposedException)
+        {
+            Fail($"the link to the holder of range {range.Index} ({range.Worker}) failed: {e.Message}");
+        }
+    }
+
+    void Advance(int range, long version)
+    {
+        TaskCompletionSource signal;
+        lock (gate)
+        {
+            versions[range] = Math.Max(versions[range], version);
+            (signal, advanced) = (advanced, new(TaskCreationOptions.RunContinuationsAsynchronously));
+        }
+        signal.TrySetResult();
+    }
+
+    void Fail(string why)
+    {
+        TaskCompletionSource signal;
+        lock (gate)
+        {
+            linkFailure ??= why;
+            (signal, advanced) = (advanced, new(TaskCreationOptions.RunContinuationsAsynchronously));
+        }
+        signal.TrySetResult();
+    }
+
+    /// <summary>Waits until every range of this worker's weights has <paramref name="version"/> updates.</summary>
+    public async Task WeightsAsync(long version, TimeSpan patience, CancellationToken cancel)
+    {
+        var until = DateTime.UtcNow + patience;
+        while (true)
+        {
+            Task next;
+            lock (gate)
+            {
+                int missing = Array.FindIndex(versions, v => v < version);
+                if (missing < 0) return;
+                if (linkFailure != null) throw new IOException(linkFailure);
+                if (DateTime.UtcNow > until)
+                    throw new IOException($"range {missing}'s weights of version {version} did not come from {layout.Ranges[missing].Worker} within {patience.TotalSeconds:F0} s");
+                next = advanced.Task;
+            }
+            await Task.WhenAny(next, Task.Delay(until - DateTime.UtcNow + TimeSpan.FromMilliseconds(10), cancel));
+            cancel.ThrowIfCancellationRequested();
+        }
+    }
+
+    /// <summary>Range k of a share's gradient sum to range k's holder, for every k (this worker's own range stays here).</summary>
+    public async Task SendGradientsAsync(long step, int share, NativeBuffer grads, byte[]? narrowed, CancellationToken cancel)
+    {
+        var sends = new List<Task>();
+        foreach (var r in layout.Ranges)
+        {
+            if (r.Index == layout.Holding) continue;
+            var payload = BucketUploader.Encode(grads, r.Offset, r.Length, dtype, narrowed);
+            sends.Add(links[r.Index]!.SendAsync(MessageKind.ShardGradients, new ShardGradients(layout.RunId, step, share, r.Offset, r.Length), cancel, payload));
+        }
+        if (Holder != null) sends.Add(Holder.LandLocalAsync(step, share, grads));
+        await Task.WhenAll(sends);
+    }
+
+    /// <summary>An admitted peer's connection to the range this worker holds: it receives the range after each update and
+    /// sends its gradient ranges, until it closes.</summary>
+    public async Task ServePeerAsync(FrameChannel peer, string peerName, CancellationToken cancel)
+    {
+        if (Holder == null) return;
+        var served = new TaskCompletionSource();
+        lock (gate)
+        {
+            inbound.Add(peer);
+            loops.Add(served.Task);
+        }
+        Holder.Subscribe(peer);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel, closing.Token);
+        try
+        {
+            while (await peer.ReceiveAsync(stop.Token) is { } frame)
+            {
+                if (frame.Kind == MessageKind.ShardGradients)
+                {
+                    var header = frame.Read<ShardGradients>();
+                    if (header.RunId != layout.RunId) throw new ProtocolException($"gradients for run {Untrusted.Quote(header.RunId, Untrusted.IdLength)}");
+                    await Holder.LandAsync(peer, header, frame.PayloadLength, dtype, stop.Token);
+                }
+                else await peer.SkipPayloadAsync(frame.PayloadLength, stop.Token);
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
+        catch (Exception e) when (e is IOException or ProtocolException or ObjectDisposedException)
+        {
+            log($"{name}: peer link from {Untrusted.Escape(peerName, Untrusted.IdLength)} failed: {e.Message}");
+        }
+        finally
+        {
+            Holder.Unsubscribe(peer);
+            served.SetResult();
+        }
+    }
+
+    /// <summary>Peer-plane bytes (sent, received) since the previous call.</summary>
+    public (long Sent, long Received) TakePeerBytes()
+    {
+        long sent = 0, received = 0;
+        lock (gate)
+            foreach (var c in links.Where(c => c != null).Concat(inbound))
+            {
+                sent += c!.BytesSent;
+                received += c.BytesReceived;
+            }
+        var delta = (sent - peerSentTaken, received - peerReceivedTaken);
+        (peerSentTaken, peerReceivedTaken) = (sent, received);
+        return delta;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        closing.Cancel();
+        foreach (var link in links) if (link != null) await link.DisposeAsync();
+        Task[] running;
+        lock (gate) running = loops.ToArray();
+        try { await Task.WhenAll(running); } catch { /* each loop reported its own end */ }
+        Holder?.Dispose();
+        closing.Dispose();
+    }
+}
