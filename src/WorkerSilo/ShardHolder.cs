@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using DistGpt.Contracts;
 using DistGpt.Contracts.Wire;
 using DistGpt.Model.Engine;
@@ -36,6 +37,8 @@ public sealed class ShardHolder : IDisposable
     public NativeBuffer ExpAvgSq => optimizer.ExpAvgSq;
     /// <summary>Called with the new version after each update (this worker's own copy of the range is updated in place).</summary>
     public Action<long>? Updated { get; init; }
+    /// <summary>Called with a step and the bytes of a frame that carried its updated range to a peer.</summary>
+    public Action<long, long>? Sent { get; init; }
 
     public ShardHolder(Model.Gpt model, ShardLayout layout, string runId, Func<ShardNorm, Task> report, Action<string> log)
     {
@@ -102,11 +105,18 @@ public sealed class ShardHolder : IDisposable
         await LandedAsync(header.Step, header.Share, finite);
     }
 
-    /// <summary>This worker's own share: range k of its gradient buffer, copied (and checked) without leaving the process.</summary>
-    public Task LandLocalAsync(long step, int share, NativeBuffer grads)
+    /// <summary>This worker's own share: range k of its gradient sum as it would go on the wire (<paramref name="encoded"/>,
+    /// in the run's dtype, so a bfloat16 run rounds it as every other share), landed (and checked) without leaving the process.</summary>
+    public Task LandLocalAsync(long step, int share, ReadOnlyMemory<byte> encoded, WireDType dtype)
     {
         if (!Claim(step, share)) return Task.CompletedTask;
-        bool finite = GradientOps.CopyAllFinite(grads.Span.Slice(checked((int)range.Offset), checked((int)range.Length)), shares[share].Span);
+        bool finite;
+        if (dtype == WireDType.Fp32) finite = GradientOps.CopyAllFinite(MemoryMarshal.Cast<byte, float>(encoded.Span), shares[share].Span);
+        else
+        {
+            BFloat16.Widen(MemoryMarshal.Cast<byte, ushort>(encoded.Span), shares[share].Span);
+            finite = GradientOps.AllFinite(shares[share].Span);
+        }
         return LandedAsync(step, share, finite);
     }
 
@@ -145,7 +155,10 @@ public sealed class ShardHolder : IDisposable
         Updated?.Invoke(Version);
         var payload = NativeMemoryManager.Bytes(weights).Slice(checked((int)(range.Offset * sizeof(float))), checked((int)(range.Length * sizeof(float))));
         var header = new ShardWeights(runId, Version, range.Offset, range.Length);
-        return Task.WhenAll(Subscribers.Select(async peer =>
+        var peers = Subscribers;
+        // Counted as they start: a peer's step report must not depend on how far these sends have got.
+        Sent?.Invoke(header.Version, peers.Count * FrameChannel.FrameSize(header, payload.Length));
+        return Task.WhenAll(peers.Select(async peer =>
         {
             try { await peer.SendAsync(MessageKind.ShardWeights, header, CancellationToken.None, payload); }
             catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)

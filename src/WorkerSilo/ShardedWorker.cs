@@ -23,7 +23,7 @@ public sealed class ShardedWorker : IAsyncDisposable
     readonly object gate = new();
     TaskCompletionSource advanced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     string? linkFailure;
-    long peerSentTaken, peerReceivedTaken;
+    readonly Dictionary<long, (long Sent, long Received)> peerBytes = new(); // by the step whose tensors they were
 
     public long LayoutId => layout.LayoutId;
     public ShardHolder? Holder { get; }
@@ -34,7 +34,7 @@ public sealed class ShardedWorker : IAsyncDisposable
         links = new FrameChannel?[layout.Ranges.Count];
         versions = Enumerable.Repeat(layout.WeightsVersion, layout.Ranges.Count).ToArray();
         if (layout.Holding >= 0)
-            Holder = new ShardHolder(model, layout, layout.RunId, report, log) { Updated = v => Advance(layout.Holding, v) };
+            Holder = new ShardHolder(model, layout, layout.RunId, report, log) { Updated = v => Advance(layout.Holding, v), Sent = (step, bytes) => Count(step, bytes, 0) };
     }
 
     /// <summary>Takes the layout: the worker's weights (and its range's moments) are read from <paramref name="payload"/>
@@ -90,6 +90,7 @@ public sealed class ShardedWorker : IAsyncDisposable
                     continue;
                 }
                 var w = frame.Read<ShardWeights>();
+                Count(w.Version, 0, frame.Size);
                 if (w.RunId != layout.RunId || w.Offset != range.Offset || w.Count != range.Length || frame.PayloadLength != range.Length * sizeof(float))
                     throw new ProtocolException($"weights [{w.Offset}, {w.Offset + w.Count}) of {frame.PayloadLength} bytes from the holder of range {range.Index}");
                 if (w.Version <= Volatile.Read(ref versions[range.Index]))
@@ -158,11 +159,15 @@ public sealed class ShardedWorker : IAsyncDisposable
         var sends = new List<Task>();
         foreach (var r in layout.Ranges)
         {
-            if (r.Index == layout.Holding) continue;
             var payload = BucketUploader.Encode(grads, r.Offset, r.Length, dtype, narrowed);
-            sends.Add(links[r.Index]!.SendAsync(MessageKind.ShardGradients, new ShardGradients(layout.RunId, step, share, r.Offset, r.Length), cancel, payload));
+            if (r.Index == layout.Holding)
+            {
+                sends.Add(Holder!.LandLocalAsync(step, share, payload, dtype));
+                continue;
+            }
+            var link = links[r.Index]!;
+            sends.Add(Task.Run(async () => Count(step, await link.SendAsync(MessageKind.ShardGradients, new ShardGradients(layout.RunId, step, share, r.Offset, r.Length), cancel, payload), 0)));
         }
-        if (Holder != null) sends.Add(Holder.LandLocalAsync(step, share, grads));
         await Task.WhenAll(sends);
     }
 
@@ -186,6 +191,7 @@ public sealed class ShardedWorker : IAsyncDisposable
                 if (frame.Kind == MessageKind.ShardGradients)
                 {
                     var header = frame.Read<ShardGradients>();
+                    Count(header.Step, 0, frame.Size);
                     if (header.RunId != layout.RunId) throw new ProtocolException($"gradients for run {Untrusted.Quote(header.RunId, Untrusted.IdLength)}");
                     await Holder.LandAsync(peer, header, frame.PayloadLength, dtype, stop.Token);
                 }
@@ -204,19 +210,26 @@ public sealed class ShardedWorker : IAsyncDisposable
         }
     }
 
-    /// <summary>Peer-plane bytes (sent, received) since the previous call.</summary>
-    public (long Sent, long Received) TakePeerBytes()
+    void Count(long step, long sent, long received)
     {
-        long sent = 0, received = 0;
-        lock (gate)
-            foreach (var c in links.Where(c => c != null).Concat(inbound))
-            {
-                sent += c!.BytesSent;
-                received += c.BytesReceived;
-            }
-        var delta = (sent - peerSentTaken, received - peerReceivedTaken);
-        (peerSentTaken, peerReceivedTaken) = (sent, received);
-        return delta;
+        lock (peerBytes)
+        {
+            var (s, r) = peerBytes.GetValueOrDefault(step);
+            peerBytes[step] = (s + sent, r + received);
+        }
+    }
+
+    /// <summary>Peer-plane bytes (sent, received) of step <paramref name="step"/>: its gradient ranges out, the held range's
+    /// shares in, and its update's ranges in and out, complete once every worker has the weights the next step needs.
+    /// Forgets that step and the ones before.</summary>
+    public (long Sent, long Received) TakePeerBytes(long step)
+    {
+        lock (peerBytes)
+        {
+            var bytes = peerBytes.GetValueOrDefault(step);
+            foreach (var old in peerBytes.Keys.Where(s => s <= step).ToList()) peerBytes.Remove(old);
+            return bytes;
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -452,7 +452,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size()))
             await shards.SendGradientsAsync(request.Step, (int)(request.FirstSequence / request.Sequences), grads,
                 run.GradientDType == WireDType.Bf16 ? NarrowingBuffer(grads) : null, cancel);
-        var (peerSent, peerReceived) = shards.TakePeerBytes();
+        var (peerSent, peerReceived) = shards.TakePeerBytes(request.Step - 1); // complete: this step's weights are in
         reply = reply with { PeerSent = peerSent, PeerReceived = peerReceived };
         await channel.SendAsync(MessageKind.Gradients, reply, cancel);
         return reply;

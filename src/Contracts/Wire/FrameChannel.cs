@@ -10,6 +10,9 @@ namespace DistGpt.Contracts.Wire;
 /// <summary>A received frame's header; its payload (PayloadLength bytes) must be read or skipped next.</summary>
 public sealed record Frame(MessageKind Kind, byte[] Header, long PayloadLength)
 {
+    /// <summary>The frame's size: prefix, header and payload.</summary>
+    public long Size => FrameChannel.PrefixBytes + Header.Length + PayloadLength;
+
     public T Read<T>()
     {
         try { return JsonSerializer.Deserialize<T>(Header, Json.Options) ?? throw new ProtocolException($"{Kind} frame has an empty header"); }
@@ -24,7 +27,8 @@ public sealed record Frame(MessageKind Kind, byte[] Header, long PayloadLength)
 public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
 {
     const ushort Magic = 0x4744;
-    const int PrefixBytes = 16, MaxHeaderBytes = 1 << 20, ChunkBytes = 1 << 20;
+    internal const int PrefixBytes = 16;
+    const int MaxHeaderBytes = 1 << 20, ChunkBytes = 1 << 20;
     const byte PayloadInSharedMemory = 1;
     const long SharedPayloadMinBytes = 64 << 10; // smaller payloads are cheaper on the socket than a second copy
     readonly SemaphoreSlim sendLock = new(1, 1);
@@ -50,7 +54,11 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
     public long SharedBytesSent { get; private set; }
     public long SharedBytesReceived { get; private set; }
 
-    public async Task SendAsync<T>(MessageKind kind, T header, CancellationToken cancel = default, params ReadOnlyMemory<byte>[] payload)
+    /// <summary>The size of the frame <see cref="SendAsync"/> would send.</summary>
+    public static long FrameSize<T>(T header, long payloadLength) => PrefixBytes + JsonSerializer.SerializeToUtf8Bytes(header, Json.Options).Length + payloadLength;
+
+    /// <summary>Sends one frame; returns its size (prefix, header and payload, wherever the payload went).</summary>
+    public async Task<long> SendAsync<T>(MessageKind kind, T header, CancellationToken cancel = default, params ReadOnlyMemory<byte>[] payload)
     {
         byte[] json = JsonSerializer.SerializeToUtf8Bytes(header, Json.Options);
         long payloadLength = payload.Sum(p => (long)p.Length);
@@ -81,6 +89,7 @@ public sealed class FrameChannel(Stream input, Stream output) : IAsyncDisposable
             if (shared) SharedBytesSent += payloadLength;
         }
         finally { sendLock.Release(); }
+        return head.Length + payloadLength;
     }
 
     unsafe void CopyToShared(ReadOnlyMemory<byte>[] payload)

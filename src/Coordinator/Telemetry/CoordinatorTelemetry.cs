@@ -133,7 +133,9 @@ public sealed class WireTraffic
 
     /// <summary>Every node's bytes in the step: the coordinator's, and each worker's as the mirror of its traffic with
     /// the coordinator, plus, with parameter shards, its peer-plane bytes ("peer": gradient ranges to the holders, updated
-    /// ranges from them, and a holder's own side of both). Orleans' own control-plane messages are not counted.</summary>
+    /// ranges from them, and a holder's own side of both; the previous step's, the last complete one when the worker
+    /// reports). The coordinator's shard frames (layouts, norms, updates, gathered ranges) count in the step whose
+    /// gradients were being gathered, or the next one. Orleans' own control-plane messages are not counted.</summary>
     public Dictionary<string, object> NodeBytes()
     {
         var nodes = new Dictionary<string, object> { ["coordinator"] = Total.ToJson() };

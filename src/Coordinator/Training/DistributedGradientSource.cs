@@ -154,6 +154,7 @@ public sealed class DistributedGradientSource(
             }
         }
         if (orderingAhead != null) await orderingAhead;
+        foreach (var (worker, sent, received) in sharded?.TakeTraffic() ?? []) traffic.Add(worker, sent, received, 0, 0);
         double lossSum = 0;
         long tokens = 0;
         foreach (var r in replies) { lossSum += r!.LossSum; tokens += r.Tokens; }

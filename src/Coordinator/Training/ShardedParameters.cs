@@ -28,9 +28,31 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     long version;                       // updates applied (the holders' ranges are at this version)
     long gatheredVersion = -1;          // the local model's weights are of this version
     bool gatheredMoments;               // ... and the local AdamW's moments too
+    readonly Dictionary<string, (long Sent, long Received)> traffic = new(); // the shard frames' bytes, per worker, not yet taken
 
-    /// <summary>Ranges in the current layout (0 before the first).</summary>
-    public int Count { get { lock (gate) return layout?.Ranges.Count ?? 0; } }
+    void Count(RemoteWorker worker, long sent, long received)
+    {
+        lock (traffic)
+        {
+            var (s, r) = traffic.GetValueOrDefault(worker.Name);
+            traffic[worker.Name] = (s + sent, r + received);
+        }
+    }
+
+    /// <summary>The bytes of the shard frames (layouts, norms, updates, gathered ranges) each worker's data-plane link
+    /// carried since the previous call, as (worker, sent by the coordinator, received by it).</summary>
+    public IReadOnlyList<(string Worker, long Sent, long Received)> TakeTraffic()
+    {
+        lock (traffic)
+        {
+            var taken = traffic.Select(kv => (kv.Key, kv.Value.Sent, kv.Value.Received)).ToList();
+            traffic.Clear();
+            return taken;
+        }
+    }
+
+    async Task SendAsync<T>(RemoteWorker worker, MessageKind kind, T header, CancellationToken cancel, params ReadOnlyMemory<byte>[] payload) =>
+        Count(worker, await worker.Channel.SendAsync(kind, header, cancel, payload), 0);
 
     TimeSpan Patience => TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatTimeout.TotalSeconds));
 
@@ -61,8 +83,8 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             int holding = i < ranges.Length ? i : -1;
             var header = new ShardLayout(run.RunId, run.ConfigHash, next.Id, version, shares, ranges, holding, settings);
             var weights = Contracts.Wire.NativeMemoryManager.Bytes(model.Parameters.Values);
-            return holding < 0 ? w.Channel.SendAsync(MessageKind.ShardLayout, header, cancel, weights)
-                : w.Channel.SendAsync(MessageKind.ShardLayout, header, cancel, weights, Moment(optimizer.ExpAvg, ranges[i]), Moment(optimizer.ExpAvgSq, ranges[i]));
+            return holding < 0 ? SendAsync(w, MessageKind.ShardLayout, header, cancel, weights)
+                : SendAsync(w, MessageKind.ShardLayout, header, cancel, weights, Moment(optimizer.ExpAvg, ranges[i]), Moment(optimizer.ExpAvgSq, ranges[i]));
         }));
         await WaitAsync<object>(() => ready.Count == workers.Length ? ready : null, next, "link up for the shard layout", cancel);
         log($"parameter shards: layout {next.Id}, {ranges.Length} ranges held by {string.Join(", ", ranges.Select(r => $"{r.Worker} [{r.Offset:N0}, {r.Offset + r.Length:N0})"))}");
@@ -126,7 +148,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         Layout current;
         lock (gate) current = layout ?? throw new InvalidOperationException("no shard layout");
         var update = new ShardUpdate(run.RunId, step, lr, gradScale);
-        try { await Task.WhenAll(current.Holders.Select(h => h.Channel.SendAsync(MessageKind.ShardUpdate, update))); }
+        try { await Task.WhenAll(current.Holders.Select(h => SendAsync(h, MessageKind.ShardUpdate, update, CancellationToken.None))); }
         catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
         {
             throw new RunFailedException($"a parameter-shard holder could not be given step {step}'s update: {e.Message}");
@@ -147,7 +169,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             states.Clear();
         }
         var request = new ShardStateRequest(run.RunId, current.Id, moments);
-        try { await Task.WhenAll(current.Holders.Select(h => h.Channel.SendAsync(MessageKind.ShardStateRequest, request, cancel))); }
+        try { await Task.WhenAll(current.Holders.Select(h => SendAsync(h, MessageKind.ShardStateRequest, request, cancel))); }
         catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
         {
             throw new RunFailedException($"a parameter-shard holder could not be asked for its range: {e.Message}");
@@ -164,6 +186,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     {
         Layout? current;
         lock (gate) current = layout;
+        Count(worker, 0, frame.Size);
         switch (frame.Kind)
         {
             case MessageKind.ShardReady:
