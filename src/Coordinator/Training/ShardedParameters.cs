@@ -86,7 +86,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             return holding < 0 ? SendAsync(w, MessageKind.ShardLayout, header, cancel, weights)
                 : SendAsync(w, MessageKind.ShardLayout, header, cancel, weights, Moment(optimizer.ExpAvg, ranges[i]), Moment(optimizer.ExpAvgSq, ranges[i]));
         }));
-        await WaitAsync<object>(() => ready.Count == workers.Length ? ready : null, next, "link up for the shard layout", cancel);
+        await WaitAsync<object>(() => ready.Count == workers.Length ? ready : null, next, next.Members, "link up for the shard layout", cancel);
         log($"parameter shards: layout {next.Id}, {ranges.Length} ranges held by {string.Join(", ", ranges.Select(r => $"{r.Worker} [{r.Offset:N0}, {r.Offset + r.Length:N0})"))}");
     }
 
@@ -110,12 +110,12 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             if (current.Ranges.Any(r => !norms.TryGetValue(r.Index, out var n) || n.Step != step)) return null;
             if (norms.Values.Any(n => n.Overflowed)) throw new TrainingDivergedException($"the gradient sum overflowed at step {step}; lower --learning-rate");
             return new NormResult(GradientOps.NormOfChunkSquares(current.Ranges.SelectMany(r => norms[r.Index].ChunkSquares).ToArray()), []);
-        }, current, $"report the sums of squares of step {step}", cancel);
+        }, current, current.Holders, $"report the sums of squares of step {step}", cancel);
     }
 
-    /// <summary>Until <paramref name="done"/> (called under the lock) has an answer; fails when a holder leaves the run or
-    /// nothing comes for the patience.</summary>
-    async Task<T> WaitAsync<T>(Func<T?> done, Layout current, string what, CancellationToken cancel) where T : class
+    /// <summary>Until <paramref name="done"/> (called under the lock) has an answer; fails when one of the workers it needs
+    /// leaves the run or nothing comes for the patience.</summary>
+    async Task<T> WaitAsync<T>(Func<T?> done, Layout current, IReadOnlyList<RemoteWorker> needed, string what, CancellationToken cancel) where T : class
     {
         var until = DateTime.UtcNow + Patience;
         while (true)
@@ -127,7 +127,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
                 next = changed.Task;
             }
             var members = grain.Members();
-            var gone = current.Members.FirstOrDefault(w => !members.Contains(w));
+            var gone = needed.FirstOrDefault(w => !members.Contains(w));
             if (gone != null)
             {
                 int held = Array.IndexOf(current.Holders, gone);
@@ -174,7 +174,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         {
             throw new RunFailedException($"a parameter-shard holder could not be asked for its range: {e.Message}");
         }
-        var got = await WaitAsync(() => states.Count == current.Ranges.Count ? states.Values.ToList() : null, current, "send back their parameter ranges", cancel);
+        var got = await WaitAsync(() => states.Count == current.Ranges.Count ? states.Values.ToList() : null, current, current.Holders, "send back their parameter ranges", cancel);
         if (got.FirstOrDefault(s => s.WeightsVersion != version || s.Moments != moments) is { } stale)
             throw new RunFailedException($"parameter range {stale.Shard} came back at version {stale.WeightsVersion}, expected {version}");
         if (moments) optimizer.StepCount = got[0].StepCount;
