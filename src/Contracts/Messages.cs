@@ -12,7 +12,7 @@ public enum MessageKind : byte
 {
     Join = 1, JoinAccepted = 2, JoinRefused = 3, Compute = 4, Gradients = 5, Heartbeat = 6, Shutdown = 7, Failed = 8, GradientsBucket = 9,
     ShardLayout = 10, ShardReady = 11, ShardUpdate = 12, ShardNorm = 13, ShardStateRequest = 14, ShardState = 15,
-    PeerChallenge = 16, PeerHello = 17, ShardGradients = 18, ShardWeights = 19,
+    PeerChallenge = 16, PeerHello = 17, ShardGradients = 18, ShardWeights = 19, ShardSum = 20,
 }
 
 /// <summary>Worker → coordinator grain: the request to join the run.

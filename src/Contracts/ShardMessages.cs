@@ -7,33 +7,39 @@ namespace DistGpt.Contracts;
 // worker. The coordinator moves no bulk data, except to lay the shards out and to gather them for evaluation and checkpoints.
 
 /// <summary>Where parameter range <paramref name="Index"/> [Offset, Offset + Length) lives: the worker holding it and its
-/// peer-plane endpoint (host:port).</summary>
-public sealed record ShardPlacement(int Index, long Offset, long Length, string Worker, string Endpoint);
+/// peer-plane endpoint (host:port), and the worker keeping its replica (null with a single worker): the holder sends it
+/// the range's gradient sum every step, and it applies the same update to its own copy of the range and moments, so that
+/// it can stand in for the holder, with the same bits, should the holder be lost.</summary>
+public sealed record ShardPlacement(int Index, long Offset, long Length, string Worker, string Endpoint, string? Replica = null);
 
 /// <summary>AdamW's hyper-parameters and the updates applied so far, for a holder to continue the optimizer's run.</summary>
 public sealed record ShardOptimizer(float Beta1, float Beta2, float WeightDecay, float Eps, long StepCount);
 
 /// <summary>Coordinator → worker: the run's shard layout from now on, at weights version <paramref name="WeightsVersion"/>
 /// (updates applied). Payload: the whole float32 weights, then, when this worker holds range <paramref name="Holding"/>,
-/// that range's two AdamW moments (float32). Shares: the shares a step's batch is cut into (each holder adds that many up).
-/// The worker answers <see cref="ShardReady"/> once it is connected to every other holder.</summary>
+/// that range's two AdamW moments (float32), then likewise for the range it keeps the replica of (<paramref name="Replicating"/>).
+/// Shares: the shares a step's batch is cut into (each holder adds that many up). The worker answers <see cref="ShardReady"/>
+/// once it is connected to every other holder.</summary>
 public sealed record ShardLayout(string RunId, string ConfigHash, long LayoutId, long WeightsVersion, int Shares,
-    IReadOnlyList<ShardPlacement> Ranges, int Holding, ShardOptimizer Optimizer);
+    IReadOnlyList<ShardPlacement> Ranges, int Holding, ShardOptimizer Optimizer, int Replicating = -1);
 
-/// <summary>Worker → coordinator: the layout is in place (weights loaded, peer links to every other holder open).</summary>
+/// <summary>Worker → coordinator: the layout is in place (weights loaded, peer links to every other holder open); and on the
+/// peer plane, holder → peer: the link is admitted (the peer gets the range's updates from now on).</summary>
 public sealed record ShardReady(string RunId, long LayoutId);
 
 /// <summary>Coordinator → holder: apply step <paramref name="Step"/>'s update to the range (its gradient sum times
-/// <paramref name="GradScale"/>, the mean-and-clip factor) and send the range to every worker.</summary>
+/// <paramref name="GradScale"/>, the mean-and-clip factor) and send the range to every worker; a replica applies it to its
+/// copy once the holder's sum is in.</summary>
 public sealed record ShardUpdate(string RunId, long Step, float Lr, float GradScale);
 
-/// <summary>Holder → coordinator: every share of step <paramref name="Step"/> is in and added up; the sums of squares of
+/// <summary>Holder → coordinator: every share of step <paramref name="Step"/> is in (layout <paramref name="LayoutId"/>) and added up; the sums of squares of
 /// the range's norm chunks, in order. InvalidShares: shares whose values held a NaN or an infinity (dropped: they must
 /// be sent again; no squares then). Overflowed: every share was finite but their sum is not (no squares then).</summary>
-public sealed record ShardNorm(string RunId, long Step, int Shard, double[] ChunkSquares, int[]? InvalidShares = null, bool Overflowed = false);
+public sealed record ShardNorm(string RunId, long LayoutId, long Step, int Shard, double[] ChunkSquares, int[]? InvalidShares = null, bool Overflowed = false);
 
-/// <summary>Coordinator → holder: send your range (and its moments, when <paramref name="Moments"/>) back.</summary>
-public sealed record ShardStateRequest(string RunId, long LayoutId, bool Moments);
+/// <summary>Coordinator → holder or replica: send range <paramref name="Range"/> back, at <paramref name="Version"/> updates
+/// (a replica may still be applying the last), with its moments when <paramref name="Moments"/>.</summary>
+public sealed record ShardStateRequest(string RunId, long LayoutId, bool Moments, int Range, long Version);
 
 /// <summary>Holder → coordinator: the range's weights at <paramref name="WeightsVersion"/> (payload float32), then its
 /// two moments when asked for.</summary>
@@ -52,6 +58,10 @@ public sealed record ShardGradients(string RunId, long Step, int Share, long Off
 
 /// <summary>Holder → peer: the range's weights after <paramref name="Version"/> updates (payload float32).</summary>
 public sealed record ShardWeights(string RunId, long Version, long Offset, long Count);
+
+/// <summary>Holder → its replica: the range's gradient sum of step <paramref name="Step"/> (payload float32), before the
+/// holder reports its norm, so a replica has every update's input by the time the coordinator gives the go.</summary>
+public sealed record ShardSum(string RunId, long Step, long Offset, long Count);
 
 public static class PeerProof
 {

@@ -148,6 +148,10 @@ public sealed class PeerPlane : IAsyncDisposable
             if (challenge is not { Kind: MessageKind.PeerChallenge }) throw new ProtocolException($"the peer at {endpoint} did not send a challenge");
             string nonce = challenge.Read<PeerChallenge>().Nonce;
             await channel.SendAsync(MessageKind.PeerHello, new PeerHello(worker, runId, layoutId, PeerProof.Of(secret, nonce, runId, worker)), timeout.Token);
+            // Admitted once the holder has the same layout and has subscribed this link to its updates.
+            timeout.CancelAfter(LayoutPatience);
+            var admitted = await channel.ReceiveAsync(timeout.Token);
+            if (admitted is not { Kind: MessageKind.ShardReady }) throw new IOException($"the holder at {endpoint} did not admit this worker's link");
             return channel;
         }
         catch

@@ -27,6 +27,9 @@ public sealed class ShardHolder : IDisposable
     readonly Action<string> log;
     readonly object gate = new();
     readonly List<FrameChannel> subscribers = new();
+    readonly string? replicaName;
+    readonly long layoutId;
+    FrameChannel? replica;
     bool summed;
 
     public ShardRange Range => range;
@@ -44,15 +47,17 @@ public sealed class ShardHolder : IDisposable
     {
         var placement = layout.Ranges[layout.Holding];
         range = new ShardRange(placement.Index, placement.Offset, placement.Length);
+        replicaName = placement.Replica;
+        layoutId = layout.LayoutId;
         (this.runId, this.report, this.log) = (runId, report, log);
         weights = model.Parameters.Values;
         long count = model.Parameters.Count;
         sum = new NativeBuffer(range.Length);
         shares = Enumerable.Range(0, layout.Shares).Select(_ => new NativeBuffer(range.Length)).ToArray();
-        shareViews = shares.Select(s => IndexedFrom(s, range.Offset, count)).ToArray();
+        shareViews = shares.Select(s => RangeViews.IndexedFrom(s, range.Offset, count)).ToArray();
         slots = new Slot[layout.Shares];
         var o = layout.Optimizer;
-        view = new FlatParameters(Model.Gpt.Layout(model.Config), n => IndexedFrom(weights, 0, n), n => IndexedFrom(sum, range.Offset, n));
+        view = new FlatParameters(Model.Gpt.Layout(model.Config), n => RangeViews.IndexedFrom(weights, 0, n), n => RangeViews.IndexedFrom(sum, range.Offset, n));
         optimizer = new AdamW(view, o.Beta1, o.Beta2, o.WeightDecay, o.Eps, range) { StepCount = o.StepCount };
         Version = layout.WeightsVersion;
     }
@@ -60,15 +65,23 @@ public sealed class ShardHolder : IDisposable
     /// <summary>The range's moments, as the layout's payload brings them.</summary>
     public Memory<byte> MomentBytes(bool second) => NativeMemoryManager.Bytes(second ? optimizer.ExpAvgSq : optimizer.ExpAvg);
 
-    /// <summary>A peer that receives the range after every update.</summary>
-    public void Subscribe(FrameChannel peer)
+    /// <summary>A peer that receives the range after every update (and its sum before, when it keeps the range's replica).</summary>
+    public void Subscribe(FrameChannel peer, string name)
     {
-        lock (gate) subscribers.Add(peer);
+        lock (gate)
+        {
+            subscribers.Add(peer);
+            if (name == replicaName) replica = peer;
+        }
     }
 
     public void Unsubscribe(FrameChannel peer)
     {
-        lock (gate) subscribers.Remove(peer);
+        lock (gate)
+        {
+            subscribers.Remove(peer);
+            if (replica == peer) replica = null;
+        }
     }
 
     public IReadOnlyList<FrameChannel> Subscribers { get { lock (gate) return subscribers.ToArray(); } }
@@ -126,17 +139,33 @@ public sealed class ShardHolder : IDisposable
         lock (gate)
         {
             slots[share] = finite ? Slot.Full : Slot.Empty;
-            if (!finite) norm = new ShardNorm(runId, step, range.Index, [], [share]);
+            if (!finite) norm = new ShardNorm(runId, layoutId, step, range.Index, [], [share]);
             else if (!summed && slots.All(s => s == Slot.Full))
             {
                 var squares = new double[GradientOps.NormChunks(range.Length)];
-                var whole = IndexedFrom(sum, range.Offset, range.End);
+                var whole = RangeViews.IndexedFrom(sum, range.Offset, range.End);
                 bool sumFinite = GradientOps.SumRangeWithSquares(whole, shareViews, shares.Length, range.Offset, range.Length, squares);
                 summed = true;
-                norm = new ShardNorm(runId, step, range.Index, sumFinite ? squares : [], Overflowed: !sumFinite);
+                norm = new ShardNorm(runId, layoutId, step, range.Index, sumFinite ? squares : [], Overflowed: !sumFinite);
             }
         }
-        if (norm != null) await report(norm);
+        if (norm == null) return;
+        if (norm.ChunkSquares.Length > 0) await ForwardSumAsync(step);
+        await report(norm);
+    }
+
+    /// <summary>The step's sum to the replica, before the norm report: the coordinator's go for the update then finds it there.
+    /// A replica that is gone is not waited for (the coordinator lays the shards out again).</summary>
+    async Task ForwardSumAsync(long step)
+    {
+        FrameChannel? to;
+        lock (gate) to = replica;
+        if (to == null) return;
+        try { Sent?.Invoke(step, await to.SendAsync(MessageKind.ShardSum, new ShardSum(runId, step, range.Offset, range.Length), CancellationToken.None, NativeMemoryManager.Bytes(sum))); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            log($"sending range {range.Index}'s sum to its replica failed: {e.Message}");
+        }
     }
 
     /// <summary>Step <paramref name="step"/>'s update of the range, then the range to every subscriber (not awaited here:
@@ -153,7 +182,7 @@ public sealed class ShardHolder : IDisposable
             Array.Fill(slots, Slot.Empty);
         }
         Updated?.Invoke(Version);
-        var payload = NativeMemoryManager.Bytes(weights).Slice(checked((int)(range.Offset * sizeof(float))), checked((int)(range.Length * sizeof(float))));
+        var payload = NativeMemoryManager.Bytes(weights, range.Offset, range.Length);
         var header = new ShardWeights(runId, Version, range.Offset, range.Length);
         var peers = Subscribers;
         // Counted as they start: a peer's step report must not depend on how far these sends have got.
@@ -168,10 +197,6 @@ public sealed class ShardHolder : IDisposable
             }
         }));
     }
-
-    /// <summary>A view of <paramref name="buffer"/> that puts its first value at index <paramref name="first"/>, for code
-    /// that indexes by parameter (only [first, first + buffer.Length) may be touched).</summary>
-    static unsafe NativeBuffer IndexedFrom(NativeBuffer buffer, long first, long length) => NativeBuffer.Over(buffer.Pointer - first, length);
 
     public void Dispose()
     {

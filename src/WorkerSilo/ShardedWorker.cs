@@ -27,6 +27,7 @@ public sealed class ShardedWorker : IAsyncDisposable
 
     public long LayoutId => layout.LayoutId;
     public ShardHolder? Holder { get; }
+    public ShardReplica? Replica { get; }
 
     ShardedWorker(ShardLayout layout, Gpt model, WireDType dtype, string name, Func<ShardNorm, Task> report, Action<string> log)
     {
@@ -35,14 +36,16 @@ public sealed class ShardedWorker : IAsyncDisposable
         versions = Enumerable.Repeat(layout.WeightsVersion, layout.Ranges.Count).ToArray();
         if (layout.Holding >= 0)
             Holder = new ShardHolder(model, layout, layout.RunId, report, log) { Updated = v => Advance(layout.Holding, v), Sent = (step, bytes) => Count(step, bytes, 0) };
+        if (layout.Replicating >= 0) Replica = new ShardReplica(model, layout);
     }
 
     /// <summary>Takes the layout: the worker's weights (and its range's moments) are read from <paramref name="payload"/>
     /// by the caller through <see cref="PayloadTargets"/>; then <see cref="ConnectAsync"/>.</summary>
     public static ShardedWorker Create(ShardLayout layout, Gpt model, WireDType dtype, string name, Func<ShardNorm, Task> report, Action<string> log)
     {
-        if (layout.Ranges.Count < 1 || layout.Holding < -1 || layout.Holding >= layout.Ranges.Count || layout.Shares < 1)
-            throw new ProtocolException($"shard layout with {layout.Ranges.Count} ranges, holding {layout.Holding}, {layout.Shares} shares");
+        if (layout.Ranges.Count < 1 || layout.Holding < -1 || layout.Holding >= layout.Ranges.Count || layout.Shares < 1
+            || layout.Replicating < -1 || layout.Replicating >= layout.Ranges.Count || layout.Replicating >= 0 && layout.Replicating == layout.Holding)
+            throw new ProtocolException($"shard layout with {layout.Ranges.Count} ranges, holding {layout.Holding}, replicating {layout.Replicating}, {layout.Shares} shares");
         long next = 0;
         for (int k = 0; k < layout.Ranges.Count; k++)
         {
@@ -54,7 +57,8 @@ public sealed class ShardedWorker : IAsyncDisposable
         return new ShardedWorker(layout, model, dtype, name, report, log);
     }
 
-    /// <summary>Where the layout's payload goes: the whole weights, then the held range's two moments.</summary>
+    /// <summary>Where the layout's payload goes: the whole weights, then the held range's two moments, then the replicated
+    /// range's (whose copy of the weights starts as the whole weights' range: see <see cref="PayloadLanded"/>).</summary>
     public IEnumerable<Memory<byte>> PayloadTargets()
     {
         yield return NativeMemoryManager.Bytes(model.Parameters.Values);
@@ -63,6 +67,17 @@ public sealed class ShardedWorker : IAsyncDisposable
             yield return Holder.MomentBytes(second: false);
             yield return Holder.MomentBytes(second: true);
         }
+        if (Replica != null)
+        {
+            yield return Replica.MomentBytes(second: false);
+            yield return Replica.MomentBytes(second: true);
+        }
+    }
+
+    /// <summary>After the payload: the replica's copy of its range's weights.</summary>
+    public void PayloadLanded()
+    {
+        if (Replica is { } r) NativeMemoryManager.Bytes(model.Parameters.Values, r.Range.Offset, r.Range.Length).CopyTo(r.WeightBytes);
     }
 
     /// <summary>Links to every other range's holder.</summary>
@@ -84,6 +99,14 @@ public sealed class ShardedWorker : IAsyncDisposable
         {
             while (await link.ReceiveAsync(cancel) is { } frame)
             {
+                if (frame.Kind == MessageKind.ShardSum && Replica?.Range.Index == range.Index)
+                {
+                    var h = frame.Read<ShardSum>();
+                    if (h.RunId != layout.RunId) throw new ProtocolException($"a gradient sum for run {Untrusted.Quote(h.RunId, Untrusted.IdLength)}");
+                    Count(h.Step, 0, frame.Size);
+                    await Replica.LandSumAsync(link, h, frame.PayloadLength, cancel);
+                    continue;
+                }
                 if (frame.Kind != MessageKind.ShardWeights)
                 {
                     await link.SkipPayloadAsync(frame.PayloadLength, cancel);
@@ -98,7 +121,7 @@ public sealed class ShardedWorker : IAsyncDisposable
                     await link.SkipPayloadAsync(frame.PayloadLength, cancel);
                     continue;
                 }
-                await link.ReadPayloadAsync(NativeMemoryManager.Bytes(model.Parameters.Values).Slice(checked((int)(range.Offset * sizeof(float))), checked((int)(range.Length * sizeof(float)))), cancel);
+                await link.ReadPayloadAsync(NativeMemoryManager.Bytes(model.Parameters.Values, range.Offset, range.Length), cancel);
                 Advance(range.Index, w.Version);
             }
             Fail($"the holder of range {range.Index} ({range.Worker}) closed its link");
@@ -143,9 +166,9 @@ public sealed class ShardedWorker : IAsyncDisposable
             {
                 int missing = Array.FindIndex(versions, v => v < version);
                 if (missing < 0) return;
-                if (linkFailure != null) throw new IOException(linkFailure);
+                if (linkFailure != null) throw new ShardLinkException(linkFailure);
                 if (DateTime.UtcNow > until)
-                    throw new IOException($"range {missing}'s weights of version {version} did not come from {layout.Ranges[missing].Worker} within {patience.TotalSeconds:F0} s");
+                    throw new ShardLinkException($"range {missing}'s weights of version {version} did not come from {layout.Ranges[missing].Worker} within {patience.TotalSeconds:F0} s");
                 next = advanced.Task;
             }
             await Task.WhenAny(next, Task.Delay(until - DateTime.UtcNow + TimeSpan.FromMilliseconds(10), cancel));
@@ -166,7 +189,15 @@ public sealed class ShardedWorker : IAsyncDisposable
                 continue;
             }
             var link = links[r.Index]!;
-            sends.Add(Task.Run(async () => Count(step, await link.SendAsync(MessageKind.ShardGradients, new ShardGradients(layout.RunId, step, share, r.Offset, r.Length), cancel, payload), 0)));
+            sends.Add(Task.Run(async () =>
+            {
+                // A holder that is gone is the coordinator's to notice (it lays the shards out again and the step starts over).
+                try { Count(step, await link.SendAsync(MessageKind.ShardGradients, new ShardGradients(layout.RunId, step, share, r.Offset, r.Length), cancel, payload), 0); }
+                catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+                {
+                    Fail($"sending range {r.Index} to its holder ({r.Worker}) failed: {e.Message}");
+                }
+            }));
         }
         await Task.WhenAll(sends);
     }
@@ -182,10 +213,11 @@ public sealed class ShardedWorker : IAsyncDisposable
             inbound.Add(peer);
             loops.Add(served.Task);
         }
-        Holder.Subscribe(peer);
+        Holder.Subscribe(peer, peerName);
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel, closing.Token);
         try
         {
+            await peer.SendAsync(MessageKind.ShardReady, new ShardReady(layout.RunId, layout.LayoutId), stop.Token); // admitted
             while (await peer.ReceiveAsync(stop.Token) is { } frame)
             {
                 if (frame.Kind == MessageKind.ShardGradients)
@@ -240,6 +272,11 @@ public sealed class ShardedWorker : IAsyncDisposable
         lock (gate) running = loops.ToArray();
         try { await Task.WhenAll(running); } catch { /* each loop reported its own end */ }
         Holder?.Dispose();
+        Replica?.Dispose();
         closing.Dispose();
     }
 }
+
+/// <summary>A link of the peer plane failed (its holder is gone, most likely): the share is abandoned, and the coordinator
+/// lays the shards out again.</summary>
+public sealed class ShardLinkException(string message) : Exception(message);

@@ -260,22 +260,29 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                         Interlocked.Exchange(ref currentStep, request.Step);
                         // The grain call that orders this share: the computation starts on the payload as it lands, and the sum
                         // goes back only against the order (whose latency so overlaps the compute instead of preceding it).
-                        using (var unclaimed = CancellationTokenSource.CreateLinkedTokenSource(watch.Token))
+                        try
                         {
-                            var order = Orders.ClaimAsync(request, unclaimed.Token);
-                            try
+                            using (var unclaimed = CancellationTokenSource.CreateLinkedTokenSource(watch.Token))
                             {
-                                var reply = await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => sharded is { } shards
-                                    ? ComputeShardedAsync(channel, run, request, frame.PayloadLength, watch, order, shards)
-                                    : ComputeAsync(channel, run, request, frame.PayloadLength, watch, order));
-                                (await order).Done.TrySetResult(reply);
+                                var order = Orders.ClaimAsync(request, unclaimed.Token);
+                                try
+                                {
+                                    var reply = await WorkerTracing.TraceComputeAsync(request, options.Name, run.Rank, () => sharded is { } shards
+                                        ? ComputeShardedAsync(channel, run, request, frame.PayloadLength, watch, order, shards)
+                                        : ComputeAsync(channel, run, request, frame.PayloadLength, watch, order));
+                                    (await order).Done.TrySetResult(reply);
+                                }
+                                catch (Exception e)
+                                {
+                                    if (order.IsCompletedSuccessfully) order.Result.Done.TrySetException(e);
+                                    unclaimed.Cancel();
+                                    throw;
+                                }
                             }
-                            catch (Exception e)
-                            {
-                                if (order.IsCompletedSuccessfully) order.Result.Done.TrySetException(e);
-                                unclaimed.Cancel();
-                                throw;
-                            }
+                        }
+                        catch (ShardLinkException e)
+                        {
+                            options.Log($"{options.Name}: step {request.Step}: share abandoned: {e.Message}");
                         }
                         break;
                     case MessageKind.ShardLayout:
@@ -472,6 +479,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             long expected = next.PayloadTargets().Sum(t => (long)t.Length);
             if (frame.PayloadLength != expected) throw new ProtocolException($"shard layout payload is {frame.PayloadLength} bytes, expected {expected}");
             foreach (var target in next.PayloadTargets()) await channel.ReadPayloadAsync(target, cancel);
+            next.PayloadLanded();
             sharded = next;
             peerPlane.Serve(next);
             await next.ConnectAsync(run.PeerSecret, cancel);
@@ -482,7 +490,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             if (sharded != next) await next.DisposeAsync();
             throw;
         }
-        options.Log($"{options.Name}: shard layout {layout.LayoutId}: {layout.Ranges.Count} ranges{(layout.Holding >= 0 ? $", holding range {layout.Holding} ({layout.Ranges[layout.Holding].Length:N0} parameters)" : "")}");
+        options.Log($"{options.Name}: shard layout {layout.LayoutId}: {layout.Ranges.Count} ranges{(layout.Holding >= 0 ? $", holding range {layout.Holding} ({layout.Ranges[layout.Holding].Length:N0} parameters)" : "")}{(layout.Replicating >= 0 ? $", replica of range {layout.Replicating}" : "")}");
         await channel.SendAsync(MessageKind.ShardReady, new ShardReady(run.RunId, layout.LayoutId), cancel);
     }
 
@@ -497,19 +505,33 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     void ApplyUpdate(JoinAccepted run, ShardUpdate update)
     {
         if (update.RunId != run.RunId) throw new ProtocolException($"shard update for run {Untrusted.Quote(update.RunId, Untrusted.IdLength)}");
-        var holder = sharded?.Holder ?? throw new ProtocolException("a shard update for a worker that holds no range");
-        _ = holder.Apply(update);
+        if (sharded?.Holder == null && sharded?.Replica == null) throw new ProtocolException("a shard update for a worker that holds no range");
+        if (sharded.Holder != null) _ = sharded.Holder.Apply(update);
+        sharded.Replica?.Update(update);
     }
 
     /// <summary>The held range (and its moments, when asked) back to the coordinator, for evaluation and checkpoints.</summary>
     async Task SendShardStateAsync(FrameChannel channel, JoinAccepted run, ShardStateRequest request, CancellationToken cancel)
     {
         if (request.RunId != run.RunId) throw new ProtocolException($"shard state request for run {Untrusted.Quote(request.RunId, Untrusted.IdLength)}");
-        var holder = sharded?.Holder ?? throw new ProtocolException("a shard state request for a worker that holds no range");
-        var r = holder.Range;
-        var weights = NativeMemoryManager.Bytes(model!.Parameters.Values).Slice(checked((int)(r.Offset * sizeof(float))), checked((int)(r.Length * sizeof(float))));
-        var header = new ShardState(run.RunId, sharded.LayoutId, r.Index, holder.Version, holder.StepCount, r.Offset, r.Length, request.Moments);
-        if (request.Moments) await channel.SendAsync(MessageKind.ShardState, header, cancel, weights, holder.MomentBytes(false), holder.MomentBytes(true));
+        Memory<byte> weights, m, v;
+        ShardState header;
+        if (sharded?.Holder is { } holder && holder.Range.Index == request.Range)
+        {
+            var r = holder.Range;
+            weights = NativeMemoryManager.Bytes(model!.Parameters.Values, r.Offset, r.Length);
+            (m, v) = (holder.MomentBytes(false), holder.MomentBytes(true));
+            header = new ShardState(run.RunId, sharded.LayoutId, r.Index, holder.Version, holder.StepCount, r.Offset, r.Length, request.Moments);
+        }
+        else if (sharded?.Replica is { } replica && replica.Range.Index == request.Range)
+        {
+            await replica.WaitForAsync(request.Version, TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatSeconds)), cancel);
+            var r = replica.Range;
+            (weights, m, v) = (replica.WeightBytes, replica.MomentBytes(false), replica.MomentBytes(true));
+            header = new ShardState(run.RunId, sharded.LayoutId, r.Index, replica.Version, replica.StepCount, r.Offset, r.Length, request.Moments);
+        }
+        else throw new ProtocolException($"a request for parameter range {request.Range}, which this worker neither holds nor keeps the replica of");
+        if (request.Moments) await channel.SendAsync(MessageKind.ShardState, header, cancel, weights, m, v);
         else await channel.SendAsync(MessageKind.ShardState, header, cancel, weights);
     }
 

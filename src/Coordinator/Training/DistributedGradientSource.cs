@@ -25,9 +25,24 @@ public sealed class DistributedGradientSource(
 
     public StepGradients Compute(long step, CancellationToken cancel) => ComputeAsync(step, cancel).GetAwaiter().GetResult();
 
+    /// <summary>A step; with parameter shards, started over when a worker holding a range is lost during it (the range's
+    /// replica then stands in: every share is computed again at the same weights, so the step keeps its bits).</summary>
+    async Task<StepGradients> ComputeAsync(long step, CancellationToken cancel)
+    {
+        while (true)
+        {
+            try { return await ComputeOnceAsync(step, cancel); }
+            catch (ShardHolderLostException e)
+            {
+                if (!options.TolerateFailures) throw new RunFailedException($"step {step}: {e.Message}; stopping the run");
+                log($"step {step}: {e.Message}; the step starts over with the shards laid out again");
+            }
+        }
+    }
+
     sealed record Share(int Index, long First, int Count);
 
-    async Task<StepGradients> ComputeAsync(long step, CancellationToken cancel)
+    async Task<StepGradients> ComputeOnceAsync(long step, CancellationToken cancel)
     {
         var members = await MembersAsync(cancel);
         var shares = Split(settings.BatchSize, options.Shares);
@@ -140,6 +155,8 @@ public sealed class DistributedGradientSource(
                 return (worker, (Exception?)null, new List<Share>());
             }).ToList();
             var all = Task.WhenAll(rounds);
+            var holderLost = sharded?.HolderLost ?? CancellationToken.None;
+            using var abandon = holderLost.Register(() => { foreach (var cts in busy.Values) cts.Cancel(); });
             if (options.StragglerTimeout is { } patience)
             {
                 // Straggler policy "drop": once one worker has finished its shares, the others get `patience` more;
@@ -147,7 +164,13 @@ public sealed class DistributedGradientSource(
                 if (await Task.WhenAny(all, firstDone.Task) != all && await Task.WhenAny(all, Task.Delay(patience, cancel)) != all)
                     foreach (var (w, cts) in busy) cts.Cancel();
             }
-            foreach (var (worker, error, unfinished) in await all)
+            var outcomes = await all;
+            if (holderLost.IsCancellationRequested)
+            {
+                foreach (var cts in busy.Values) cts.Dispose();
+                throw new ShardHolderLostException("a worker holding a parameter range left the run");
+            }
+            foreach (var (worker, error, unfinished) in outcomes)
             {
                 busy[worker].Dispose();
                 if (error != null) Fail(worker, error, unfinished);

@@ -79,6 +79,7 @@ public static class DistributedTraining
             var sharded = run.PeerSecret == null ? null
                 : new ShardedParameters(grain, model, setup.Optimizer, run, settings.ParameterShards, train.Shares, log);
             grain.ShardFrames = sharded == null ? null : sharded.OnFrameAsync;
+            sharded?.Watch();
             using var source = new DistributedGradientSource(grain, model, setup.Corpus, train, run,
                 new DistributedOptions
                 {

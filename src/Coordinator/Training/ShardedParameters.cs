@@ -13,7 +13,11 @@ namespace DistGpt.Coordinator.Training;
 public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW optimizer, RunDescription run, int requested, int shares,
     Action<string> log) : IRemoteOptimizer
 {
-    sealed record Layout(long Id, IReadOnlyList<ShardPlacement> Ranges, RemoteWorker[] Holders, RemoteWorker[] Members);
+    sealed record Layout(long Id, IReadOnlyList<ShardPlacement> Ranges, RemoteWorker[] Holders, RemoteWorker?[] Replicas, RemoteWorker[] Members)
+    {
+        /// <summary>Cancelled when a holder leaves the run: the step under way cannot finish (see <see cref="HolderLost"/>).</summary>
+        public CancellationTokenSource Lost { get; } = new();
+    }
 
     /// <summary>The holders' norm reports for a step: which shares they found invalid, or every range's chunk squares.</summary>
     public sealed record NormResult(double Norm, IReadOnlyList<int> InvalidShares);
@@ -25,6 +29,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     readonly HashSet<string> ready = new();
     readonly Dictionary<int, ShardNorm> norms = new();
     readonly Dictionary<int, ShardState> states = new();
+    RemoteWorker?[] gatherSources = [];
     long version;                       // updates applied (the holders' ranges are at this version)
     long gatheredVersion = -1;          // the local model's weights are of this version
     bool gatheredMoments;               // ... and the local AdamW's moments too
@@ -54,6 +59,22 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     async Task SendAsync<T>(RemoteWorker worker, MessageKind kind, T header, CancellationToken cancel, params ReadOnlyMemory<byte>[] payload) =>
         Count(worker, await worker.Channel.SendAsync(kind, header, cancel, payload), 0);
 
+    /// <summary>Cancelled when a worker holding a range of the current layout leaves the run: the calls of the step under
+    /// way are abandoned, and the step starts over once the shards are laid out again from the replicas.</summary>
+    public CancellationToken HolderLost { get { lock (gate) return layout?.Lost.Token ?? CancellationToken.None; } }
+
+    /// <summary>Watches the membership for holders leaving.</summary>
+    public void Watch()
+    {
+        grain.Left += (worker, _) =>
+        {
+            Layout? current;
+            lock (gate) current = layout;
+            if (current != null && current.Holders.Contains(worker)) current.Lost.Cancel();
+            Signal();
+        };
+    }
+
     TimeSpan Patience => TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatTimeout.TotalSeconds));
 
     /// <summary>At a step boundary: a layout over exactly these members, at weights version <paramref name="weightsVersion"/>.
@@ -70,28 +91,32 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         else await GatherAsync(moments: true, cancel);
         int k = Math.Min(requested == 0 ? workers.Length : requested, workers.Length);
         var plan = ParameterShards.Plan(model.Parameters.Count, Math.Min(k, GradientOps.NormChunks(model.Parameters.Count)));
-        var ranges = plan.Select(r => new ShardPlacement(r.Index, r.Offset, r.Length, workers[r.Index].Name, workers[r.Index].PeerEndpoint!)).ToArray();
-        var next = new Layout(nextLayoutId++, ranges, workers[..ranges.Length], workers);
+        // Range k's replica is on the next worker round the ring, so every range survives the loss of any one worker.
+        RemoteWorker? ReplicaOf(int range) => workers.Length < 2 ? null : workers[(range + 1) % workers.Length];
+        var ranges = plan.Select(r => new ShardPlacement(r.Index, r.Offset, r.Length, workers[r.Index].Name, workers[r.Index].PeerEndpoint!, ReplicaOf(r.Index)?.Name)).ToArray();
+        var next = new Layout(nextLayoutId++, ranges, workers[..ranges.Length], ranges.Select(r => ReplicaOf(r.Index)).ToArray(), workers);
         lock (gate)
         {
             layout = next;
             ready.Clear();
+            norms.Clear();
         }
         var settings = new ShardOptimizer(optimizer.Beta1, optimizer.Beta2, optimizer.WeightDecay, optimizer.Eps, optimizer.StepCount);
         await Task.WhenAll(workers.Select((w, i) =>
         {
-            int holding = i < ranges.Length ? i : -1;
-            var header = new ShardLayout(run.RunId, run.ConfigHash, next.Id, version, shares, ranges, holding, settings);
-            var weights = Contracts.Wire.NativeMemoryManager.Bytes(model.Parameters.Values);
-            return holding < 0 ? SendAsync(w, MessageKind.ShardLayout, header, cancel, weights)
-                : SendAsync(w, MessageKind.ShardLayout, header, cancel, weights, Moment(optimizer.ExpAvg, ranges[i]), Moment(optimizer.ExpAvgSq, ranges[i]));
+            int holding = i < ranges.Length ? i : -1, replicating = Array.IndexOf(next.Replicas, w);
+            var header = new ShardLayout(run.RunId, run.ConfigHash, next.Id, version, shares, ranges, holding, settings, replicating);
+            var payload = new List<ReadOnlyMemory<byte>> { Contracts.Wire.NativeMemoryManager.Bytes(model.Parameters.Values) };
+            foreach (int k in new[] { holding, replicating }.Where(k => k >= 0))
+                payload.AddRange([Moment(optimizer.ExpAvg, ranges[k]), Moment(optimizer.ExpAvgSq, ranges[k])]);
+            return SendAsync(w, MessageKind.ShardLayout, header, cancel, payload.ToArray());
         }));
-        await WaitAsync<object>(() => ready.Count == workers.Length ? ready : null, next, next.Members, "link up for the shard layout", cancel);
+        await WaitAsync<object>(() => ready.Count == workers.Length ? ready : null, next.Members, _ => null, "link up for the shard layout", cancel);
         log($"parameter shards: layout {next.Id}, {ranges.Length} ranges held by {string.Join(", ", ranges.Select(r => $"{r.Worker} [{r.Offset:N0}, {r.Offset + r.Length:N0})"))}");
     }
 
     static Memory<byte> Moment(Model.Engine.NativeBuffer moments, ShardPlacement range) =>
-        Contracts.Wire.NativeMemoryManager.Bytes(moments).Slice(checked((int)(range.Offset * sizeof(float))), checked((int)(range.Length * sizeof(float))));
+        Contracts.Wire.NativeMemoryManager.Bytes(moments, range.Offset, range.Length);
 
     /// <summary>Waits for every holder's report on <paramref name="step"/>: the norm of the whole gradient sum, from the
     /// chunk squares in chunk order (the unsharded norm's bits); or, as soon as a holder refused shares, those shares.</summary>
@@ -110,12 +135,23 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             if (current.Ranges.Any(r => !norms.TryGetValue(r.Index, out var n) || n.Step != step)) return null;
             if (norms.Values.Any(n => n.Overflowed)) throw new TrainingDivergedException($"the gradient sum overflowed at step {step}; lower --learning-rate");
             return new NormResult(GradientOps.NormOfChunkSquares(current.Ranges.SelectMany(r => norms[r.Index].ChunkSquares).ToArray()), []);
-        }, current, current.Holders, $"report the sums of squares of step {step}", cancel);
+        }, current.Holders, Lost(current), $"report the sums of squares of step {step}", cancel);
     }
 
+    /// <summary>A holder of <paramref name="current"/> is gone: the step can start over from its replica, if that is still there.</summary>
+    Func<RemoteWorker, Exception?> Lost(Layout current) => gone =>
+    {
+        int held = Array.IndexOf(current.Holders, gone);
+        if (held < 0) return null;
+        var members = grain.Members();
+        return current.Replicas[held] is { } replica && members.Contains(replica)
+            ? new ShardHolderLostException($"worker '{gone.Name}' left the run holding parameter range {held}; its replica on '{replica.Name}' takes over")
+            : new RunFailedException($"worker '{gone.Name}' left the run holding parameter range {held}, and its replica{(current.Replicas[held] is { } r ? $" on '{r.Name}' is gone too" : " does not exist (a single worker)")}: the range's optimizer state is lost");
+    };
+
     /// <summary>Until <paramref name="done"/> (called under the lock) has an answer; fails when one of the workers it needs
-    /// leaves the run or nothing comes for the patience.</summary>
-    async Task<T> WaitAsync<T>(Func<T?> done, Layout current, IReadOnlyList<RemoteWorker> needed, string what, CancellationToken cancel) where T : class
+    /// leaves the run (with <paramref name="lost"/>'s exception, if it has one for that worker) or nothing comes for the patience.</summary>
+    async Task<T> WaitAsync<T>(Func<T?> done, IReadOnlyList<RemoteWorker?> needed, Func<RemoteWorker, Exception?> lost, string what, CancellationToken cancel) where T : class
     {
         var until = DateTime.UtcNow + Patience;
         while (true)
@@ -127,14 +163,8 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
                 next = changed.Task;
             }
             var members = grain.Members();
-            var gone = needed.FirstOrDefault(w => !members.Contains(w));
-            if (gone != null)
-            {
-                int held = Array.IndexOf(current.Holders, gone);
-                throw new RunFailedException(held >= 0
-                    ? $"worker '{gone.Name}' left the run holding parameter range {held} and its AdamW moments; no replica of it exists (parameter-shard replicas are not built yet)"
-                    : $"worker '{gone.Name}' left the run before it could {what}");
-            }
+            if (needed.FirstOrDefault(w => w != null && !members.Contains(w)) is { } gone)
+                throw lost(gone) ?? new ShardHolderLostException($"worker '{gone.Name}' left the run before it could {what}");
             if (DateTime.UtcNow > until) throw new RunFailedException($"the workers did not {what} within {Patience.TotalSeconds:F0} s");
             await Task.WhenAny(next, Task.Delay(TimeSpan.FromMilliseconds(250), cancel));
             cancel.ThrowIfCancellationRequested();
@@ -148,11 +178,15 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         Layout current;
         lock (gate) current = layout ?? throw new InvalidOperationException("no shard layout");
         var update = new ShardUpdate(run.RunId, step, lr, gradScale);
-        try { await Task.WhenAll(current.Holders.Select(h => SendAsync(h, MessageKind.ShardUpdate, update, CancellationToken.None))); }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        // Holders and replicas alike. One that cannot be reached is gone: its range comes from the other copy at the next layout.
+        await Task.WhenAll(current.Holders.Concat(current.Replicas).OfType<RemoteWorker>().Distinct().Select(async w =>
         {
-            throw new RunFailedException($"a parameter-shard holder could not be given step {step}'s update: {e.Message}");
-        }
+            try { await SendAsync(w, MessageKind.ShardUpdate, update, CancellationToken.None); }
+            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+            {
+                log($"worker '{w.Name}' could not be given step {step}'s update: {e.Message}");
+            }
+        }));
         optimizer.StepCount++;
         version = step;
     }
@@ -163,18 +197,28 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     {
         if (gatheredVersion == version && (gatheredMoments || !moments)) return;
         Layout current;
+        var members = grain.Members();
+        RemoteWorker?[] sources;
         lock (gate)
         {
             current = layout ?? throw new InvalidOperationException("no shard layout");
+            // Each range from its holder, or from its replica when the holder is gone.
+            sources = current.Ranges.Select(r => members.Contains(current.Holders[r.Index]) ? current.Holders[r.Index]
+                : current.Replicas[r.Index] is { } replica && members.Contains(replica) ? replica : null).ToArray();
             states.Clear();
+            gatherSources = sources;
         }
-        var request = new ShardStateRequest(run.RunId, current.Id, moments);
-        try { await Task.WhenAll(current.Holders.Select(h => SendAsync(h, MessageKind.ShardStateRequest, request, cancel))); }
+        if (Array.IndexOf(sources, null) is var missing && missing >= 0)
+            throw Lost(current)(current.Holders[missing])!;
+        try
+        {
+            await Task.WhenAll(sources.Select((w, k) => SendAsync(w!, MessageKind.ShardStateRequest, new ShardStateRequest(run.RunId, current.Id, moments, k, version), cancel)));
+        }
         catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
         {
-            throw new RunFailedException($"a parameter-shard holder could not be asked for its range: {e.Message}");
+            throw new ShardHolderLostException($"a parameter range's holder could not be asked for it: {e.Message}");
         }
-        var got = await WaitAsync(() => states.Count == current.Ranges.Count ? states.Values.ToList() : null, current, current.Holders, "send back their parameter ranges", cancel);
+        var got = await WaitAsync(() => states.Count == current.Ranges.Count ? states.Values.ToList() : null, sources, _ => null, "send back their parameter ranges", cancel);
         if (got.FirstOrDefault(s => s.WeightsVersion != version || s.Moments != moments) is { } stale)
             throw new RunFailedException($"parameter range {stale.Shard} came back at version {stale.WeightsVersion}, expected {version}");
         if (moments) optimizer.StepCount = got[0].StepCount;
@@ -197,7 +241,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             case MessageKind.ShardNorm:
                 var n = frame.Read<ShardNorm>();
                 await worker.Channel.SkipPayloadAsync(frame.PayloadLength, cancel);
-                if (Refuse(worker, current, n.RunId, n.Shard, out var range)) break;
+                if (n.LayoutId != current?.Id || Refuse(worker, current, n.RunId, n.Shard, out var range)) break; // (a report from an earlier layout is late)
                 int chunks = GradientOps.NormChunks(range!.Length);
                 if (n.InvalidShares is not { Length: > 0 } && !n.Overflowed && n.ChunkSquares?.Length != chunks)
                 {
@@ -210,7 +254,9 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             case MessageKind.ShardState:
                 var s = frame.Read<ShardState>();
                 long expected = s.Length * sizeof(float) * (s.Moments ? 3 : 1);
-                if (Refuse(worker, current, s.RunId, s.Shard, out range) || s.LayoutId != current!.Id || s.Offset != range!.Offset || s.Length != range.Length
+                bool asked;
+                lock (gate) asked = s.Shard >= 0 && s.Shard < gatherSources.Length && ReferenceEquals(gatherSources[s.Shard], worker);
+                if (!asked || Refuse(worker, current, s.RunId, s.Shard, out range, replicaToo: true) || s.LayoutId != current!.Id || s.Offset != range!.Offset || s.Length != range.Length
                     || frame.PayloadLength != expected)
                 {
                     log($"worker '{worker.Name}' sent a parameter range that does not match the layout; ignored");
@@ -233,10 +279,11 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     }
 
     /// <summary>A report about a range this worker does not hold (or of another run) is ignored.</summary>
-    bool Refuse(RemoteWorker worker, Layout? current, string runId, int shard, out ShardPlacement? range)
+    bool Refuse(RemoteWorker worker, Layout? current, string runId, int shard, out ShardPlacement? range, bool replicaToo = false)
     {
         range = current != null && shard >= 0 && shard < current.Ranges.Count ? current.Ranges[shard] : null;
-        if (runId == run.RunId && range != null && ReferenceEquals(current!.Holders[shard], worker)) return false;
+        if (runId == run.RunId && range != null
+            && (ReferenceEquals(current!.Holders[shard], worker) || replicaToo && ReferenceEquals(current.Replicas[shard], worker))) return false;
         log($"worker '{worker.Name}' sent a report about parameter range {shard}, which it does not hold; ignored");
         return true;
     }
@@ -248,3 +295,6 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         signal.TrySetResult();
     }
 }
+
+/// <summary>A worker holding a parameter range left mid-step: the step starts over once the range's replica stands in.</summary>
+public sealed class ShardHolderLostException(string message) : Exception(message);
