@@ -2,6 +2,7 @@ using DistGpt.Contracts;
 using DistGpt.Contracts.Wire;
 using DistGpt.Model;
 using DistGpt.Model.Engine;
+using DistGpt.Model.Training;
 
 namespace DistGpt.WorkerSilo;
 
@@ -24,6 +25,8 @@ public sealed class ShardedWorker : IAsyncDisposable
     TaskCompletionSource advanced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     string? linkFailure;
     readonly Dictionary<long, (long Sent, long Received)> peerBytes = new(); // by the step whose tensors they were
+    WeightsArrival? arrival;  // the computation waiting for the weights of arrivalVersion, as they land
+    long arrivalVersion;
 
     public long LayoutId => layout.LayoutId;
     public ShardHolder? Holder { get; }
@@ -121,7 +124,8 @@ public sealed class ShardedWorker : IAsyncDisposable
                     await link.SkipPayloadAsync(frame.PayloadLength, cancel);
                     continue;
                 }
-                await link.ReadPayloadAsync(NativeMemoryManager.Bytes(model.Parameters.Values, range.Offset, range.Length), cancel);
+                await link.ReadPayloadAsync(NativeMemoryManager.Bytes(model.Parameters.Values, range.Offset, range.Length), cancel,
+                    landed => Landing(range, w.Version, landed / sizeof(float)));
                 Advance(range.Index, w.Version);
             }
             Fail($"the holder of range {range.Index} ({range.Worker}) closed its link");
@@ -140,8 +144,24 @@ public sealed class ShardedWorker : IAsyncDisposable
         {
             versions[range] = Math.Max(versions[range], version);
             (signal, advanced) = (advanced, new(TaskCreationOptions.RunContinuationsAsynchronously));
+            if (arrival != null) arrival.Advance(PrefixAt(arrivalVersion));
         }
         signal.TrySetResult();
+    }
+
+    /// <summary>Part of a range has landed: the forward may read it if every range before it is in.</summary>
+    void Landing(ShardPlacement range, long version, long values)
+    {
+        lock (gate)
+            if (arrival != null && version == arrivalVersion && PrefixAt(version) == range.Offset) arrival.Advance(range.Offset + values);
+    }
+
+    /// <summary>Values [0, n) of the weights are at <paramref name="version"/>: n is the start of the first range that is not.</summary>
+    long PrefixAt(long version)
+    {
+        for (int k = 0; k < versions.Length; k++)
+            if (versions[k] < version) return layout.Ranges[k].Offset;
+        return model.Parameters.Count;
     }
 
     void Fail(string why)
@@ -151,8 +171,29 @@ public sealed class ShardedWorker : IAsyncDisposable
         {
             linkFailure ??= why;
             (signal, advanced) = (advanced, new(TaskCreationOptions.RunContinuationsAsynchronously));
+            arrival?.Fail(new ShardLinkException(why));
         }
         signal.TrySetResult();
+    }
+
+    /// <summary>The weights of <paramref name="version"/> as they land, for a forward that starts before they are all in
+    /// (each op waits for the values it reads); fails after <paramref name="patience"/> unless all are in by then.</summary>
+    public WeightsArrival ArrivalOf(long version, TimeSpan patience)
+    {
+        var watched = new WeightsArrival();
+        lock (gate)
+        {
+            (arrival, arrivalVersion) = (watched, version);
+            watched.Advance(PrefixAt(version));
+            if (linkFailure != null) watched.Fail(new ShardLinkException(linkFailure));
+        }
+        _ = Task.Delay(patience).ContinueWith(_ =>
+        {
+            lock (gate)
+                if (PrefixAt(version) < model.Parameters.Count)
+                    watched.Fail(new ShardLinkException($"the weights of version {version} did not all come within {patience.TotalSeconds:F0} s"));
+        }, TaskScheduler.Default);
+        return watched;
     }
 
     /// <summary>Waits until every range of this worker's weights has <paramref name="version"/> updates.</summary>
@@ -176,30 +217,29 @@ public sealed class ShardedWorker : IAsyncDisposable
         }
     }
 
+    public IReadOnlyList<ShardPlacement> Ranges => layout.Ranges;
+
     /// <summary>Range k of a share's gradient sum to range k's holder, for every k (this worker's own range stays here).</summary>
-    public async Task SendGradientsAsync(long step, int share, NativeBuffer grads, byte[]? narrowed, CancellationToken cancel)
+    public Task SendGradientsAsync(long step, int share, NativeBuffer grads, byte[]? narrowed, CancellationToken cancel) =>
+        Task.WhenAll(layout.Ranges.Select(r => SendRangeAsync(step, share, grads, narrowed, r.Index, cancel)));
+
+    /// <summary>Range <paramref name="k"/> of a share's gradient sum to its holder, in the run's dtype (landed here when it is
+    /// this worker's own).</summary>
+    public Task SendRangeAsync(long step, int share, NativeBuffer grads, byte[]? narrowed, int k, CancellationToken cancel)
     {
-        var sends = new List<Task>();
-        foreach (var r in layout.Ranges)
+        var r = layout.Ranges[k];
+        var payload = BucketUploader.Encode(grads, r.Offset, r.Length, dtype, narrowed);
+        if (k == layout.Holding) return Holder!.LandLocalAsync(step, share, payload, dtype);
+        var link = links[k]!;
+        return Task.Run(async () =>
         {
-            var payload = BucketUploader.Encode(grads, r.Offset, r.Length, dtype, narrowed);
-            if (r.Index == layout.Holding)
+            // A holder that is gone is the coordinator's to notice (it lays the shards out again and the step starts over).
+            try { Count(step, await link.SendAsync(MessageKind.ShardGradients, new ShardGradients(layout.RunId, step, share, r.Offset, r.Length), cancel, payload), 0); }
+            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
             {
-                sends.Add(Holder!.LandLocalAsync(step, share, payload, dtype));
-                continue;
+                Fail($"sending range {k} to its holder ({r.Worker}) failed: {e.Message}");
             }
-            var link = links[r.Index]!;
-            sends.Add(Task.Run(async () =>
-            {
-                // A holder that is gone is the coordinator's to notice (it lays the shards out again and the step starts over).
-                try { Count(step, await link.SendAsync(MessageKind.ShardGradients, new ShardGradients(layout.RunId, step, share, r.Offset, r.Length), cancel, payload), 0); }
-                catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-                {
-                    Fail($"sending range {r.Index} to its holder ({r.Worker}) failed: {e.Message}");
-                }
-            }));
-        }
-        await Task.WhenAll(sends);
+        });
     }
 
     /// <summary>An admitted peer's connection to the range this worker holds: it receives the range after each update and
@@ -280,3 +320,36 @@ public sealed class ShardedWorker : IAsyncDisposable
 /// <summary>A link of the peer plane failed (its holder is gone, most likely): the share is abandoned, and the coordinator
 /// lays the shards out again.</summary>
 public sealed class ShardLinkException(string message) : Exception(message);
+
+/// <summary>Sends a share's gradient ranges to their holders while the backward still runs: the buckets of the gradient
+/// buffer become final from its end to its start (GradientBuckets' plan order), so range k goes out as soon as the
+/// buckets down to its first value are in, the last range first.</summary>
+public sealed class RangeUpload(ShardedWorker shards, long step, int share, NativeBuffer grads, byte[]? narrowed, IReadOnlyList<GradientBucket> plan)
+{
+    readonly System.Threading.Channels.Channel<int> ready = System.Threading.Channels.Channel.CreateUnbounded<int>(new() { SingleReader = true });
+
+    /// <summary>Called from a compute thread: the bucket's range of the gradients is final.</summary>
+    public void Ready(GradientBucket bucket) => ready.Writer.TryWrite(bucket.Index);
+
+    /// <summary>The computation failed: stop waiting for buckets.</summary>
+    public void Abandon(Exception error) => ready.Writer.TryComplete(error);
+
+    public async Task RunAsync(CancellationToken cancel)
+    {
+        var sends = new List<Task>();
+        var arrived = new bool[plan.Count];
+        int contiguous = 0, next = shards.Ranges.Count - 1;
+        long covered = grads.Length; // [covered, end) is final
+        while (next >= 0)
+        {
+            if (contiguous < plan.Count)
+            {
+                arrived[await ready.Reader.ReadAsync(cancel)] = true;
+                while (contiguous < plan.Count && arrived[contiguous]) covered = plan[contiguous++].Offset;
+            }
+            else covered = 0;
+            for (; next >= 0 && covered <= shards.Ranges[next].Offset; next--) sends.Add(shards.SendRangeAsync(step, share, grads, narrowed, next, cancel));
+        }
+        await Task.WhenAll(sends);
+    }
+}

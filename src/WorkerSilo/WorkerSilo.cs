@@ -441,24 +441,49 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             windows = MemoryMarshal.Cast<byte, int>(bytes).ToArray();
         }
         watch.Disarm(); // the coordinator may be quiet now: the weights come from the peers
-        using (WorkerTracing.StartReceive(0)) await shards.WeightsAsync(request.WeightsVersion, TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatSeconds)), cancel);
+        var patience = TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatSeconds));
+        // The forward starts on the weights as they land (each op waits for the values it reads), unless the coordinator sends
+        // token windows (that path has no such waits): then all first.
+        var arrival = windows == null ? shards.ArrivalOf(request.WeightsVersion, patience) : null;
+        if (arrival == null) using (WorkerTracing.StartReceive(0)) await shards.WeightsAsync(request.WeightsVersion, patience, cancel);
         double receiveMs = clock.Elapsed.TotalMilliseconds;
         if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
         if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
         var worker = WorkerFor(request.Sequences, run.Seed, run.ReplicasPerShare);
+        var grads = m.Parameters.Grads;
+        int share = (int)(request.FirstSequence / request.Sequences);
+        var narrowed = run.GradientDType == WireDType.Bf16 ? NarrowingBuffer(grads) : null;
+        // Range by range as the backward finishes them (not with a fault to inject into the finished sum).
+        var upload = run.GradientBucketBytes > 0 && faults?.At("nan", request.Step) != true
+            ? new RangeUpload(shards, request.Step, share, grads, narrowed, worker.UseBuckets(Math.Max(1, run.GradientBucketBytes / sizeof(float))))
+            : null;
+        var uploading = upload?.RunAsync(cancel);
         double forwardAt = 0, backwardAt = 0;
         var compute = Stopwatch.StartNew();
         void Phase(string p) { if (p == "forward") forwardAt = compute.Elapsed.TotalMilliseconds; else backwardAt = compute.Elapsed.TotalMilliseconds; }
-        var sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase) : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase);
+        GradientSum sum;
+        try
+        {
+            sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, upload == null ? null : upload.Ready, arrival)
+                : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase, upload == null ? null : upload.Ready);
+        }
+        catch (IOException e) when (e.InnerException is ShardLinkException link)
+        {
+            upload?.Abandon(e);
+            throw link;
+        }
+        catch (Exception e)
+        {
+            upload?.Abandon(e);
+            throw;
+        }
         double computeMs = compute.Elapsed.TotalMilliseconds;
         await order; // no sum leaves without the grain's order for it
-        var grads = m.Parameters.Grads;
         if (faults?.At("nan", request.Step) == true) grads.Span[0] = float.NaN;
         var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
             computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
-        using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size()))
-            await shards.SendGradientsAsync(request.Step, (int)(request.FirstSequence / request.Sequences), grads,
-                run.GradientDType == WireDType.Bf16 ? NarrowingBuffer(grads) : null, cancel);
+        using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size())) // the part not overlapped
+            await (uploading ?? shards.SendGradientsAsync(request.Step, share, grads, narrowed, cancel));
         var (peerSent, peerReceived) = shards.TakePeerBytes(request.Step - 1); // complete: this step's weights are in
         reply = reply with { PeerSent = peerSent, PeerReceived = peerReceived };
         await channel.SendAsync(MessageKind.Gradients, reply, cancel);
