@@ -165,10 +165,11 @@ public sealed class DistributedGradientSource(
                     foreach (var (w, cts) in busy) cts.Cancel();
             }
             var outcomes = await all;
+            abandon.Dispose(); // before the calls' sources are disposed: a holder may still be lost after the round
             if (holderLost.IsCancellationRequested)
             {
                 foreach (var cts in busy.Values) cts.Dispose();
-                throw new ShardHolderLostException("a worker holding a parameter range left the run");
+                throw new ShardHolderLostException(sharded!.LostReason ?? "a worker holding a parameter range left the run");
             }
             foreach (var (worker, error, unfinished) in outcomes)
             {

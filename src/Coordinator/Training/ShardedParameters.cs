@@ -63,6 +63,9 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     /// way are abandoned, and the step starts over once the shards are laid out again from the replicas.</summary>
     public CancellationToken HolderLost { get { lock (gate) return layout?.Lost.Token ?? CancellationToken.None; } }
 
+    /// <summary>Why <see cref="HolderLost"/> fired: who left, and who stands in for it.</summary>
+    public string? LostReason { get; private set; }
+
     /// <summary>Watches the membership for holders leaving.</summary>
     public void Watch()
     {
@@ -70,7 +73,11 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         {
             Layout? current;
             lock (gate) current = layout;
-            if (current != null && current.Holders.Contains(worker)) current.Lost.Cancel();
+            if (current != null && worker is RemoteWorker holder && current.Holders.Contains(holder))
+            {
+                LostReason = Lost(current)(holder)?.Message;
+                current.Lost.Cancel();
+            }
             Signal();
         };
     }

@@ -1,0 +1,157 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using DistGpt.Contracts;
+using DistGpt.Contracts.Wire;
+using DistGpt.WorkerSilo;
+using Xunit;
+
+namespace DistGpt.Tests.Training;
+
+/// <summary>Parameter shards end to end (--shards): real processes, the peer plane on real sockets. The runs' losses and
+/// final weights and moments must be --shards 1's bit for bit, in fp32 and bf16, with a holder SIGKILLed mid-run too;
+/// the coordinator's link must carry no tensors and no node more than ~2 weight sets each way.</summary>
+[Collection(ProcessHeavy.Name)]
+public sealed class ParameterShardRunTests
+{
+    // 406,272 parameters: 7 of the norm's 64K chunks, so up to 7 ranges.
+    const string Model = "--n-layer 2 --n-head 2 --n-embd 128 --block-size 32 --batch-size 6 --eval-iters 1 --threads 1";
+    const long Parameters = 406_272;
+    static readonly TimeSpan Timeout = TimeSpan.FromMinutes(3);
+
+    static Dictionary<string, string> Env(string? fault = null, string? token = null)
+    {
+        var env = new Dictionary<string, string> { [TestData.EnvVar] = TestData.CorpusPath() };
+        if (fault != null) env["DISTGPT_TEST_FAULT"] = fault;
+        if (token != null) env["DISTGPT_CLUSTER_TOKEN"] = token;
+        return env;
+    }
+
+    static void Dev(string outDir, string flags)
+    {
+        var r = CliRunner.Run($"dev --workers 3 --worker-threads 1 {Model} --max-iters 8 --eval-interval 4 {flags} --out {outDir}", Env(), Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+    }
+
+    static double[] Losses(string dir) => DistributedTests.Metrics(dir).Select(m => m.GetProperty("loss").GetDouble()).ToArray();
+
+    static void AssertSameRun(string expected, string actual)
+    {
+        Assert.Equal(Losses(expected), Losses(actual));
+        foreach (string file in new[] { "model.safetensors", "optimizer.safetensors" })
+            Assert.True(File.ReadAllBytes(Path.Combine(expected, "ckpt", file)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(actual, "ckpt", file))),
+                $"{file} differs from the --shards 1 run's");
+    }
+
+    [Theory]
+    [InlineData("fp32")]
+    [InlineData("bf16")]
+    public void TwoAndThreeShardsGiveOneShardsLossesWeightsAndMomentsBitForBit(string wire)
+    {
+        using var tmp = new TempDirectory("shards-" + wire);
+        string one = tmp.Subdirectory("one"), two = tmp.Subdirectory("two"), three = tmp.Subdirectory("three");
+        Dev(one, $"--shards 1 --wire-dtype {wire}");
+        Dev(two, $"--shards 2 --wire-dtype {wire}");
+        Dev(three, $"--shards auto --wire-dtype {wire}");
+        AssertSameRun(one, two);
+        AssertSameRun(one, three);
+
+        // Bytes per step, from the third step on (a worker's peer bytes are its previous step's, complete when it reports),
+        // but for the steps after an evaluation, whose lines count the weights gathered for it.
+        foreach (var m in DistributedTests.Metrics(three).Skip(2).Where(m => (m.GetProperty("step").GetInt32() - 1) % 4 != 0))
+        {
+            var nodes = m.GetProperty("node_bytes");
+            var coordinator = nodes.GetProperty("coordinator").GetProperty("socket");
+            Assert.True(coordinator.GetProperty("sent").GetInt64() + coordinator.GetProperty("received").GetInt64() < 20_000,
+                $"the coordinator moved tensors: {coordinator}");
+            foreach (var worker in new[] { "worker-0", "worker-1", "worker-2" })
+            {
+                var peer = nodes.GetProperty(worker).GetProperty("peer");
+                long each = Math.Max(peer.GetProperty("sent").GetInt64(), peer.GetProperty("received").GetInt64());
+                // Per step each way: 2/3 of the gradients (or of their bf16 halves) out, 2/3 of the weights in, 1/3 to a replica.
+                Assert.InRange(each, (wire == "bf16" ? 1.0 : 1.3) * 4 * Parameters, 2.2 * 4 * Parameters);
+            }
+        }
+    }
+
+    [Fact]
+    public void ASigkilledShardHolderLeavesTheRunBitForBitAsWithoutShards()
+    {
+        using var tmp = new TempDirectory("shards-kill");
+        string clean = tmp.Subdirectory("clean"), faulty = tmp.Subdirectory("faulty");
+        Cluster(clean, "--shards 1", killBetaAtStep: null);
+        string log = Cluster(faulty, "--shards auto", killBetaAtStep: 5);
+        Assert.Contains("its replica on", log);
+        Assert.Contains("the step starts over", log);
+        AssertSameRun(clean, faulty);
+    }
+
+    /// <summary>A coordinator and workers alpha, beta and gamma; with <paramref name="killBetaAtStep"/> beta stalls before
+    /// computing that step and is SIGKILLed there (with --shards auto it holds a range and keeps another's replica).</summary>
+    static string Cluster(string outDir, string flags, int? killBetaAtStep)
+    {
+        int port = DistributedTests.FreePort();
+        string token = "tok-" + Guid.NewGuid().ToString("n");
+        using var coordinator = CliRunner.Start(CliRunner.Split(
+            $"coordinator --listen http://127.0.0.1:{port} {Model} --min-workers 3 --replicas-per-share 1 --max-iters 10 --eval-interval 10 {flags} --out {outDir}"), Env(token: token));
+        string worker = $"worker --coordinator http://127.0.0.1:{port} --threads 1 --name";
+        using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha"), Env(token: token));
+        using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), Env(killBetaAtStep is { } s ? $"stall-compute:{s}" : null, token));
+        using var gamma = CliRunner.Start(CliRunner.Split($"{worker} gamma"), Env(token: token));
+        if (killBetaAtStep != null)
+        {
+            Assert.True(beta.WaitForOutput(o => o.Contains("stalled before computing"), Timeout), beta.StdOut + beta.StdErr);
+            Process.GetProcessById(beta.Id).Kill();
+        }
+        var r = coordinator.WaitForExit(Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        return r.StdOut + r.StdErr;
+    }
+
+    [Fact]
+    public async Task ThePeerPlaneAdmitsOnlyAPeerThatProvesTheRunsSecret()
+    {
+        var logged = new List<string>();
+        await using var plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", line => { lock (logged) logged.Add(line); });
+        var config = new Model.GptConfig(VocabSize: 65, BlockSize: 32, NLayer: 2, NHead: 2, NEmbd: 128, Dropout: 0, Bias: false);
+        using var model = new Model.Gpt(config);
+        var layout = new ShardLayout("run-1", config.Hash(), 1, 0, 3,
+            [new ShardPlacement(0, 0, model.Parameters.Count, "me", plane.Endpoint)], 0, new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0));
+        await using var shards = ShardedWorker.Create(layout, model, WireDType.Fp32, "me", _ => Task.CompletedTask, _ => { });
+        plane.Serve(shards);
+
+        // The secret proven: admitted (the holder's ShardReady).
+        await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", "run-1", "friend", 1, CancellationToken.None)) { }
+
+        // A wrong secret, another run's, or no hello at all: closed without a word.
+        foreach (var (secret, run) in new[] { ("a-guess", "run-1"), ("the-secret", "run-2") })
+            await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(plane.Endpoint, secret, run, "stranger", 1, CancellationToken.None));
+        using (var client = new TcpClient())
+        {
+            var port = int.Parse(plane.Endpoint.Split(':')[^1]);
+            await client.ConnectAsync(IPAddress.Loopback, port);
+            var stream = client.GetStream();
+            await stream.WriteAsync(new byte[64]); // not a frame
+            var channel = new FrameChannel(stream, stream);
+            Assert.Equal(MessageKind.PeerChallenge, (await channel.ReceiveAsync())!.Kind);
+            var clock = Stopwatch.StartNew();
+            await Assert.ThrowsAnyAsync<Exception>(async () =>
+            {
+                while (await channel.ReceiveAsync() is not null) { }
+                throw new IOException("closed");
+            });
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10));
+        }
+        lock (logged) Assert.Contains(logged, l => l.Contains("could not prove the run's peer secret") || l.Contains("closed before proving"));
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("many")]
+    [InlineData("-2")]
+    public void ABadShardsValueIsRefusedWithOneLine(string value)
+    {
+        var r = CliRunner.Run(["dev", "--workers", "2", .. CliRunner.Split(Model), "--max-iters", "1", "--shards", value], Env());
+        Hardening.UserErrors.AssertBadInput(r, "--shards", value);
+    }
+}
