@@ -8,16 +8,18 @@ where W_down / W_up are the seconds the busiest link needs for what it receives 
 plus a latency per message round), x the part of the compute that no transfer can hide (the first op waits for its
 weights, the last bucket leaves after the backward), and U the update (AdamW and the control plane). The designs:
     one coordinator (today):  its link carries N weight sets down (4P bytes each) and N gradient sums up (gP each);
-    parameter shards:         every node sends and receives (N-1)/N of the gradients (gP) and of the weights (4P), the
-                              update is spread over the N shards, plus one scalar round for the norm;
+    parameter shards:         every node sends and receives (N-1)/N of the gradients (gP) and of the weights (4P), and
+                              its range's sum to that range's replica (4P/N), in three phases (gradients, replica, weights)
+                              over full-duplex links; the update is spread over the N shards, plus a scalar round for the norm;
     ring all-reduce (theory): every node sends and receives 2 (N-1)/N gP in 2 (N-1) messages, no weights move, every
                               node runs the whole update.
 P parameters, g = 4 bytes (fp32) or 2 (bf16) a gradient value.
 
 Calibration: the unshaped run (RATE=40gbit) gives the compute C(N) and U(N) = its step time minus C(N) for every N
-(all the workers share one machine's cores, so C grows with N there); the shaped runs at N = 1 and 2 give tau and x.
-N = 3.. are then predicted, not fitted, and compared with the measured step times. Efficiency is C / (T - U): the
-share of a step, the update aside, that is compute.
+and design (all the workers share one machine's cores, so C grows with N there); the shaped one-coordinator runs at
+N = 1 and 2 give tau and x. The one-coordinator runs at N = 3.. and every sharded run with N >= 2 (runs with
+--shards auto in the same files) are then predicted, not fitted, and compared with the measured step times.
+Efficiency is C / (T - U): the share of a step, the update aside, that is compute.
 
 --check SHAPED UNSHAPED predicts another pair of runs (say bf16 gradients) with this calibration, every N of it.
 
@@ -37,7 +39,8 @@ def step_seconds(design, n, params, grad_bytes, tau, hidden, compute, update, la
         down, up, update_here, rounds = n * 4 * params, n * grad_bytes * params, update, 1
     elif design == "shards":
         share = (n - 1) / n
-        down, up, update_here, rounds = share * 4 * params, share * grad_bytes * params, update / n, 2
+        replica = 4 * params / n if n > 1 else 0.0
+        down, up, update_here, rounds = share * 4 * params + replica, share * grad_bytes * params, update / n, 3
     elif design == "ring":
         down, up, update_here, rounds = 0.0, 2 * (n - 1) / n * grad_bytes * params, update, 2 * max(0, n - 1)
     else:
@@ -48,8 +51,9 @@ def step_seconds(design, n, params, grad_bytes, tau, hidden, compute, update, la
     return wire + compute + update_here
 
 
-def medians(path):
-    runs = [json.loads(line) for line in open(path) if line.strip()]
+def medians(path, shards="1"):
+    """Per N, the medians of the runs with that --shards value (runs from before --shards count as 1)."""
+    runs = [r for r in (json.loads(line) for line in open(path) if line.strip()) if str(r.get("shards", "1")) == shards]
     by_n = {}
     for n in sorted({r["workers"] for r in runs}):
         mine = [r for r in runs if r["workers"] == n]
@@ -69,6 +73,7 @@ def main():
     args = parser.parse_args()
 
     shaped, unshaped = medians(args.shaped), medians(args.unshaped)
+    shaped_shards, unshaped_shards = medians(args.shaped, "auto"), medians(args.unshaped, "auto")
     if not {1, 2, 3} <= shaped.keys() & unshaped.keys():
         print("need N = 1, 2 and at least 3 in both runs", file=sys.stderr)
         return 2
@@ -92,26 +97,32 @@ def main():
     print(f"calibration (N = 1, 2): P = {params / 1e6:.2f}M parameters, {shaped[1]['wire']} gradients; link "
           f"{shaped[1]['rate_bps'] / 1e9:g} Gbit/s nominal, measured as {nominal / tau:.0%} of it (tau {tau * 1e9:.2f} ns/byte); "
           f"x = {x:.2f} of the compute not hidden by the transfers")
-    def compare(title, shaped, unshaped, first_predicted):
+    def compare(title, design, shaped, unshaped, first_predicted):
         """Prints measured against predicted step times; returns the largest error from first_predicted on."""
-        g = 2 if shaped[1]["wire"] == "bf16" else 4
+        if not shaped or not unshaped:
+            return 0.0
+        g = 2 if next(iter(shaped.values()))["wire"] == "bf16" else 4
         print(f"\nmeasured against predicted ({title}):")
-        print(f"{'N':>3} {'compute ms':>11} {'measured ms':>12} {'predicted ms':>13} {'error':>7} {'coordinator MB/step':>20} {'model MB/step':>14}")
+        print(f"{'N':>3} {'compute ms':>11} {'measured ms':>12} {'predicted ms':>13} {'error':>7} {'largest node MB/step':>21} {'model MB/step':>14}")
         worst = 0.0
         for n in sorted(shaped.keys() & unshaped.keys()):
             c, u, t = measured(n, shaped, unshaped)
-            predicted = step_seconds("coordinator", n, params, g, tau, hidden, c, u, latency)
+            predicted = step_seconds(design, n, params, g, tau, hidden, c, u, latency)
             error = predicted / t - 1
             if n >= first_predicted:
                 worst = max(worst, abs(error))
+            node = n * (4 + g) * params if design == "coordinator" else 2 * ((n - 1) / n * (4 + g) * params + (4 * params / n if n > 1 else 0))
             print(f"{n:3d} {c * 1e3:11.1f} {t * 1e3:12.1f} {predicted * 1e3:13.1f} {error:+7.1%} "
-                  f"{shaped[n]['coordinator_bytes'] / 1e6:20.1f} {n * (4 + g) * params / 1e6:14.1f}")
+                  f"{shaped[n]['max_node_bytes'] / 1e6:21.1f} {node / 1e6:14.1f}")
         return worst
 
-    worst = compare(f"one coordinator, {shaped[1]['wire']}; N = 1, 2 calibrate", shaped, unshaped, 3)
+    worst = compare(f"one coordinator, {shaped[1]['wire']}; N = 1, 2 calibrate", "coordinator", shaped, unshaped, 3)
+    worst = max(worst, compare(f"parameter shards, {shaped[1]['wire']}; every N predicted", "shards", shaped_shards, unshaped_shards, 2))
     if args.check:
         other, other_unshaped = medians(args.check[0]), medians(args.check[1])
-        worst = max(worst, compare(f"one coordinator, {other[1]['wire']}; every N predicted", other, other_unshaped, 1))
+        worst = max(worst, compare(f"one coordinator, {other[1]['wire']}; every N predicted", "coordinator", other, other_unshaped, 1))
+        worst = max(worst, compare(f"parameter shards, {other[1]['wire']}; every N predicted", "shards",
+                                   medians(args.check[0], "auto"), medians(args.check[1], "auto"), 2))
     trusted = worst <= 0.15
     print(f"largest error of the predicted points: {worst:.1%} ({'within' if trusted else 'OUTSIDE'} the 15% the table below needs)")
 

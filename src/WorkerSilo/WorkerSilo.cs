@@ -381,15 +381,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                 b => new GradientsBucket(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, b.Offset, b.Count))
             : null;
         var uploading = uploader?.RunAsync(TamperBucket(request.Step, uploader, channel), cancel);
-        double forwardAt = 0, backwardAt = 0;
-        var compute = Stopwatch.StartNew();
-        void Phase(string p) { if (p == "forward") forwardAt = compute.Elapsed.TotalMilliseconds; else backwardAt = compute.Elapsed.TotalMilliseconds; }
-        GradientSum sum;
-        try
-        {
-            sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, uploader == null ? null : uploader.Ready, arrival)
-                                  : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase, uploader == null ? null : uploader.Ready);
-        }
+        Computed done;
+        try { done = Run(worker, request, windows, uploader == null ? null : uploader.Ready, arrival); }
         catch (Exception e)
         {
             uploader?.Abandon(e);
@@ -397,9 +390,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             throw;
         }
         await weightsIn; // complete by now: the forward has read every weight
-        double computeMs = compute.Elapsed.TotalMilliseconds;
-        var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
-            computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
+        var reply = done.Reply(run, request, receiveMs);
         await order; // no sum leaves without the grain's order for it
         if (uploader == null)
         {
@@ -413,6 +404,24 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             await channel.SendAsync(MessageKind.Gradients, reply, cancel);
         }
         return reply;
+    }
+
+    /// <summary>A share's forward and backward, with their timings (ms).</summary>
+    sealed record Computed(GradientSum Sum, double ComputeMs, double ForwardMs, double BackwardMs)
+    {
+        public GradientsReply Reply(JoinAccepted run, ComputeRequest request, double receiveMs) =>
+            new(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, Sum.LossSum, Sum.Tokens, ComputeMs, ForwardMs, BackwardMs, receiveMs);
+    }
+
+    static Computed Run(IGradientComputer worker, ComputeRequest request, int[]? windows, Action<GradientBucket>? bucketReady, WeightsArrival? arrival)
+    {
+        double forwardAt = 0, backwardAt = 0;
+        var clock = Stopwatch.StartNew();
+        void Phase(string p) { if (p == "forward") forwardAt = clock.Elapsed.TotalMilliseconds; else backwardAt = clock.Elapsed.TotalMilliseconds; }
+        var sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, bucketReady, arrival)
+            : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase, bucketReady);
+        double ms = clock.Elapsed.TotalMilliseconds;
+        return new Computed(sum, ms, backwardAt - forwardAt, ms - backwardAt);
     }
 
     static void CheckRun(string runId, string configHash, JoinAccepted run, string what)
@@ -458,15 +467,8 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             ? new RangeUpload(shards, request.Step, share, grads, narrowed, worker.UseBuckets(Math.Max(1, run.GradientBucketBytes / sizeof(float))))
             : null;
         var uploading = upload?.RunAsync(cancel);
-        double forwardAt = 0, backwardAt = 0;
-        var compute = Stopwatch.StartNew();
-        void Phase(string p) { if (p == "forward") forwardAt = compute.Elapsed.TotalMilliseconds; else backwardAt = compute.Elapsed.TotalMilliseconds; }
-        GradientSum sum;
-        try
-        {
-            sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, upload == null ? null : upload.Ready, arrival)
-                : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase, upload == null ? null : upload.Ready);
-        }
+        Computed done;
+        try { done = Run(worker, request, windows, upload == null ? null : upload.Ready, arrival); }
         catch (IOException e) when (e.InnerException is ShardLinkException link)
         {
             upload?.Abandon(e);
@@ -477,11 +479,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             upload?.Abandon(e);
             throw;
         }
-        double computeMs = compute.Elapsed.TotalMilliseconds;
         await order; // no sum leaves without the grain's order for it
         if (faults?.At("nan", request.Step) == true) grads.Span[0] = float.NaN;
-        var reply = new GradientsReply(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, sum.LossSum, sum.Tokens,
-            computeMs, backwardAt - forwardAt, computeMs - backwardAt, receiveMs);
+        var reply = done.Reply(run, request, receiveMs);
         using (WorkerTracing.StartUpload(reply, (long)m.Parameters.Count * run.GradientDType.Size())) // the part not overlapped
             await (uploading ?? shards.SendGradientsAsync(request.Step, share, grads, narrowed, cancel));
         var (peerSent, peerReceived) = shards.TakePeerBytes(request.Step - 1); // complete: this step's weights are in

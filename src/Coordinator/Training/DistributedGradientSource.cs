@@ -101,7 +101,7 @@ public sealed class DistributedGradientSource(
                 {
                     if (SumShares(step, shares, sources, computedBy, Fail, out sumNorm)) break;
                 }
-                else if (await ShardNormAsync(sharded, step, shares, computedBy, Fail) is { } norm)
+                else if (await ShardNormAsync(sharded, step, shares, computedBy, Fail, cancel) is { } norm)
                 {
                     sumNorm = norm;
                     break;
@@ -231,10 +231,10 @@ public sealed class DistributedGradientSource(
     /// <summary>With parameter shards: the norm of the step's gradient sum from the holders' reports, or null when a holder
     /// refused shares (they failed, as in <see cref="SumShares"/>, and go back on the queue).</summary>
     async Task<double?> ShardNormAsync(ShardedParameters sharded, long step, List<Share> shares, IWorkerProxy?[] computedBy,
-        Action<IWorkerProxy, Exception, List<Share>> fail)
+        Action<IWorkerProxy, Exception, List<Share>> fail, CancellationToken cancel)
     {
         ShardedParameters.NormResult result;
-        using (TrainingTelemetry.Start("sum gradients", step)) result = await sharded.NormAsync(step, CancellationToken.None);
+        using (TrainingTelemetry.Start("sum gradients", step)) result = await sharded.NormAsync(step, cancel);
         if (result.InvalidShares.Count == 0) return result.Norm;
         foreach (var byWorker in result.InvalidShares.Where(i => computedBy[i] != null).GroupBy(i => computedBy[i]!))
         {
