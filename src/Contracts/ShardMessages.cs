@@ -16,12 +16,14 @@ public sealed record ShardPlacement(int Index, long Offset, long Length, string 
 public sealed record ShardOptimizer(float Beta1, float Beta2, float WeightDecay, float Eps, long StepCount);
 
 /// <summary>Coordinator → worker: the run's shard layout from now on, at weights version <paramref name="WeightsVersion"/>
-/// (updates applied). Payload: the whole float32 weights, then, when this worker holds range <paramref name="Holding"/>,
-/// that range's two AdamW moments (float32), then likewise for the range it keeps the replica of (<paramref name="Replicating"/>).
-/// Shares: the shares a step's batch is cut into (each holder adds that many up). The worker answers <see cref="ShardReady"/>
-/// once it is connected to every other holder.</summary>
+/// (updates applied). A shard (a worker) holds several ranges, every K-th one, so that as the backward finishes the
+/// ranges from the end of the buffer the next one to send goes to another worker's link each time. Payload: the whole
+/// float32 weights, then the two AdamW moments (float32) of each range this worker holds (<paramref name="Holding"/>, in
+/// that order), then likewise for the ranges it keeps the replica of (<paramref name="Replicating"/>). Shares: the shares
+/// a step's batch is cut into (each holder adds that many up). The worker answers <see cref="ShardReady"/> once it is
+/// linked to the holder of every range it does not hold.</summary>
 public sealed record ShardLayout(string RunId, string ConfigHash, long LayoutId, long WeightsVersion, int Shares,
-    IReadOnlyList<ShardPlacement> Ranges, int Holding, ShardOptimizer Optimizer, int Replicating = -1);
+    IReadOnlyList<ShardPlacement> Ranges, IReadOnlyList<int> Holding, ShardOptimizer Optimizer, IReadOnlyList<int> Replicating);
 
 /// <summary>Worker → coordinator: the layout is in place (weights loaded, peer links to every other holder open); and on the
 /// peer plane, holder → peer: the link is admitted (the peer gets the range's updates from now on).</summary>
@@ -49,8 +51,9 @@ public sealed record ShardState(string RunId, long LayoutId, int Shard, long Wei
 /// secret with.</summary>
 public sealed record PeerChallenge(string Nonce);
 
-/// <summary>Peer → holder: who it is and its proof, HMAC-SHA256(peer secret, nonce | run | name) in hex.</summary>
-public sealed record PeerHello(string WorkerName, string RunId, long LayoutId, string Proof);
+/// <summary>Peer → holder: who it is and its proof, HMAC-SHA256(peer secret, nonce | run | name) in hex; the link is for
+/// range <paramref name="Range"/> of the holder's.</summary>
+public sealed record PeerHello(string WorkerName, string RunId, long LayoutId, int Range, string Proof);
 
 /// <summary>Peer → holder: values [Offset, Offset + Count) of share <paramref name="Share"/>'s gradient sum at step
 /// <paramref name="Step"/> (payload, in the run's gradient dtype).</summary>

@@ -91,7 +91,7 @@ public sealed class PeerPlane : IAsyncDisposable
         finally { Interlocked.Decrement(ref handshakes); }
         try
         {
-            if (admitted is var (layout, hello)) await layout.ServePeerAsync(channel, hello.WorkerName, closing.Token);
+            if (admitted is var (layout, hello)) await layout.ServePeerAsync(channel, hello.WorkerName, hello.Range, closing.Token);
         }
         finally
         {
@@ -133,7 +133,7 @@ public sealed class PeerPlane : IAsyncDisposable
     }
 
     /// <summary>Opens a link to the holder at <paramref name="endpoint"/> and proves the run's secret.</summary>
-    public static async Task<FrameChannel> ConnectAsync(string endpoint, string secret, string runId, string worker, long layoutId, CancellationToken cancel)
+    public static async Task<FrameChannel> ConnectAsync(string endpoint, string secret, string runId, string worker, long layoutId, int range, CancellationToken cancel)
     {
         var (host, port) = Split(endpoint);
         var client = new TcpClient { NoDelay = true, SendBufferSize = 4 << 20, ReceiveBufferSize = 4 << 20 };
@@ -147,7 +147,7 @@ public sealed class PeerPlane : IAsyncDisposable
             var challenge = await channel.ReceiveAsync(timeout.Token);
             if (challenge is not { Kind: MessageKind.PeerChallenge }) throw new ProtocolException($"the peer at {endpoint} did not send a challenge");
             string nonce = challenge.Read<PeerChallenge>().Nonce;
-            await channel.SendAsync(MessageKind.PeerHello, new PeerHello(worker, runId, layoutId, PeerProof.Of(secret, nonce, runId, worker)), timeout.Token);
+            await channel.SendAsync(MessageKind.PeerHello, new PeerHello(worker, runId, layoutId, range, PeerProof.Of(secret, nonce, runId, worker)), timeout.Token);
             // Admitted once the holder has the same layout and has subscribed this link to its updates.
             timeout.CancelAfter(LayoutPatience);
             var admitted = await channel.ReceiveAsync(timeout.Token);

@@ -43,13 +43,14 @@ public sealed class ShardHolder : IDisposable
     /// <summary>Called with a step and the bytes of a frame that carried its updated range to a peer.</summary>
     public Action<long, long>? Sent { get; init; }
 
-    public ShardHolder(Model.Gpt model, ShardLayout layout, string runId, Func<ShardNorm, Task> report, Action<string> log)
+    public ShardHolder(Model.Gpt model, ShardLayout layout, int held, Func<ShardNorm, Task> report, Action<string> log)
     {
-        var placement = layout.Ranges[layout.Holding];
+        var placement = layout.Ranges[held];
+        runId = layout.RunId;
         range = new ShardRange(placement.Index, placement.Offset, placement.Length);
         replicaName = placement.Replica;
         layoutId = layout.LayoutId;
-        (this.runId, this.report, this.log) = (runId, report, log);
+        (this.report, this.log) = (report, log);
         weights = model.Parameters.Values;
         long count = model.Parameters.Count;
         sum = new NativeBuffer(range.Length);

@@ -25,9 +25,9 @@ public sealed class ShardReplica : IDisposable
     public long Version { get; private set; }
     public long StepCount => optimizer.StepCount;
 
-    public ShardReplica(Model.Gpt model, ShardLayout layout)
+    public ShardReplica(Model.Gpt model, ShardLayout layout, int replicated)
     {
-        var placement = layout.Ranges[layout.Replicating];
+        var placement = layout.Ranges[replicated];
         range = new ShardRange(placement.Index, placement.Offset, placement.Length);
         weights = new NativeBuffer(range.Length);
         sum = new NativeBuffer(range.Length);

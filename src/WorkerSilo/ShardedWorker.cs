@@ -29,26 +29,28 @@ public sealed class ShardedWorker : IAsyncDisposable
     long arrivalVersion;
 
     public long LayoutId => layout.LayoutId;
-    public ShardHolder? Holder { get; }
-    public ShardReplica? Replica { get; }
+    /// <summary>The ranges this worker holds, and those it keeps the replica of, by range index.</summary>
+    public IReadOnlyDictionary<int, ShardHolder> Holders { get; }
+    public IReadOnlyDictionary<int, ShardReplica> Replicas { get; }
 
     ShardedWorker(ShardLayout layout, Gpt model, WireDType dtype, string name, Func<ShardNorm, Task> report, Action<string> log)
     {
         (this.layout, this.model, this.dtype, this.name, this.log) = (layout, model, dtype, name, log);
         links = new FrameChannel?[layout.Ranges.Count];
         versions = Enumerable.Repeat(layout.WeightsVersion, layout.Ranges.Count).ToArray();
-        if (layout.Holding >= 0)
-            Holder = new ShardHolder(model, layout, layout.RunId, report, log) { Updated = v => Advance(layout.Holding, v), Sent = (step, bytes) => Count(step, bytes, 0) };
-        if (layout.Replicating >= 0) Replica = new ShardReplica(model, layout);
+        Holders = layout.Holding.ToDictionary(k => k, k => new ShardHolder(model, layout, k, report, log)
+            { Updated = v => Advance(k, v), Sent = (step, bytes) => Count(step, bytes, 0) });
+        Replicas = layout.Replicating.ToDictionary(k => k, k => new ShardReplica(model, layout, k));
     }
 
     /// <summary>Takes the layout: the worker's weights (and its range's moments) are read from <paramref name="payload"/>
     /// by the caller through <see cref="PayloadTargets"/>; then <see cref="ConnectAsync"/>.</summary>
     public static ShardedWorker Create(ShardLayout layout, Gpt model, WireDType dtype, string name, Func<ShardNorm, Task> report, Action<string> log)
     {
-        if (layout.Ranges.Count < 1 || layout.Holding < -1 || layout.Holding >= layout.Ranges.Count || layout.Shares < 1
-            || layout.Replicating < -1 || layout.Replicating >= layout.Ranges.Count || layout.Replicating >= 0 && layout.Replicating == layout.Holding)
-            throw new ProtocolException($"shard layout with {layout.Ranges.Count} ranges, holding {layout.Holding}, replicating {layout.Replicating}, {layout.Shares} shares");
+        bool InRange(int k) => k >= 0 && k < layout.Ranges.Count;
+        if (layout.Ranges.Count < 1 || layout.Shares < 1 || !layout.Holding.All(InRange) || !layout.Replicating.All(InRange)
+            || layout.Holding.Concat(layout.Replicating).Distinct().Count() != layout.Holding.Count + layout.Replicating.Count)
+            throw new ProtocolException($"shard layout with {layout.Ranges.Count} ranges, holding [{string.Join(',', layout.Holding)}], replicating [{string.Join(',', layout.Replicating)}], {layout.Shares} shares");
         long next = 0;
         for (int k = 0; k < layout.Ranges.Count; k++)
         {
@@ -65,33 +67,34 @@ public sealed class ShardedWorker : IAsyncDisposable
     public IEnumerable<Memory<byte>> PayloadTargets()
     {
         yield return NativeMemoryManager.Bytes(model.Parameters.Values);
-        if (Holder != null)
+        foreach (int k in layout.Holding)
         {
-            yield return Holder.MomentBytes(second: false);
-            yield return Holder.MomentBytes(second: true);
+            yield return Holders[k].MomentBytes(second: false);
+            yield return Holders[k].MomentBytes(second: true);
         }
-        if (Replica != null)
+        foreach (int k in layout.Replicating)
         {
-            yield return Replica.MomentBytes(second: false);
-            yield return Replica.MomentBytes(second: true);
+            yield return Replicas[k].MomentBytes(second: false);
+            yield return Replicas[k].MomentBytes(second: true);
         }
     }
 
     /// <summary>After the payload: the replica's copy of its range's weights.</summary>
     public void PayloadLanded()
     {
-        if (Replica is { } r) NativeMemoryManager.Bytes(model.Parameters.Values, r.Range.Offset, r.Range.Length).CopyTo(r.WeightBytes);
+        foreach (var r in Replicas.Values) NativeMemoryManager.Bytes(model.Parameters.Values, r.Range.Offset, r.Range.Length).CopyTo(r.WeightBytes);
     }
 
     /// <summary>Links to every other range's holder.</summary>
     public async Task ConnectAsync(string secret, CancellationToken cancel)
     {
-        await Task.WhenAll(layout.Ranges.Where(r => r.Index != layout.Holding).Select(async r =>
+        var remote = layout.Ranges.Where(r => !Holders.ContainsKey(r.Index)).ToList();
+        await Task.WhenAll(remote.Select(async r =>
         {
-            var channel = await PeerPlane.ConnectAsync(r.Endpoint, secret, layout.RunId, name, layout.LayoutId, cancel);
+            var channel = await PeerPlane.ConnectAsync(r.Endpoint, secret, layout.RunId, name, layout.LayoutId, r.Index, cancel);
             links[r.Index] = channel;
         }));
-        foreach (var r in layout.Ranges.Where(r => r.Index != layout.Holding))
+        foreach (var r in remote)
             loops.Add(ReceiveWeightsAsync(r, links[r.Index]!, closing.Token));
     }
 
@@ -102,12 +105,12 @@ public sealed class ShardedWorker : IAsyncDisposable
         {
             while (await link.ReceiveAsync(cancel) is { } frame)
             {
-                if (frame.Kind == MessageKind.ShardSum && Replica?.Range.Index == range.Index)
+                if (frame.Kind == MessageKind.ShardSum && Replicas.TryGetValue(range.Index, out var replica))
                 {
                     var h = frame.Read<ShardSum>();
                     if (h.RunId != layout.RunId) throw new ProtocolException($"a gradient sum for run {Untrusted.Quote(h.RunId, Untrusted.IdLength)}");
                     Count(h.Step, 0, frame.Size);
-                    await Replica.LandSumAsync(link, h, frame.PayloadLength, cancel);
+                    await replica.LandSumAsync(link, h, frame.PayloadLength, cancel);
                     continue;
                 }
                 if (frame.Kind != MessageKind.ShardWeights)
@@ -229,7 +232,7 @@ public sealed class ShardedWorker : IAsyncDisposable
     {
         var r = layout.Ranges[k];
         var payload = BucketUploader.Encode(grads, r.Offset, r.Length, dtype, narrowed);
-        if (k == layout.Holding) return Holder!.LandLocalAsync(step, share, payload, dtype);
+        if (Holders.TryGetValue(k, out var holder)) return holder.LandLocalAsync(step, share, payload, dtype);
         var link = links[k]!;
         return Task.Run(async () =>
         {
@@ -244,16 +247,16 @@ public sealed class ShardedWorker : IAsyncDisposable
 
     /// <summary>An admitted peer's connection to the range this worker holds: it receives the range after each update and
     /// sends its gradient ranges, until it closes.</summary>
-    public async Task ServePeerAsync(FrameChannel peer, string peerName, CancellationToken cancel)
+    public async Task ServePeerAsync(FrameChannel peer, string peerName, int range, CancellationToken cancel)
     {
-        if (Holder == null) return;
+        if (!Holders.TryGetValue(range, out var holder)) return;
         var served = new TaskCompletionSource();
         lock (gate)
         {
             inbound.Add(peer);
             loops.Add(served.Task);
         }
-        Holder.Subscribe(peer, peerName);
+        holder.Subscribe(peer, peerName);
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel, closing.Token);
         try
         {
@@ -265,7 +268,7 @@ public sealed class ShardedWorker : IAsyncDisposable
                     var header = frame.Read<ShardGradients>();
                     Count(header.Step, 0, frame.Size);
                     if (header.RunId != layout.RunId) throw new ProtocolException($"gradients for run {Untrusted.Quote(header.RunId, Untrusted.IdLength)}");
-                    await Holder.LandAsync(peer, header, frame.PayloadLength, dtype, stop.Token);
+                    await holder.LandAsync(peer, header, frame.PayloadLength, dtype, stop.Token);
                 }
                 else await peer.SkipPayloadAsync(frame.PayloadLength, stop.Token);
             }
@@ -277,7 +280,7 @@ public sealed class ShardedWorker : IAsyncDisposable
         }
         finally
         {
-            Holder.Unsubscribe(peer);
+            holder.Unsubscribe(peer);
             served.SetResult();
         }
     }
@@ -311,8 +314,8 @@ public sealed class ShardedWorker : IAsyncDisposable
         Task[] running;
         lock (gate) running = loops.ToArray();
         try { await Task.WhenAll(running); } catch { /* each loop reported its own end */ }
-        Holder?.Dispose();
-        Replica?.Dispose();
+        foreach (var h in Holders.Values) h.Dispose();
+        foreach (var r in Replicas.Values) r.Dispose();
         closing.Dispose();
     }
 }

@@ -515,7 +515,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             if (sharded != next) await next.DisposeAsync();
             throw;
         }
-        options.Log($"{options.Name}: shard layout {layout.LayoutId}: {layout.Ranges.Count} ranges{(layout.Holding >= 0 ? $", holding range {layout.Holding} ({layout.Ranges[layout.Holding].Length:N0} parameters)" : "")}{(layout.Replicating >= 0 ? $", replica of range {layout.Replicating}" : "")}");
+        options.Log($"{options.Name}: shard layout {layout.LayoutId}: {layout.Ranges.Count} ranges, holding {layout.Holding.Count} ({layout.Holding.Sum(k => layout.Ranges[k].Length):N0} parameters), replicas of {layout.Replicating.Count}");
         await channel.SendAsync(MessageKind.ShardReady, new ShardReady(run.RunId, layout.LayoutId), cancel);
     }
 
@@ -530,9 +530,9 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     void ApplyUpdate(JoinAccepted run, ShardUpdate update)
     {
         if (update.RunId != run.RunId) throw new ProtocolException($"shard update for run {Untrusted.Quote(update.RunId, Untrusted.IdLength)}");
-        if (sharded?.Holder == null && sharded?.Replica == null) throw new ProtocolException("a shard update for a worker that holds no range");
-        if (sharded.Holder != null) _ = sharded.Holder.Apply(update);
-        sharded.Replica?.Update(update);
+        if (sharded is not { } shards || shards.Holders.Count + shards.Replicas.Count == 0) throw new ProtocolException("a shard update for a worker that holds no range");
+        foreach (var holder in shards.Holders.Values) _ = holder.Apply(update);
+        foreach (var replica in shards.Replicas.Values) replica.Update(update);
     }
 
     /// <summary>The held range (and its moments, when asked) back to the coordinator, for evaluation and checkpoints.</summary>
@@ -541,14 +541,14 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         if (request.RunId != run.RunId) throw new ProtocolException($"shard state request for run {Untrusted.Quote(request.RunId, Untrusted.IdLength)}");
         Memory<byte> weights, m, v;
         ShardState header;
-        if (sharded?.Holder is { } holder && holder.Range.Index == request.Range)
+        if (sharded?.Holders.GetValueOrDefault(request.Range) is { } holder)
         {
             var r = holder.Range;
             weights = NativeMemoryManager.Bytes(model!.Parameters.Values, r.Offset, r.Length);
             (m, v) = (holder.MomentBytes(false), holder.MomentBytes(true));
             header = new ShardState(run.RunId, sharded.LayoutId, r.Index, holder.Version, holder.StepCount, r.Offset, r.Length, request.Moments);
         }
-        else if (sharded?.Replica is { } replica && replica.Range.Index == request.Range)
+        else if (sharded?.Replicas.GetValueOrDefault(request.Range) is { } replica)
         {
             await replica.WaitForAsync(request.Version, TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatSeconds)), cancel);
             var r = replica.Range;

@@ -82,6 +82,9 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         };
     }
 
+    /// <summary>Ranges a shard holds (when the parameters have that many norm chunks): see <see cref="EnsureLayoutAsync"/>.</summary>
+    public const int RangesPerShard = 4;
+
     TimeSpan Patience => TimeSpan.FromSeconds(Math.Max(10, 3 * run.HeartbeatTimeout.TotalSeconds));
 
     /// <summary>At a step boundary: a layout over exactly these members, at weights version <paramref name="weightsVersion"/>.
@@ -96,12 +99,16 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         if (old != null && old.Members.Select(w => w.Name).SequenceEqual(workers.Select(w => w.Name)) && old.Members.SequenceEqual(workers)) return;
         if (old == null) (version, gatheredVersion, gatheredMoments) = (weightsVersion, weightsVersion, true); // the local model is the run's start
         else await GatherAsync(moments: true, cancel);
-        int k = Math.Min(requested == 0 ? workers.Length : requested, workers.Length);
-        var plan = ParameterShards.Plan(model.Parameters.Count, Math.Min(k, GradientOps.NormChunks(model.Parameters.Count)));
-        // Range k's replica is on the next worker round the ring, so every range survives the loss of any one worker.
-        RemoteWorker? ReplicaOf(int range) => workers.Length < 2 ? null : workers[(range + 1) % workers.Length];
-        var ranges = plan.Select(r => new ShardPlacement(r.Index, r.Offset, r.Length, workers[r.Index].Name, workers[r.Index].PeerEndpoint!, ReplicaOf(r.Index)?.Name)).ToArray();
-        var next = new Layout(nextLayoutId++, ranges, workers[..ranges.Length], ranges.Select(r => ReplicaOf(r.Index)).ToArray(), workers);
+        int chunks = GradientOps.NormChunks(model.Parameters.Count);
+        int k = Math.Min(Math.Min(requested == 0 ? workers.Length : requested, workers.Length), chunks);
+        // Each of the K shards holds RangesPerShard ranges, every K-th one: the backward finishes the ranges from the end
+        // of the buffer, so the workers' next range to send goes to another holder's link each time, not all to one.
+        var plan = ParameterShards.Plan(model.Parameters.Count, Math.Min(k * RangesPerShard, chunks));
+        RemoteWorker HolderOf(int range) => workers[range % k];
+        // A range's replica is on the worker after its holder round the ring: every range survives the loss of any one worker.
+        RemoteWorker? ReplicaOf(int range) => workers.Length < 2 ? null : workers[(range % k + 1) % workers.Length];
+        var ranges = plan.Select(r => new ShardPlacement(r.Index, r.Offset, r.Length, HolderOf(r.Index).Name, HolderOf(r.Index).PeerEndpoint!, ReplicaOf(r.Index)?.Name)).ToArray();
+        var next = new Layout(nextLayoutId++, ranges, ranges.Select(r => HolderOf(r.Index)).ToArray(), ranges.Select(r => ReplicaOf(r.Index)).ToArray(), workers);
         lock (gate)
         {
             layout = next;
@@ -109,17 +116,19 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             norms.Clear();
         }
         var settings = new ShardOptimizer(optimizer.Beta1, optimizer.Beta2, optimizer.WeightDecay, optimizer.Eps, optimizer.StepCount);
-        await Task.WhenAll(workers.Select((w, i) =>
+        await Task.WhenAll(workers.Select(w =>
         {
-            int holding = i < ranges.Length ? i : -1, replicating = Array.IndexOf(next.Replicas, w);
+            int[] holding = ranges.Where(r => next.Holders[r.Index] == w).Select(r => r.Index).ToArray();
+            int[] replicating = ranges.Where(r => next.Replicas[r.Index] == w).Select(r => r.Index).ToArray();
             var header = new ShardLayout(run.RunId, run.ConfigHash, next.Id, version, shares, ranges, holding, settings, replicating);
             var payload = new List<ReadOnlyMemory<byte>> { Contracts.Wire.NativeMemoryManager.Bytes(model.Parameters.Values) };
-            foreach (int k in new[] { holding, replicating }.Where(k => k >= 0))
-                payload.AddRange([Moment(optimizer.ExpAvg, ranges[k]), Moment(optimizer.ExpAvgSq, ranges[k])]);
+            foreach (int r in holding.Concat(replicating))
+                payload.AddRange([Moment(optimizer.ExpAvg, ranges[r]), Moment(optimizer.ExpAvgSq, ranges[r])]);
             return SendAsync(w, MessageKind.ShardLayout, header, cancel, payload.ToArray());
         }));
         await WaitAsync<object>(() => ready.Count == workers.Length ? ready : null, next.Members, _ => null, "link up for the shard layout", cancel);
-        log($"parameter shards: layout {next.Id}, {ranges.Length} ranges held by {string.Join(", ", ranges.Select(r => $"{r.Worker} [{r.Offset:N0}, {r.Offset + r.Length:N0})"))}");
+        log($"parameter shards: layout {next.Id}, {k} shards of {ranges.Length} ranges: " + string.Join(", ", ranges.GroupBy(r => r.Worker)
+            .Select(g => $"{g.Key} holds {g.Count()} ({g.Sum(r => r.Length):N0} parameters)")));
     }
 
     static Memory<byte> Moment(Model.Engine.NativeBuffer moments, ShardPlacement range) =>
@@ -148,12 +157,13 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     /// <summary>A holder of <paramref name="current"/> is gone: the step can start over from its replica, if that is still there.</summary>
     Func<RemoteWorker, Exception?> Lost(Layout current) => gone =>
     {
-        int held = Array.IndexOf(current.Holders, gone);
+        int held = Array.IndexOf(current.Holders, gone); // its ranges all have their replica on the same worker
         if (held < 0) return null;
+        string ranges = string.Join(", ", current.Ranges.Where(r => current.Holders[r.Index] == gone).Select(r => r.Index));
         var members = grain.Members();
         return current.Replicas[held] is { } replica && members.Contains(replica)
-            ? new ShardHolderLostException($"worker '{gone.Name}' left the run holding parameter range {held}; its replica on '{replica.Name}' takes over")
-            : new RunFailedException($"worker '{gone.Name}' left the run holding parameter range {held}, and its replica{(current.Replicas[held] is { } r ? $" on '{r.Name}' is gone too" : " does not exist (a single worker)")}: the range's optimizer state is lost");
+            ? new ShardHolderLostException($"worker '{gone.Name}' left the run holding parameter ranges {ranges}; their replica on '{replica.Name}' takes over")
+            : new RunFailedException($"worker '{gone.Name}' left the run holding parameter ranges {ranges}, and their replica{(current.Replicas[held] is { } r ? $" on '{r.Name}' is gone too" : " does not exist (a single worker)")}: the ranges' optimizer state is lost");
     };
 
     /// <summary>Until <paramref name="done"/> (called under the lock) has an answer; fails when one of the workers it needs

@@ -81,7 +81,7 @@ public sealed class ParameterShardRunTests
         string clean = tmp.Subdirectory("clean"), faulty = tmp.Subdirectory("faulty");
         Cluster(clean, "--shards 1", killBetaAtStep: null);
         string log = Cluster(faulty, "--shards auto", killBetaAtStep: 5);
-        Assert.Contains("its replica on", log);
+        Assert.Contains("their replica on", log);
         Assert.Contains("the step starts over", log);
         AssertSameRun(clean, faulty);
     }
@@ -116,16 +116,16 @@ public sealed class ParameterShardRunTests
         var config = new Model.GptConfig(VocabSize: 65, BlockSize: 32, NLayer: 2, NHead: 2, NEmbd: 128, Dropout: 0, Bias: false);
         using var model = new Model.Gpt(config);
         var layout = new ShardLayout("run-1", config.Hash(), 1, 0, 3,
-            [new ShardPlacement(0, 0, model.Parameters.Count, "me", plane.Endpoint)], 0, new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0));
+            [new ShardPlacement(0, 0, model.Parameters.Count, "me", plane.Endpoint)], [0], new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0), []);
         await using var shards = ShardedWorker.Create(layout, model, WireDType.Fp32, "me", _ => Task.CompletedTask, _ => { });
         plane.Serve(shards);
 
         // The secret proven: admitted (the holder's ShardReady).
-        await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", "run-1", "friend", 1, CancellationToken.None)) { }
+        await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", "run-1", "friend", 1, 0, CancellationToken.None)) { }
 
         // A wrong secret, another run's, or no hello at all: closed without a word.
         foreach (var (secret, run) in new[] { ("a-guess", "run-1"), ("the-secret", "run-2") })
-            await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(plane.Endpoint, secret, run, "stranger", 1, CancellationToken.None));
+            await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(plane.Endpoint, secret, run, "stranger", 1, 0, CancellationToken.None));
         using (var client = new TcpClient())
         {
             var port = int.Parse(plane.Endpoint.Split(':')[^1]);
