@@ -6,8 +6,8 @@ using DistGpt.Model.Training;
 
 namespace DistGpt.Coordinator.Training;
 
-/// <summary>The coordinator's side of parameter shards (--shards K): lays the K ranges out on the worker silos (again at a
-/// step boundary whenever the members change, after gathering them back), turns the holders' chunk sums of squares into
+/// <summary>The coordinator's side of parameter shards (--shards K): lays the parameter ranges out on K worker silos (again
+/// at a step boundary whenever the members change, after gathering them back), turns the holders' chunk sums of squares into
 /// the step's gradient norm, gives each holder the go for its update, and gathers the ranges for evaluation and checkpoints.
 /// Between layouts it moves no tensor: the gradient ranges and the updated weights travel between the worker silos.</summary>
 public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW optimizer, RunDescription run, int requested, int shares,
