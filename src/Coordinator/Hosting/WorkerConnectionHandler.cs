@@ -55,13 +55,6 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
             return;
         }
         authenticated();
-        if (grain.Run.PeerSecret != null && !PeerEndpoints.Valid(hello.PeerEndpoint))
-        {
-            grain.Leave(new RemoteWorker(workerGrain(request.WorkerName), channel, request.WorkerName, accepted.Rank, request.Silo, grain.Run, accepted.SendsWindows, abort),
-                "no peer-plane endpoint in its hello");
-            await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused("this run has parameter shards: the hello must name the worker's peer-plane endpoint (host:port)"));
-            return;
-        }
         var worker = new RemoteWorker(workerGrain(request.WorkerName), channel, request.WorkerName, accepted.Rank, request.Silo, grain.Run,
             accepted.SendsWindows, abort)
         {
@@ -72,6 +65,12 @@ public sealed class WorkerConnectionHandler(RunMembership grain, Func<string, IW
         bool admitted = false;
         try
         {
+            if (grain.Run.PeerSecret != null && !PeerEndpoints.Valid(hello.PeerEndpoint))
+            {
+                Refused($"worker '{request.WorkerName}' from {remote}: no peer-plane endpoint in its hello; refused");
+                await channel.SendAsync(MessageKind.JoinRefused, new JoinRefused("this run has parameter shards: the hello must name the worker's peer-plane endpoint (host:port)"));
+                return; // (its rank is freed below, as for any admission whose data plane is not set up)
+            }
             if (offerSharedMemory && hello.SharedMemory && SharedMemoryRegion.Directory is { } dir)
             {
                 // Weights (and, when they fit, token windows) down; a gradient sum up. A worker that samples its own

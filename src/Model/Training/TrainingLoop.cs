@@ -79,12 +79,13 @@ public sealed class TrainingLoop(
 
         float? trainLoss = null, valLoss = null, valLossFull = null;
         string? sample = null;
+        bool checkpointDue = (settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters;
         if (step % settings.EvalInterval == 0 || step == settings.MaxIters)
         {
             using (var evaluation = TrainingTelemetry.Start("evaluate model", step))
             using (OnPhase?.Invoke("evaluate", step))
             {
-                Remote?.Gather(moments: false);
+                Remote?.Gather(moments: checkpointDue); // the checkpoint after it then needs nothing more
                 (trainLoss, valLoss) = evaluator.Estimate(step);
                 if (step == settings.MaxIters && corpus.Val.Length <= Evaluator.WholeSplitMaxTokens) valLossFull = evaluator.WholeSplit(DataSplit.Val);
                 sample = sampler.Generate(step);
@@ -108,7 +109,7 @@ public sealed class TrainingLoop(
 
         // After the step's metrics line: a crash between the two leaves metrics past the checkpoint, which a resumed run
         // drops; the other order could leave a checkpoint whose step has no metrics line, a gap after the resume.
-        if ((settings.CheckpointInterval > 0 && step % settings.CheckpointInterval == 0) || step == settings.MaxIters)
+        if (checkpointDue)
         {
             using var checkpoint = TrainingTelemetry.Start("save checkpoint", step);
             checkpoint?.SetTag(TrainingTelemetry.Attr.CheckpointDir, outDir);
