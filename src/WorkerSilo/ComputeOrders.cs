@@ -14,7 +14,7 @@ public sealed class ComputeOrders
 
     readonly object gate = new();
     readonly List<Order> open = new();
-    TaskCompletionSource placed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly ChangeSignal placed = new();
 
     /// <summary>The order's outcome: the reply sent on the data plane, or why none was.</summary>
     public Task<GradientsReply> Place(ComputeRequest request)
@@ -23,9 +23,7 @@ public sealed class ComputeOrders
         lock (gate)
         {
             open.Add(order);
-            var signal = placed;
-            placed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-            signal.TrySetResult();
+            placed.Pulse();
         }
         _ = order.Done.Task.ContinueWith(t => t.Exception, TaskContinuationOptions.OnlyOnFaulted); // reported on the data plane
         return order.Done.Task;
@@ -51,7 +49,7 @@ public sealed class ComputeOrders
                     open.Remove(match);
                     return match;
                 }
-                next = placed.Task;
+                next = placed.Next;
             }
             await next.WaitAsync(cancel);
         }

@@ -22,7 +22,7 @@ public sealed class PeerPlane : IAsyncDisposable
     readonly Fabric.ThrottledLog refusals;
     int handshakes;
     ShardedWorker? current;
-    TaskCompletionSource layoutChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly ChangeSignal layoutChanged = new();
 
     /// <summary>host:port for the coordinator to hand to the other workers.</summary>
     public string Endpoint { get; }
@@ -41,13 +41,8 @@ public sealed class PeerPlane : IAsyncDisposable
     /// <summary>The layout inbound peers are served for from now on.</summary>
     public void Serve(ShardedWorker? layout)
     {
-        TaskCompletionSource changed;
-        lock (listener)
-        {
-            current = layout;
-            (changed, layoutChanged) = (layoutChanged, new(TaskCreationOptions.RunContinuationsAsynchronously));
-        }
-        changed.TrySetResult();
+        lock (listener) current = layout;
+        layoutChanged.Pulse();
     }
 
     async Task AcceptLoopAsync()
@@ -125,7 +120,7 @@ public sealed class PeerPlane : IAsyncDisposable
             {
                 if (current?.LayoutId == hello.LayoutId) return (current, hello);
                 if (current?.LayoutId > hello.LayoutId) return null;
-                changed = layoutChanged.Task;
+                changed = layoutChanged.Next;
             }
             if (DateTime.UtcNow > until) return null;
             await Task.WhenAny(changed, Task.Delay(until - DateTime.UtcNow, closing.Token));

@@ -18,7 +18,7 @@ public sealed class ShardReplica : IDisposable
     readonly object gate = new();
     long summedStep = -1;
     ShardUpdate? waiting;
-    TaskCompletionSource advanced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly ChangeSignal advanced = new();
 
     public ShardRange Range => range;
     /// <summary>Updates applied to the copy.</summary>
@@ -72,16 +72,14 @@ public sealed class ShardReplica : IDisposable
 
     void TryApply()
     {
-        TaskCompletionSource signal;
         lock (gate)
         {
             if (waiting is not { } update || summedStep != update.Step) return;
             optimizer.Step(update.Lr, update.GradScale);
             Version = update.Step;
             waiting = null;
-            (signal, advanced) = (advanced, new(TaskCreationOptions.RunContinuationsAsynchronously));
         }
-        signal.TrySetResult();
+        advanced.Pulse();
     }
 
     /// <summary>Waits (bounded) until the copy has <paramref name="version"/> updates.</summary>
@@ -94,7 +92,7 @@ public sealed class ShardReplica : IDisposable
             lock (gate)
             {
                 if (Version >= version) return;
-                next = advanced.Task;
+                next = advanced.Next;
             }
             if (DateTime.UtcNow > until) throw new ProtocolException($"the replica of range {range.Index} is at version {Version}, not {version}, after {patience.TotalSeconds:F0} s");
             await Task.WhenAny(next, Task.Delay(TimeSpan.FromMilliseconds(100), cancel));

@@ -22,7 +22,7 @@ public sealed class ShardedWorker : IAsyncDisposable
     readonly CancellationTokenSource closing = new();
     readonly List<Task> loops = new();
     readonly object gate = new();
-    TaskCompletionSource advanced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly ChangeSignal advanced = new();
     string? linkFailure;
     readonly Dictionary<long, (long Sent, long Received)> peerBytes = new(); // by the step whose tensors they were
     WeightsArrival? arrival;  // the computation waiting for the weights of arrivalVersion, as they land
@@ -142,14 +142,12 @@ public sealed class ShardedWorker : IAsyncDisposable
 
     void Advance(int range, long version)
     {
-        TaskCompletionSource signal;
         lock (gate)
         {
             versions[range] = Math.Max(versions[range], version);
-            (signal, advanced) = (advanced, new(TaskCreationOptions.RunContinuationsAsynchronously));
             if (arrival != null) arrival.Advance(PrefixAt(arrivalVersion));
         }
-        signal.TrySetResult();
+        advanced.Pulse();
     }
 
     /// <summary>Part of a range has landed: the forward may read it if every range before it is in.</summary>
@@ -169,14 +167,12 @@ public sealed class ShardedWorker : IAsyncDisposable
 
     void Fail(string why)
     {
-        TaskCompletionSource signal;
         lock (gate)
         {
             linkFailure ??= why;
-            (signal, advanced) = (advanced, new(TaskCreationOptions.RunContinuationsAsynchronously));
             arrival?.Fail(new ShardLinkException(why));
         }
-        signal.TrySetResult();
+        advanced.Pulse();
     }
 
     /// <summary>The weights of <paramref name="version"/> as they land, for a forward that starts before they are all in
@@ -213,7 +209,7 @@ public sealed class ShardedWorker : IAsyncDisposable
                 if (linkFailure != null) throw new ShardLinkException(linkFailure);
                 if (DateTime.UtcNow > until)
                     throw new ShardLinkException($"range {missing}'s weights of version {version} did not come from {layout.Ranges[missing].Worker} within {patience.TotalSeconds:F0} s");
-                next = advanced.Task;
+                next = advanced.Next;
             }
             await Task.WhenAny(next, Task.Delay(until - DateTime.UtcNow + TimeSpan.FromMilliseconds(10), cancel));
             cancel.ThrowIfCancellationRequested();

@@ -21,7 +21,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
     readonly object gate = new();
     readonly Dictionary<string, Reservation> reserved = new();  // name -> accepted but not yet on the data plane
     readonly SortedList<int, IWorkerProxy> members = new();     // rank -> worker
-    TaskCompletionSource membershipChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly ChangeSignal membershipChanged = new();
 
     public RunDescription Run => run;
 
@@ -143,7 +143,7 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
             lock (gate)
             {
                 if (members.Count >= count) return;
-                changed = membershipChanged.Task;
+                changed = membershipChanged.Next;
             }
             var left = until - DateTime.UtcNow;
             if (left <= TimeSpan.Zero) throw new RunFailedException($"only {Count} of {count} workers joined within {timeout.TotalSeconds:F0} s");
@@ -152,10 +152,5 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
         }
     }
 
-    void Signal()
-    {
-        var old = membershipChanged;
-        membershipChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        old.TrySetResult();
-    }
+    void Signal() => membershipChanged.Pulse();
 }

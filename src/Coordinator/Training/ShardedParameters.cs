@@ -23,7 +23,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
     public sealed record NormResult(double Norm, IReadOnlyList<int> InvalidShares);
 
     readonly object gate = new();
-    TaskCompletionSource changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly ChangeSignal changed = new();
     Layout? layout;
     long nextLayoutId = 1;
     readonly HashSet<string> ready = new();
@@ -177,7 +177,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
             lock (gate)
             {
                 if (done() is { } answer) return answer;
-                next = changed.Task;
+                next = changed.Next;
             }
             var members = grain.Members();
             if (needed.FirstOrDefault(w => w != null && !members.Contains(w)) is { } gone)
@@ -305,12 +305,7 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         return true;
     }
 
-    void Signal()
-    {
-        TaskCompletionSource signal;
-        lock (gate) (signal, changed) = (changed, new(TaskCreationOptions.RunContinuationsAsynchronously));
-        signal.TrySetResult();
-    }
+    void Signal() => changed.Pulse();
 }
 
 /// <summary>A worker holding a parameter range left mid-step: the step starts over once the range's replica stands in.</summary>
