@@ -8,7 +8,8 @@
 # RATE=40gbit, measures that for bench/scaling_model.py). Each --shards value in SHARDS ("1 auto": today's coordinator,
 # every gradient sum up and every weight set down through its link, against parameter shards on the workers, whose
 # tensors go worker to worker) runs at each N, REPEATS times, alternated within a repeat; prints per N and shards the
-# median step time after the warm-up, the slowest worker's median compute, the coordinator's bytes per step (sent +
+# median step time after the warm-up, the slowest worker's median compute (and without the forward's waits for arriving
+# weights: busy_ms in the JSON), the coordinator's bytes per step (sent +
 # received) and the largest node's, each way (the larger of its sent and received: a full-duplex link's load) and both
 # ways (from metrics.jsonl's node_bytes: data-plane sockets plus, with shards, the peer plane). One JSON line per run
 # goes to OUT (default /tmp/scaling-netns.jsonl) for bench/scaling_model.py. Needs root (ip netns, tc) and iproute2.
@@ -77,6 +78,7 @@ print(json.dumps({
     "workers": n, "shards": shards, "rate_bps": bps, "wire": wire, "steps": len(rows),
     "step_ms": med([r["step_ms"] for r in rows]),
     "compute_ms": med([r["compute_ms"] for r in rows]),
+    "busy_ms": med([r["compute_busy_ms"] for r in rows]),
     "coordinator_bytes": med([node_bytes(r, "coordinator") for r in rows]),
     "max_node_bytes": med([max(node_bytes(r, k) for k in names) for r in rows]),
     "max_node_bytes_each_way": med([max(each_way(r, k) for k in names) for r in rows]),

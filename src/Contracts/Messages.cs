@@ -62,10 +62,11 @@ public sealed record ComputeRequest(string RunId, long Step, long WeightsVersion
 /// <summary>Worker → coordinator: the gradient sum (payload) with the loss behind it and the worker's own timings. When
 /// the sum went ahead in <see cref="GradientsBucket"/> frames, this frame ends the step's reply and has no payload; with
 /// parameter shards the sum went to the holders, and PeerSent/PeerReceived are the worker's peer-plane bytes since its
-/// previous reply.</summary>
+/// previous reply. WeightsWaitMs: the part of ComputeMs the forward spent blocked on weights still arriving.</summary>
 public sealed record GradientsReply(
     string RunId, long Step, long WeightsVersion, string ConfigHash, double LossSum, long Tokens,
-    double ComputeMs, double ForwardMs, double BackwardMs, double ReceiveMs, long PeerSent = 0, long PeerReceived = 0);
+    double ComputeMs, double ForwardMs, double BackwardMs, double ReceiveMs, long PeerSent = 0, long PeerReceived = 0,
+    double WeightsWaitMs = 0);
 
 /// <summary>Worker → coordinator, during the backward (as PyTorch DDP's buckets): values [Offset, Offset + Count) of the
 /// step's gradient sum (payload), final while the rest is still being computed. A step's buckets run from the end of the

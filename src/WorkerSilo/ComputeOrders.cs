@@ -31,29 +31,18 @@ public sealed class ComputeOrders
 
     /// <summary>The order for the payload whose header is <paramref name="payload"/>; orders for earlier steps are stale (the
     /// coordinator gave up on them) and fail.</summary>
-    public async Task<Order> ClaimAsync(ComputeRequest payload, CancellationToken cancel)
-    {
-        while (true)
+    public async Task<Order> ClaimAsync(ComputeRequest payload, CancellationToken cancel) =>
+        (await placed.UntilAsync(gate, () =>
         {
-            Task next;
-            lock (gate)
+            foreach (var stale in open.Where(o => o.Request.Step < payload.Step).ToList())
             {
-                foreach (var stale in open.Where(o => o.Request.Step < payload.Step).ToList())
-                {
-                    open.Remove(stale);
-                    stale.Done.TrySetException(new InvalidOperationException($"order for step {stale.Request.Step} overtaken by step {payload.Step}"));
-                }
-                var match = open.FirstOrDefault(o => o.Request.SameShareAs(payload));
-                if (match != null)
-                {
-                    open.Remove(match);
-                    return match;
-                }
-                next = placed.Next;
+                open.Remove(stale);
+                stale.Done.TrySetException(new InvalidOperationException($"order for step {stale.Request.Step} overtaken by step {payload.Step}"));
             }
-            await next.WaitAsync(cancel);
-        }
-    }
+            var match = open.FirstOrDefault(o => o.Request.SameShareAs(payload));
+            if (match != null) open.Remove(match);
+            return match;
+        }, Timeout.InfiniteTimeSpan, cancel))!;
 
     /// <summary>The data plane the open orders were waiting on is gone.</summary>
     public void FailAll(string reason)

@@ -112,19 +112,8 @@ public sealed class PeerPlane : IAsyncDisposable
             return null;
         }
         // The peer may have its layout before this worker: wait (bounded) for the same one here.
-        var until = DateTime.UtcNow + LayoutPatience;
-        while (true)
-        {
-            Task changed;
-            lock (listener)
-            {
-                if (current?.LayoutId == hello.LayoutId) return (current, hello);
-                if (current?.LayoutId > hello.LayoutId) return null;
-                changed = layoutChanged.Next;
-            }
-            if (DateTime.UtcNow > until) return null;
-            await Task.WhenAny(changed, Task.Delay(until - DateTime.UtcNow, closing.Token));
-        }
+        var reached = await layoutChanged.UntilAsync(listener, () => current?.LayoutId >= hello.LayoutId ? current : null, LayoutPatience, closing.Token);
+        return reached?.LayoutId == hello.LayoutId ? (reached, hello) : null;
     }
 
     /// <summary>Opens a link to the holder at <paramref name="endpoint"/> and proves the run's secret.</summary>

@@ -85,18 +85,8 @@ public sealed class ShardReplica : IDisposable
     /// <summary>Waits (bounded) until the copy has <paramref name="version"/> updates.</summary>
     public async Task WaitForAsync(long version, TimeSpan patience, CancellationToken cancel)
     {
-        var until = DateTime.UtcNow + patience;
-        while (true)
-        {
-            Task next;
-            lock (gate)
-            {
-                if (Version >= version) return;
-                next = advanced.Next;
-            }
-            if (DateTime.UtcNow > until) throw new ProtocolException($"the replica of range {range.Index} is at version {Version}, not {version}, after {patience.TotalSeconds:F0} s");
-            await Task.WhenAny(next, Task.Delay(TimeSpan.FromMilliseconds(100), cancel));
-        }
+        if (await advanced.UntilAsync(gate, () => Version >= version ? this : null, patience, cancel) == null)
+            throw new ProtocolException($"the replica of range {range.Index} is at version {Version}, not {version}, after {patience.TotalSeconds:F0} s");
     }
 
     public void Dispose()

@@ -198,22 +198,15 @@ public sealed class ShardedWorker : IAsyncDisposable
     /// <summary>Waits until every range of this worker's weights has <paramref name="version"/> updates.</summary>
     public async Task WeightsAsync(long version, TimeSpan patience, CancellationToken cancel)
     {
-        var until = DateTime.UtcNow + patience;
-        while (true)
+        var complete = await advanced.UntilAsync(gate, () =>
         {
-            Task next;
-            lock (gate)
-            {
-                int missing = Array.FindIndex(versions, v => v < version);
-                if (missing < 0) return;
-                if (linkFailure != null) throw new ShardLinkException(linkFailure);
-                if (DateTime.UtcNow > until)
-                    throw new ShardLinkException($"range {missing}'s weights of version {version} did not come from {layout.Ranges[missing].Worker} within {patience.TotalSeconds:F0} s");
-                next = advanced.Next;
-            }
-            await Task.WhenAny(next, Task.Delay(until - DateTime.UtcNow + TimeSpan.FromMilliseconds(10), cancel));
-            cancel.ThrowIfCancellationRequested();
-        }
+            if (Array.TrueForAll(versions, v => v >= version)) return versions;
+            return linkFailure != null ? throw new ShardLinkException(linkFailure) : null;
+        }, patience, cancel);
+        if (complete != null) return;
+        int missing;
+        lock (gate) missing = Math.Max(0, Array.FindIndex(versions, v => v < version));
+        throw new ShardLinkException($"range {missing}'s weights of version {version} did not come from {layout.Ranges[missing].Worker} within {patience.TotalSeconds:F0} s");
     }
 
     public IReadOnlyList<ShardPlacement> Ranges => layout.Ranges;

@@ -407,10 +407,11 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     }
 
     /// <summary>A share's forward and backward, with their timings (ms).</summary>
-    sealed record Computed(GradientSum Sum, double ComputeMs, double ForwardMs, double BackwardMs)
+    sealed record Computed(GradientSum Sum, double ComputeMs, double ForwardMs, double BackwardMs, double WeightsWaitMs)
     {
         public GradientsReply Reply(JoinAccepted run, ComputeRequest request, double receiveMs) =>
-            new(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, Sum.LossSum, Sum.Tokens, ComputeMs, ForwardMs, BackwardMs, receiveMs);
+            new(run.RunId, request.Step, request.WeightsVersion, run.ConfigHash, Sum.LossSum, Sum.Tokens, ComputeMs, ForwardMs, BackwardMs, receiveMs,
+                WeightsWaitMs: WeightsWaitMs);
     }
 
     static Computed Run(IGradientComputer worker, ComputeRequest request, int[]? windows, Action<GradientBucket>? bucketReady, WeightsArrival? arrival)
@@ -421,7 +422,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         var sum = windows == null ? worker.Compute(request.Step, request.FirstSequence, Phase, bucketReady, arrival)
             : worker.ComputeOnWindows(request.Step, request.FirstSequence, windows, Phase, bucketReady);
         double ms = clock.Elapsed.TotalMilliseconds;
-        return new Computed(sum, ms, backwardAt - forwardAt, ms - backwardAt);
+        return new Computed(sum, ms, backwardAt - forwardAt, ms - backwardAt, arrival?.Waited.TotalMilliseconds ?? 0);
     }
 
     static void CheckRun(string runId, string configHash, JoinAccepted run, string what)
@@ -531,6 +532,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     {
         if (update.RunId != run.RunId) throw new ProtocolException($"shard update for run {Untrusted.Quote(update.RunId, Untrusted.IdLength)}");
         if (sharded is not { } shards || shards.Holders.Count + shards.Replicas.Count == 0) throw new ProtocolException("a shard update for a worker that holds no range");
+        if (faults?.At("stall-update", update.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before updating step {update.Step}"); Thread.Sleep(Timeout.Infinite); }
         foreach (var holder in shards.Holders.Values) _ = holder.Apply(update);
         foreach (var replica in shards.Replicas.Values) replica.Update(update);
     }

@@ -136,20 +136,8 @@ public sealed class RunMembership(RunDescription run, Action<string> log)
     /// <summary>Waits until at least <paramref name="count"/> workers are active.</summary>
     public async Task WaitForAsync(int count, TimeSpan timeout, CancellationToken cancel)
     {
-        var until = DateTime.UtcNow + timeout;
-        while (true)
-        {
-            Task changed;
-            lock (gate)
-            {
-                if (members.Count >= count) return;
-                changed = membershipChanged.Next;
-            }
-            var left = until - DateTime.UtcNow;
-            if (left <= TimeSpan.Zero) throw new RunFailedException($"only {Count} of {count} workers joined within {timeout.TotalSeconds:F0} s");
-            await Task.WhenAny(changed, Task.Delay(left < TimeSpan.FromSeconds(5) ? left : TimeSpan.FromSeconds(5), cancel));
-            cancel.ThrowIfCancellationRequested();
-        }
+        if (await membershipChanged.UntilAsync(gate, () => members.Count >= count ? members : null, timeout, cancel) == null)
+            throw new RunFailedException($"only {Count} of {count} workers joined within {timeout.TotalSeconds:F0} s");
     }
 
     void Signal() => membershipChanged.Pulse();

@@ -54,6 +54,7 @@ public sealed class DistributedGradientSource(
         var clock = Stopwatch.StartNew();
         var computeMs = new Dictionary<string, double>();
         var roundTripMs = new Dictionary<string, double>();
+        var busyMs = new Dictionary<string, double>(); // compute without the waits for arriving weights
         var rejected = new List<string>();
         var todo = new Queue<Share>(shares);
         var alive = members.ToList();
@@ -140,6 +141,7 @@ public sealed class DistributedGradientSource(
                         lock (computeMs)
                         {
                             computeMs[worker.Name] = computeMs.GetValueOrDefault(worker.Name) + reply.ComputeMs;
+                            busyMs[worker.Name] = busyMs.GetValueOrDefault(worker.Name) + reply.ComputeMs - reply.WeightsWaitMs;
                             roundTripMs[worker.Name] = roundTripMs.GetValueOrDefault(worker.Name) + Stopwatch.GetElapsedTime(started).TotalMilliseconds;
                         }
                         call.Completed(reply);
@@ -186,6 +188,7 @@ public sealed class DistributedGradientSource(
         var extra = new Dictionary<string, object>
         {
             ["compute_ms"] = Math.Round(slowest, 3),
+            ["compute_busy_ms"] = Math.Round(busyMs.Values.Max(), 3),
             ["straggler_lag_ms"] = Math.Round(slowest - fastest, 3),
             ["worker_compute_ms"] = computeMs.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
             ["wire_bytes"] = traffic.Total.Socket(),

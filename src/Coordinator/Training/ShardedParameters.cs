@@ -173,18 +173,12 @@ public sealed class ShardedParameters(RunMembership grain, Gpt model, AdamW opti
         var until = DateTime.UtcNow + Patience;
         while (true)
         {
-            Task next;
-            lock (gate)
-            {
-                if (done() is { } answer) return answer;
-                next = changed.Next;
-            }
+            // Short rounds: a worker leaving the run is the membership's news, not a pulse here.
+            if (await changed.UntilAsync(gate, done, TimeSpan.FromMilliseconds(250), cancel) is { } answer) return answer;
             var members = grain.Members();
             if (needed.FirstOrDefault(w => w != null && !members.Contains(w)) is { } gone)
                 throw lost(gone) ?? new ShardHolderLostException($"worker '{gone.Name}' left the run before it could {what}");
             if (DateTime.UtcNow > until) throw new RunFailedException($"the workers did not {what} within {Patience.TotalSeconds:F0} s");
-            await Task.WhenAny(next, Task.Delay(TimeSpan.FromMilliseconds(250), cancel));
-            cancel.ThrowIfCancellationRequested();
         }
     }
 

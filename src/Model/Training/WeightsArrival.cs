@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace DistGpt.Model.Training;
 
 /// <summary>Weights arriving in the flat buffer's order while the forward pass already runs: the receiver advances the
@@ -6,8 +8,13 @@ namespace DistGpt.Model.Training;
 public sealed class WeightsArrival
 {
     readonly object gate = new();
-    long arrived;
+    long arrived, waitedTicks, waitingSince;
+    int waiters;
     Exception? failed;
+
+    /// <summary>How long some op has been blocked on values not yet landed (wall time, however many waited at once): the
+    /// forward's compute time minus this is its work.</summary>
+    public TimeSpan Waited { get { lock (gate) return Stopwatch.GetElapsedTime(0, waitedTicks); } }
 
     /// <summary>Values [0, <paramref name="values"/>) have landed.</summary>
     public void Advance(long values)
@@ -34,10 +41,20 @@ public sealed class WeightsArrival
     {
         if (Interlocked.Read(ref arrived) >= values) return;
         lock (gate)
-            while (arrived < values)
+        {
+            if (waiters++ == 0) waitingSince = Stopwatch.GetTimestamp();
+            try
             {
-                if (failed != null) throw new IOException($"the weights stopped arriving: {failed.Message}", failed);
-                Monitor.Wait(gate);
+                while (arrived < values)
+                {
+                    if (failed != null) throw new IOException($"the weights stopped arriving: {failed.Message}", failed);
+                    Monitor.Wait(gate);
+                }
             }
+            finally
+            {
+                if (--waiters == 0) waitedTicks += Stopwatch.GetTimestamp() - waitingSince;
+            }
+        }
     }
 }

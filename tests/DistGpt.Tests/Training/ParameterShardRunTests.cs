@@ -74,21 +74,27 @@ public sealed class ParameterShardRunTests
         }
     }
 
+    /// <summary>Beta SIGKILLed before it computes step 5 (its range summed by nobody), and after it reported step 5's norm
+    /// but before it updated its range (the replicas have applied the update, the holder never sends it).</summary>
     [Fact]
     public void ASigkilledShardHolderLeavesTheRunBitForBitAsWithoutShards()
     {
         using var tmp = new TempDirectory("shards-kill");
-        string clean = tmp.Subdirectory("clean"), faulty = tmp.Subdirectory("faulty");
-        Cluster(clean, "--shards 1", killBetaAtStep: null);
-        string log = Cluster(faulty, "--shards auto", killBetaAtStep: 5);
-        Assert.Contains("their replica on", log);
-        Assert.Contains("the step starts over", log);
-        AssertSameRun(clean, faulty);
+        string clean = tmp.Subdirectory("clean");
+        Cluster(clean, "--shards 1", betaFault: null);
+        foreach (string fault in new[] { "stall-compute:5", "stall-update:5" })
+        {
+            string faulty = tmp.Subdirectory(fault.Replace(':', '-'));
+            string log = Cluster(faulty, "--shards auto", betaFault: fault);
+            Assert.Contains("their replica on", log);
+            Assert.Contains("the step starts over", log);
+            AssertSameRun(clean, faulty);
+        }
     }
 
-    /// <summary>A coordinator and workers alpha, beta and gamma; with <paramref name="killBetaAtStep"/> beta stalls before
-    /// computing that step and is SIGKILLed there (with --shards auto it holds a range and keeps another's replica).</summary>
-    static string Cluster(string outDir, string flags, int? killBetaAtStep)
+    /// <summary>A coordinator and workers alpha, beta and gamma; with <paramref name="betaFault"/> beta stalls where it says
+    /// and is SIGKILLed there (with --shards auto it holds a range and keeps another's replica).</summary>
+    static string Cluster(string outDir, string flags, string? betaFault)
     {
         int port = DistributedTests.FreePort();
         string token = "tok-" + Guid.NewGuid().ToString("n");
@@ -96,11 +102,11 @@ public sealed class ParameterShardRunTests
             $"coordinator --listen http://127.0.0.1:{port} {Model} --min-workers 3 --replicas-per-share 1 --max-iters 10 --eval-interval 10 {flags} --out {outDir}"), Env(token: token));
         string worker = $"worker --coordinator http://127.0.0.1:{port} --threads 1 --name";
         using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha"), Env(token: token));
-        using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), Env(killBetaAtStep is { } s ? $"stall-compute:{s}" : null, token));
+        using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), Env(betaFault, token));
         using var gamma = CliRunner.Start(CliRunner.Split($"{worker} gamma"), Env(token: token));
-        if (killBetaAtStep != null)
+        if (betaFault != null)
         {
-            Assert.True(beta.WaitForOutput(o => o.Contains("stalled before computing"), Timeout), beta.StdOut + beta.StdErr);
+            Assert.True(beta.WaitForOutput(o => o.Contains("fault injected: stalled"), Timeout), beta.StdOut + beta.StdErr);
             Process.GetProcessById(beta.Id).Kill();
         }
         var r = coordinator.WaitForExit(Timeout);
