@@ -15,10 +15,12 @@ weights, the last bucket leaves after the backward), and U the update (AdamW and
                               node runs the whole update.
 P parameters, g = 4 bytes (fp32) or 2 (bf16) a gradient value.
 
-Calibration: the unshaped run (RATE=40gbit) gives the compute C(N) and U(N) = its step time minus C(N) for every N
-and design (all the workers share one machine's cores, so C grows with N there); the shaped one-coordinator runs at
-N = 1 and 2 give tau and x. The one-coordinator runs at N = 3.. and every sharded run with N >= 2 (runs with
---shards auto in the same files) are then predicted, not fitted, and compared with the measured step times.
+Inputs measured in the runs: C(N) is the slowest worker's compute in the shaped run itself, without the time its forward
+sat waiting for weights still on the wire (busy_ms: all the workers share one machine's cores, so C grows with N here,
+and how much depends on how the transfers stagger them, which only the shaped run shows); U(N) is the unshaped run's
+(RATE=40gbit) step time minus its compute, per N and design. Calibrated: tau and x, on the shaped one-coordinator runs
+at N = 1 and 2 (two equations, two unknowns). The one-coordinator runs at N = 3.. and every sharded run with N >= 2
+(runs with --shards auto in the same files) are then predicted, not fitted, and compared with the measured step times.
 Efficiency is C / (T - U): the share of a step, the update aside, that is compute.
 
 --check SHAPED UNSHAPED predicts another pair of runs (say bf16 gradients) with this calibration, every N of it.
@@ -33,9 +35,8 @@ import sys
 DESIGNS = ("coordinator", "shards", "ring")
 
 
-def step_seconds(design, n, params, grad_bytes, tau, hidden, compute, update, latency, overlap=True, exposed=None):
-    """Step time of one design on n workers; update is the whole model's update on one node; hidden = 1 - x; exposed:
-    the compute whose x part no transfer hides (default: compute)."""
+def step_seconds(design, n, params, grad_bytes, tau, hidden, compute, update, latency, overlap=True):
+    """Step time of one design on n workers; update is the whole model's update on one node; hidden = 1 - x."""
     if design == "coordinator":
         down, up, update_here, rounds = n * 4 * params, n * grad_bytes * params, update, 1
     elif design == "shards":
@@ -48,7 +49,7 @@ def step_seconds(design, n, params, grad_bytes, tau, hidden, compute, update, la
         raise ValueError(design)
     wire = (down + up) * tau + rounds * latency
     if overlap:
-        return max(wire + (1 - hidden) * (compute if exposed is None else exposed), compute) + update_here
+        return max(wire + (1 - hidden) * compute, compute) + update_here
     return wire + compute + update_here
 
 
@@ -58,7 +59,9 @@ def medians(path, shards="1"):
     by_n = {}
     for n in sorted({r["workers"] for r in runs}):
         mine = [r for r in runs if r["workers"] == n]
-        by_n[n] = {k: statistics.median(r[k] for r in mine) for k in ("step_ms", "compute_ms", "coordinator_bytes", "max_node_bytes")}
+        if any("busy_ms" not in r for r in mine):
+            sys.exit(f"{path}: runs without busy_ms (from before it was measured): rerun bench/scaling-netns.sh")
+        by_n[n] = {k: statistics.median(r[k] for r in mine) for k in ("step_ms", "compute_ms", "busy_ms", "coordinator_bytes", "max_node_bytes")}
         by_n[n].update(rate_bps=mine[0]["rate_bps"], wire=mine[0]["wire"])
     return by_n
 
@@ -83,16 +86,16 @@ def main():
     latency = args.latency_us * 1e-6
 
     def measured(n, shaped=shaped, unshaped=unshaped):
-        c = unshaped[n]["compute_ms"] / 1e3
-        return c, max(0.0, unshaped[n]["step_ms"] / 1e3 - c), shaped[n]["step_ms"] / 1e3
+        """(C, U, T) at n workers: the shaped run's busy compute, the unshaped run's step minus its compute, the shaped step."""
+        u = max(0.0, (unshaped[n]["step_ms"] - unshaped[n]["compute_ms"]) / 1e3)
+        return shaped[n]["busy_ms"] / 1e3, u, shaped[n]["step_ms"] / 1e3
 
-    # Wire-bound at N = 1 and 2: T(N) = N (4 + g) P tau + latency + x C(N) + U(N), two equations for tau and x.
+    # Wire-bound at N = 1 and 2: T(N) - U(N) - latency = N (4 + g) P tau + x C(N), two linear equations for tau and x.
     (c1, u1, t1), (c2, u2, t2) = measured(1), measured(2)
     a1, a2 = (4 + grad_bytes) * params, 2 * (4 + grad_bytes) * params
-    tau = ((t2 - u2) - (t1 - u1)) / (a2 - a1)  # first guess: x C(N) the same at both points
-    for _ in range(50):  # x C(N) differs between the two points: iterate the pair to its fixed point
-        x = (t1 - u1 - latency - a1 * tau) / c1
-        tau = ((t2 - u2 - x * c2) - (t1 - u1 - x * c1)) / (a2 - a1)
+    b1, b2 = t1 - u1 - latency, t2 - u2 - latency
+    det = a1 * c2 - a2 * c1
+    tau, x = (b1 * c2 - b2 * c1) / det, (a1 * b2 - a2 * b1) / det
     hidden = 1 - x
     nominal = 8 / shaped[1]["rate_bps"]
     print(f"calibration (N = 1, 2): P = {params / 1e6:.2f}M parameters, {shaped[1]['wire']} gradients; link "
@@ -104,20 +107,16 @@ def main():
             return 0.0
         g = 2 if next(iter(shaped.values()))["wire"] == "bf16" else 4
         print(f"\nmeasured against predicted ({title}):")
-        print(f"{'N':>3} {'compute ms':>11} {'measured ms':>12} {'predicted ms':>13} {'error':>7} {'largest node MB/step':>21} {'model MB/step':>14}")
+        print(f"{'N':>3} {'busy compute ms':>16} {'measured ms':>12} {'predicted ms':>13} {'error':>7} {'largest node MB/step':>21} {'model MB/step':>14}")
         worst = 0.0
         for n in sorted(shaped.keys() & unshaped.keys()):
             c, u, t = measured(n, shaped, unshaped)
-            # One coordinator's link staggers the workers: the one whose compute ends the step computes alongside at most
-            # one other on this 2-core machine, so its exposed compute is C(min(N, 2)), not C(N) (on real nodes C does not
-            # depend on N). Shards' workers all compute at once.
-            exposed = measured(min(n, 2), shaped, unshaped)[0] if design == "coordinator" else c
-            predicted = step_seconds(design, n, params, g, tau, hidden, c, u, latency, exposed=exposed)
+            predicted = step_seconds(design, n, params, g, tau, hidden, c, u, latency)
             error = predicted / t - 1
             if n >= first_predicted:
                 worst = max(worst, abs(error))
             node = n * (4 + g) * params if design == "coordinator" else 2 * ((n - 1) / n * (4 + g) * params + (4 * params / n if n > 1 else 0))
-            print(f"{n:3d} {c * 1e3:11.1f} {t * 1e3:12.1f} {predicted * 1e3:13.1f} {error:+7.1%} "
+            print(f"{n:3d} {c * 1e3:16.1f} {t * 1e3:12.1f} {predicted * 1e3:13.1f} {error:+7.1%} "
                   f"{shaped[n]['max_node_bytes'] / 1e6:21.1f} {node / 1e6:14.1f}")
         return worst
 
@@ -132,7 +131,7 @@ def main():
     print(f"largest error of the predicted points: {worst:.1%} ({'within' if trusted else 'OUTSIDE'} the 15% the table below needs)")
 
     # Predictions: per-node compute from the measurement, scaled with the parameter count (FLOPs per token ~ 6P).
-    base_ms = args.compute_ms if args.compute_ms else unshaped[1]["compute_ms"] * 10.7e6 / params
+    base_ms = args.compute_ms if args.compute_ms else shaped[1]["busy_ms"] * 10.7e6 / params
     update_per_param = u1 / params
     print(f"\npredictions, weak scaling: a node computes {base_ms:.0f} ms a step for 10.7M parameters (scaled with P; "
           f"--compute-ms sets it), updates {update_per_param * 1e9:.1f} ns a parameter, {args.latency_us:g} us a message, "

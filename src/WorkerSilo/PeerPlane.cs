@@ -1,5 +1,7 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using System.Security.Cryptography;
 using DistGpt.Contracts;
 using DistGpt.Contracts.Wire;
@@ -8,7 +10,8 @@ namespace DistGpt.WorkerSilo;
 
 /// <summary>This worker's peer-plane listener in a run with parameter shards: other workers connect to it to send the
 /// range it holds of their gradient sums and to receive that range's updated weights. A connection is admitted only with
-/// proof of the run's peer secret (HMAC of a fresh nonce), within a few seconds, and a bounded number wait at once.</summary>
+/// proof of the run's peer secret (HMAC of a fresh nonce), within a few seconds, and a bounded number wait at once. In a
+/// TLS cluster every link is mutual TLS with the nodes' certificates first (<see cref="Fabric.FabricTls.PeerServerOptions"/>).</summary>
 public sealed class PeerPlane : IAsyncDisposable
 {
     const int MaxHandshakes = 32;
@@ -16,6 +19,7 @@ public sealed class PeerPlane : IAsyncDisposable
 
     readonly TcpListener listener;
     readonly string secret, runId;
+    readonly Fabric.FabricTls? tls;
     readonly Action<string> log;
     readonly CancellationTokenSource closing = new();
     readonly Task accepting;
@@ -27,9 +31,9 @@ public sealed class PeerPlane : IAsyncDisposable
     /// <summary>host:port for the coordinator to hand to the other workers.</summary>
     public string Endpoint { get; }
 
-    public PeerPlane(IPAddress local, string secret, string runId, Action<string> log)
+    public PeerPlane(IPAddress local, string secret, string runId, Fabric.FabricTls? tls, Action<string> log)
     {
-        (this.secret, this.runId, this.log) = (secret, runId, log);
+        (this.secret, this.runId, this.tls, this.log) = (secret, runId, tls, log);
         refusals = new Fabric.ThrottledLog(log);
         listener = new TcpListener(local, 0);
         listener.Start();
@@ -68,16 +72,25 @@ public sealed class PeerPlane : IAsyncDisposable
     async Task ServeAsync(TcpClient client)
     {
         var remote = client.Client.RemoteEndPoint;
-        var stream = client.GetStream();
-        var channel = new FrameChannel(stream, stream);
+        Stream stream = client.GetStream();
+        FrameChannel? channel = null;
         (ShardedWorker Layout, PeerHello Hello)? admitted = null;
         try
         {
-            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(closing.Token))
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(closing.Token);
+            handshake.CancelAfter(HandshakeTimeout);
+            if (tls != null)
             {
-                handshake.CancelAfter(HandshakeTimeout);
-                admitted = await HandshakeAsync(channel, remote, handshake.Token);
+                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                stream = ssl;
+                await ssl.AuthenticateAsServerAsync(tls.PeerServerOptions(), handshake.Token);
             }
+            channel = new FrameChannel(stream, stream);
+            admitted = await HandshakeAsync(channel, remote, handshake.Token);
+        }
+        catch (AuthenticationException e)
+        {
+            refusals.Write($"peer connection from {remote} refused: no TLS certificate of the cluster's CA ({e.Message})");
         }
         catch (Exception e) when (e is OperationCanceledException or IOException or ProtocolException or ObjectDisposedException)
         {
@@ -86,11 +99,12 @@ public sealed class PeerPlane : IAsyncDisposable
         finally { Interlocked.Decrement(ref handshakes); }
         try
         {
-            if (admitted is var (layout, hello)) await layout.ServePeerAsync(channel, hello.WorkerName, hello.Range, closing.Token);
+            if (admitted is var (layout, hello)) await layout.ServePeerAsync(channel!, hello.WorkerName, hello.Range, closing.Token);
         }
         finally
         {
-            await channel.DisposeAsync();
+            if (channel != null) await channel.DisposeAsync();
+            else await stream.DisposeAsync();
             client.Dispose();
         }
     }
@@ -116,8 +130,8 @@ public sealed class PeerPlane : IAsyncDisposable
         return reached?.LayoutId == hello.LayoutId ? (reached, hello) : null;
     }
 
-    /// <summary>Opens a link to the holder at <paramref name="endpoint"/> and proves the run's secret.</summary>
-    public static async Task<FrameChannel> ConnectAsync(string endpoint, string secret, string runId, string worker, long layoutId, int range, CancellationToken cancel)
+    /// <summary>Opens a link to the holder at <paramref name="endpoint"/> (TLS first, in a TLS cluster) and proves the run's secret.</summary>
+    public static async Task<FrameChannel> ConnectAsync(string endpoint, string secret, Fabric.FabricTls? tls, string runId, string worker, long layoutId, int range, CancellationToken cancel)
     {
         var (host, port) = Split(endpoint);
         var client = new TcpClient { NoDelay = true, SendBufferSize = 4 << 20, ReceiveBufferSize = 4 << 20 };
@@ -126,7 +140,14 @@ public sealed class PeerPlane : IAsyncDisposable
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             timeout.CancelAfter(HandshakeTimeout);
             await client.ConnectAsync(host, port, timeout.Token);
-            var stream = client.GetStream();
+            Stream stream = client.GetStream();
+            if (tls != null)
+            {
+                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                stream = ssl;
+                try { await ssl.AuthenticateAsClientAsync(tls.PeerClientOptions(host), timeout.Token); }
+                catch (AuthenticationException e) { throw new IOException($"the peer at {endpoint} failed the TLS handshake: {e.Message}", e); }
+            }
             var channel = new FrameChannel(stream, stream);
             var challenge = await channel.ReceiveAsync(timeout.Token);
             if (challenge is not { Kind: MessageKind.PeerChallenge }) throw new ProtocolException($"the peer at {endpoint} did not send a challenge");

@@ -86,12 +86,12 @@ public sealed class ShardedWorker : IAsyncDisposable
     }
 
     /// <summary>Links to every other range's holder.</summary>
-    public async Task ConnectAsync(string secret, CancellationToken cancel)
+    public async Task ConnectAsync(string secret, Fabric.FabricTls? tls, CancellationToken cancel)
     {
         var remote = layout.Ranges.Where(r => !Holders.ContainsKey(r.Index)).ToList();
         await Task.WhenAll(remote.Select(async r =>
         {
-            var channel = await PeerPlane.ConnectAsync(r.Endpoint, secret, layout.RunId, name, layout.LayoutId, r.Index, cancel);
+            var channel = await PeerPlane.ConnectAsync(r.Endpoint, secret, tls, layout.RunId, name, layout.LayoutId, r.Index, cancel);
             links[r.Index] = channel;
         }));
         foreach (var r in remote)
@@ -201,7 +201,8 @@ public sealed class ShardedWorker : IAsyncDisposable
         var complete = await advanced.UntilAsync(gate, () =>
         {
             if (Array.TrueForAll(versions, v => v >= version)) return versions;
-            return linkFailure != null ? throw new ShardLinkException(linkFailure) : null;
+            if (linkFailure != null) throw new ShardLinkException(linkFailure);
+            return null;
         }, patience, cancel);
         if (complete != null) return;
         int missing;

@@ -89,7 +89,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                     opened = link.Channel;
                     await LeaveLayoutAsync();
                     if (peerPlane != null) await peerPlane.DisposeAsync();
-                    peerPlane = admitted.PeerSecret == null ? null : new PeerPlane(link.Local, admitted.PeerSecret, admitted.RunId, options.Log);
+                    peerPlane = admitted.PeerSecret == null ? null : new PeerPlane(link.Local, admitted.PeerSecret, admitted.RunId, options.SiloTls, options.Log);
                     return await OpenDataPlaneAsync(link, admitted, joinRetryUntil ?? deadline, cancel);
                 });
             }
@@ -508,7 +508,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             next.PayloadLanded();
             sharded = next;
             peerPlane.Serve(next);
-            await next.ConnectAsync(run.PeerSecret, cancel);
+            await next.ConnectAsync(run.PeerSecret, options.SiloTls, cancel);
         }
         catch
         {

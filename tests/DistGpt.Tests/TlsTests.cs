@@ -10,10 +10,11 @@ namespace DistGpt.Tests;
 public sealed class TlsTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     const string Model = "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1";
+    const string ShardedModel = "--n-layer 2 --n-head 2 --n-embd 128 --block-size 32 --batch-size 8 --eval-iters 1 --threads 1"; // 7 of the norm's chunks: room for 2 ranges
 
     /// <summary>A CA and, signed by it, a certificate for 127.0.0.1 for each node (server and client use: a silo is both),
     /// as PEM files.</summary>
-    static (string Ca, (string Cert, string Key) Coordinator, (string Cert, string Key) Worker) MakeCertificates(TempDirectory dir)
+    internal static (string Ca, (string Cert, string Key) Coordinator, (string Cert, string Key) Worker) MakeCertificates(TempDirectory dir)
     {
         using var caKey = RSA.Create(2048);
         var caRequest = new CertificateRequest("CN=DistGpt test CA", caKey, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
@@ -113,5 +114,26 @@ public sealed class TlsTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Contains(message, r.StdErr);
         Assert.Single(r.StdErrLines);
         Assert.DoesNotContain("   at ", r.StdErr);
+    }
+
+    /// <summary>Parameter shards in a TLS cluster: the workers' peer links are mutual TLS with their node certificates
+    /// (the run's tensors never go in the clear), and the run completes with the tensors moving worker to worker.</summary>
+    [Fact]
+    public void ParameterShardsRunOverMutualTlsPeerLinks()
+    {
+        using var tmp = new TempDirectory("tls-shards");
+        var (ca, (cert, key), (workerCert, workerKey)) = MakeCertificates(tmp);
+        int port = DistributedTests.FreePort();
+        var env = new Dictionary<string, string> { ["DISTGPT_DATA"] = TestData.CorpusPath(), ["DISTGPT_CLUSTER_TOKEN"] = "tls-shards-token" };
+        using var coordinator = CliRunner.Start(CliRunner.Split(
+            $"coordinator --listen https://127.0.0.1:{port} --tls-cert {cert} --tls-key {key} --tls-ca {ca} --min-workers 2 --shards auto {ShardedModel} --max-iters 5 --eval-interval 5 --out {tmp.Combine("out")}"), env);
+        string worker = $"worker --coordinator https://127.0.0.1:{port} --threads 1 --tls-ca {ca} --tls-cert {workerCert} --tls-key {workerKey} --name";
+        using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha"), env);
+        using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), env);
+        var r = coordinator.WaitForExit(TimeSpan.FromMinutes(3));
+        Assert.True(r.ExitCode == 0, r.ToString() + alpha.StdOut + alpha.StdErr);
+        var last = DistributedTests.Metrics(tmp.Combine("out"))[^1].GetProperty("node_bytes");
+        foreach (var name in new[] { "alpha", "beta" })
+            Assert.True(last.GetProperty(name).GetProperty("peer").GetProperty("sent").GetInt64() > 0, last.ToString());
     }
 }

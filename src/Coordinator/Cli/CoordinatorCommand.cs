@@ -41,8 +41,6 @@ public static class CoordinatorCommand
             var dataPlane = ParseUri(r.GetValue(listen)!, "--listen");
             if (cluster.Token(r) == null && !System.Net.IPAddress.IsLoopback(Hosting.CoordinatorHost.ListenAddress(dataPlane)) && !r.GetValue(allowUnauthenticated))
                 throw new ConfigException($"--listen {dataPlane} reaches beyond this host but no cluster token is set: anyone could join. Set DISTGPT_CLUSTER_TOKEN (or --cluster-token), or pass --allow-unauthenticated");
-            if (dataPlane.Scheme == "https" && cluster.ParameterShards(r) != 1)
-                throw new ConfigException("--shards with an https:// --listen: the parameter shards' peer plane has no TLS yet, and tensors must not go in the clear; use --shards 1 with TLS");
             var settings = new CoordinatorSettings
             {
                 Listen = dataPlane, SiloPort = Port(r.GetValue(siloPort) ?? Fabric.FabricHosting.SiloPortOf(dataPlane.Port), "--silo-port"),

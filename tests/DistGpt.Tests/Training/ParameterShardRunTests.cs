@@ -118,7 +118,7 @@ public sealed class ParameterShardRunTests
     public async Task ThePeerPlaneAdmitsOnlyAPeerThatProvesTheRunsSecret()
     {
         var logged = new List<string>();
-        await using var plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", line => { lock (logged) logged.Add(line); });
+        await using var plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", null, line => { lock (logged) logged.Add(line); });
         var config = new Model.GptConfig(VocabSize: 65, BlockSize: 32, NLayer: 2, NHead: 2, NEmbd: 128, Dropout: 0, Bias: false);
         using var model = new Model.Gpt(config);
         var layout = new ShardLayout("run-1", config.Hash(), 1, 0, 3,
@@ -127,11 +127,11 @@ public sealed class ParameterShardRunTests
         plane.Serve(shards);
 
         // The secret proven: admitted (the holder's ShardReady).
-        await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", "run-1", "friend", 1, 0, CancellationToken.None)) { }
+        await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", null, "run-1", "friend", 1, 0, CancellationToken.None)) { }
 
         // A wrong secret, another run's, or no hello at all: closed without a word.
         foreach (var (secret, run) in new[] { ("a-guess", "run-1"), ("the-secret", "run-2") })
-            await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(plane.Endpoint, secret, run, "stranger", 1, 0, CancellationToken.None));
+            await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(plane.Endpoint, secret, null, run, "stranger", 1, 0, CancellationToken.None));
         using (var client = new TcpClient())
         {
             var port = int.Parse(plane.Endpoint.Split(':')[^1]);
@@ -149,6 +149,37 @@ public sealed class ParameterShardRunTests
             Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10));
         }
         lock (logged) Assert.Contains(logged, l => l.Contains("could not prove the run's peer secret") || l.Contains("closed before proving"));
+    }
+
+    /// <summary>In a TLS cluster a peer link is mutual TLS first: a peer without TLS, or whose certificate another CA
+    /// signed, is refused before it may even prove the run's secret; one with the cluster's certificate is admitted.</summary>
+    [Fact]
+    public async Task InATlsClusterThePeerPlaneAdmitsOnlyNodesOfTheClustersCa()
+    {
+        using var ours = new TempDirectory("peer-tls");
+        using var theirs = new TempDirectory("peer-tls-other");
+        var (ca, _, (cert, key)) = TlsTests.MakeCertificates(ours);
+        var (otherCa, _, (otherCert, otherKey)) = TlsTests.MakeCertificates(theirs);
+        var tls = Fabric.FabricTls.Load(cert, key, ca);
+        var logged = new List<string>();
+        await using var plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", tls, line => { lock (logged) logged.Add(line); });
+        var config = new Model.GptConfig(VocabSize: 65, BlockSize: 32, NLayer: 2, NHead: 2, NEmbd: 128, Dropout: 0, Bias: false);
+        using var model = new Model.Gpt(config);
+        var layout = new ShardLayout("run-1", config.Hash(), 1, 0, 3,
+            [new ShardPlacement(0, 0, model.Parameters.Count, "me", plane.Endpoint)], [0], new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0), []);
+        await using var shards = ShardedWorker.Create(layout, model, WireDType.Fp32, "me", _ => Task.CompletedTask, _ => { });
+        plane.Serve(shards);
+
+        await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", tls, "run-1", "friend", 1, 0, CancellationToken.None)) { }
+
+        // A certificate of another cluster's CA, or no TLS (the secret itself would be right): refused (logged once per 10 s).
+        var stranger = Fabric.FabricTls.Load(otherCert, otherKey, otherCa);
+        await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", stranger, "run-1", "stranger", 1, 0, CancellationToken.None));
+        await Assert.ThrowsAnyAsync<Exception>(() => PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", null, "run-1", "plain", 1, 0, CancellationToken.None));
+        // Nor does this node trust a listener the cluster's CA did not sign.
+        await using var impostor = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", stranger, _ => { });
+        await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(impostor.Endpoint, "the-secret", tls, "run-1", "friend", 1, 0, CancellationToken.None));
+        lock (logged) Assert.Contains(logged, l => l.Contains("no TLS certificate of the cluster's CA"));
     }
 
     [Theory]
