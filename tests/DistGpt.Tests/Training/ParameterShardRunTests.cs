@@ -114,17 +114,36 @@ public sealed class ParameterShardRunTests
         return r.StdOut + r.StdErr;
     }
 
+    /// <summary>A peer plane of run "run-1" (secret "the-secret") serving one holder of the whole buffer, its refusals logged.</summary>
+    sealed class Holder : IAsyncDisposable
+    {
+        readonly Model.Gpt model = new(new Model.GptConfig(VocabSize: 65, BlockSize: 32, NLayer: 2, NHead: 2, NEmbd: 128, Dropout: 0, Bias: false));
+        readonly ShardedWorker shards;
+        public PeerPlane Plane { get; }
+        public List<string> Logged { get; } = [];
+
+        public Holder(Fabric.FabricTls? tls)
+        {
+            Plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", tls, line => { lock (Logged) Logged.Add(line); });
+            var layout = new ShardLayout("run-1", model.Config.Hash(), 1, 0, 3,
+                [new ShardPlacement(0, 0, model.Parameters.Count, "me", Plane.Endpoint)], [0], new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0), []);
+            shards = ShardedWorker.Create(layout, model, WireDType.Fp32, "me", _ => Task.CompletedTask, _ => { });
+            Plane.Serve(shards);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await shards.DisposeAsync();
+            await Plane.DisposeAsync();
+            model.Dispose();
+        }
+    }
+
     [Fact]
     public async Task ThePeerPlaneAdmitsOnlyAPeerThatProvesTheRunsSecret()
     {
-        var logged = new List<string>();
-        await using var plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", null, line => { lock (logged) logged.Add(line); });
-        var config = new Model.GptConfig(VocabSize: 65, BlockSize: 32, NLayer: 2, NHead: 2, NEmbd: 128, Dropout: 0, Bias: false);
-        using var model = new Model.Gpt(config);
-        var layout = new ShardLayout("run-1", config.Hash(), 1, 0, 3,
-            [new ShardPlacement(0, 0, model.Parameters.Count, "me", plane.Endpoint)], [0], new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0), []);
-        await using var shards = ShardedWorker.Create(layout, model, WireDType.Fp32, "me", _ => Task.CompletedTask, _ => { });
-        plane.Serve(shards);
+        await using var holder = new Holder(null);
+        var (plane, logged) = (holder.Plane, holder.Logged);
 
         // The secret proven: admitted (the holder's ShardReady).
         await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", null, "run-1", "friend", 1, 0, CancellationToken.None)) { }
@@ -161,14 +180,8 @@ public sealed class ParameterShardRunTests
         var (ca, _, (cert, key)) = TlsTests.MakeCertificates(ours);
         var (otherCa, _, (otherCert, otherKey)) = TlsTests.MakeCertificates(theirs);
         var tls = Fabric.FabricTls.Load(cert, key, ca);
-        var logged = new List<string>();
-        await using var plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", tls, line => { lock (logged) logged.Add(line); });
-        var config = new Model.GptConfig(VocabSize: 65, BlockSize: 32, NLayer: 2, NHead: 2, NEmbd: 128, Dropout: 0, Bias: false);
-        using var model = new Model.Gpt(config);
-        var layout = new ShardLayout("run-1", config.Hash(), 1, 0, 3,
-            [new ShardPlacement(0, 0, model.Parameters.Count, "me", plane.Endpoint)], [0], new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0), []);
-        await using var shards = ShardedWorker.Create(layout, model, WireDType.Fp32, "me", _ => Task.CompletedTask, _ => { });
-        plane.Serve(shards);
+        await using var holder = new Holder(tls);
+        var (plane, logged) = (holder.Plane, holder.Logged);
 
         await using (var peer = await PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", tls, "run-1", "friend", 1, 0, CancellationToken.None)) { }
 
