@@ -31,14 +31,18 @@ public sealed class PeerPlane : IAsyncDisposable
     /// <summary>host:port for the coordinator to hand to the other workers.</summary>
     public string Endpoint { get; }
 
-    public PeerPlane(IPAddress local, string secret, string runId, Fabric.FabricTls? tls, Action<string> log)
+    /// <summary>Listens on <paramref name="port"/> (0: a free one), on every address unless <paramref name="advertise"/> is a
+    /// loopback one (as the worker's silo), and gives <paramref name="advertise"/> as its host.</summary>
+    public PeerPlane(IPAddress advertise, int port, string secret, string runId, Fabric.FabricTls? tls, Action<string> log)
     {
         (this.secret, this.runId, this.tls, this.log) = (secret, runId, tls, log);
         refusals = new Fabric.ThrottledLog(log);
-        listener = new TcpListener(local, 0);
-        listener.Start();
-        var bound = (IPEndPoint)listener.LocalEndpoint;
-        Endpoint = bound.Address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{bound.Address}]:{bound.Port}" : $"{bound.Address}:{bound.Port}";
+        var v6 = advertise.AddressFamily == AddressFamily.InterNetworkV6;
+        listener = new TcpListener(IPAddress.IsLoopback(advertise) ? advertise : v6 ? IPAddress.IPv6Any : IPAddress.Any, port);
+        try { listener.Start(); }
+        catch (SocketException e) { throw new Model.ConfigException($"--peer-port {port}: the peer plane cannot listen there ({e.Message})"); }
+        int bound = ((IPEndPoint)listener.LocalEndpoint).Port;
+        Endpoint = v6 ? $"[{advertise}]:{bound}" : $"{advertise}:{bound}";
         accepting = AcceptLoopAsync();
     }
 

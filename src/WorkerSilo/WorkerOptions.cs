@@ -25,6 +25,8 @@ public sealed record WorkerOptions
     /// of the cluster's membership).</summary>
     public int SiloPort { get; init; }
     public required int CoordinatorSiloPort { get; init; }
-    /// <summary>The address this worker's silo advertises; null: the one it reaches the coordinator from.</summary>
+    /// <summary>The address this worker's silo and peer plane advertise; null: the one it reaches the coordinator from.</summary>
     public System.Net.IPAddress? Advertise { get; init; }
+    /// <summary>The peer plane's port with parameter shards (0: a free one, chosen at each join).</summary>
+    public int PeerPort { get; init; }
 }

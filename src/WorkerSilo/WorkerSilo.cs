@@ -89,7 +89,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
                     opened = link.Channel;
                     await LeaveLayoutAsync();
                     if (peerPlane != null) await peerPlane.DisposeAsync();
-                    peerPlane = admitted.PeerSecret == null ? null : new PeerPlane(link.Local, admitted.PeerSecret, admitted.RunId, options.SiloTls, options.Log);
+                    peerPlane = admitted.PeerSecret == null ? null : new PeerPlane(options.Advertise ?? link.Local, options.PeerPort, admitted.PeerSecret, admitted.RunId, options.SiloTls, options.Log);
                     return await OpenDataPlaneAsync(link, admitted, joinRetryUntil ?? deadline, cancel);
                 });
             }
@@ -110,7 +110,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             await using var channel = opened!;
             joinRetryUntil = null;
             using var shared = MapSharedMemory(channel, accepted);
-            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, Untrusted.IdLength)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads{(options.Backend is EngineBackend ? "" : $", backend {options.Backend.Name}")}, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")})");
+            options.Log($"{options.Name}: {(joinedBefore ? "rejoined" : "joined")} run {Untrusted.Escape(accepted.RunId, Untrusted.IdLength)} as rank {accepted.Rank} ({accepted.ParameterCount:N0} parameters, {options.Threads} threads{(options.Backend is EngineBackend ? "" : $", backend {options.Backend.Name}")}, data {(accepted.SendsWindows ? "sent by the coordinator" : "from " + options.DataPath)}, gradients as {accepted.GradientDType.Name()}{(accepted.SharedMemory != null ? ", payloads through shared memory" : "")}{(peerPlane != null ? $", peer plane on {peerPlane.Endpoint}" : "")})");
             joinedBefore = true;
             Prepare(accepted, shared);
             bool finished;

@@ -21,10 +21,11 @@ public static class WorkerCommand
         var tlsKey = new Option<string>("--tls-key") { Description = "PEM private key for --tls-cert" };
         var siloPort = new Option<int?>("--silo-port") { Description = "this worker's Orleans silo port, which the coordinator must reach (default: a free port)" };
         var coordinatorSiloPort = new Option<int?>("--coordinator-silo-port") { Description = "the coordinator's Orleans silo port (its --silo-port; default: --coordinator's port + 1)" };
-        var advertise = new Option<string>("--advertise") { Description = "the IP address this worker's silo advertises (default: the one it reaches the coordinator from)" };
+        var advertise = new Option<string>("--advertise") { Description = "the IP address this worker's silo (and, with --shards, its peer plane) advertises (default: the one it reaches the coordinator from)" };
+        var peerPort = new Option<int?>("--peer-port") { Description = "with parameter shards (--shards on the coordinator): the port other workers reach this one's peer plane on (default: a free port)" };
         var sharedMemory = new Option<bool>("--shared-memory") { Description = "on the coordinator's host: take tensors through /dev/shm when it offers (dev mode does)" };
         var backends = new BackendOptions();
-        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, tlsCert, tlsKey, sharedMemory, siloPort, coordinatorSiloPort, advertise };
+        var command = new Command("worker", "Run a worker silo that joins a coordinator.") { coordinator, name, threads, data, token, connectTimeout, expectConfig, tlsCa, tlsCert, tlsKey, sharedMemory, siloPort, coordinatorSiloPort, advertise, peerPort };
         backends.AddTo(command);
         command.SetAction((r, cancel) => ExitCodes.GuardAsync(async () =>
         {
@@ -45,6 +46,7 @@ public static class WorkerCommand
                 SiloPort = r.GetValue(siloPort) is { } port ? CoordinatorCommand.Port(port, "--silo-port") : 0,
                 CoordinatorSiloPort = CoordinatorCommand.Port(r.GetValue(coordinatorSiloPort) ?? Fabric.FabricHosting.SiloPortOf(address.Port), "--coordinator-silo-port"),
                 Advertise = CoordinatorCommand.Address(r.GetValue(advertise), "--advertise"),
+                PeerPort = r.GetValue(peerPort) is { } peer ? CoordinatorCommand.Port(peer, "--peer-port") : 0,
                 Threads = computeThreads, DataPath = string.IsNullOrEmpty(dataPath) ? null : dataPath,
                 ClusterToken = string.IsNullOrEmpty(secret) ? null : secret,
                 ConnectTimeout = connectWait, ExpectConfigHash = r.GetValue(expectConfig),

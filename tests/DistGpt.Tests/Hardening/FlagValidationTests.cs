@@ -71,7 +71,7 @@ public sealed class FlagValidationTests : IDisposable
             "--bucket-cap-mb", "--max-rejections", "--shards"]),
         ("sample", [], ["--max-new-tokens", "--temperature", "--top-k", "--seed", "--threads"]),
         ("bench", ["--config", "tiny"], ["--steps", "--warmup", "--threads"]),
-        ("worker", ["--coordinator", "http://127.0.0.1:1"], ["--connect-timeout", "--threads"]),
+        ("worker", ["--coordinator", "http://127.0.0.1:1"], ["--connect-timeout", "--threads", "--silo-port", "--peer-port"]),
         ("bench-exchange", ["--config", "tiny"], ["--rounds"]),
         ("bench-gemm", [], ["--threads"]),
     ];

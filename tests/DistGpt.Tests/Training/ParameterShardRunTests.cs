@@ -101,7 +101,8 @@ public sealed class ParameterShardRunTests
         using var coordinator = CliRunner.Start(CliRunner.Split(
             $"coordinator --listen http://127.0.0.1:{port} {Model} --min-workers 3 --replicas-per-share 1 --max-iters 10 --eval-interval 10 {flags} --out {outDir}"), Env(token: token));
         string worker = $"worker --coordinator http://127.0.0.1:{port} --threads 1 --name";
-        using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha"), Env(token: token));
+        int alphaPeerPort = DistributedTests.FreePort(); // (unused with --shards 1)
+        using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha --peer-port {alphaPeerPort}"), Env(token: token));
         using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), Env(betaFault, token));
         using var gamma = CliRunner.Start(CliRunner.Split($"{worker} gamma"), Env(token: token));
         if (betaFault != null)
@@ -111,6 +112,7 @@ public sealed class ParameterShardRunTests
         }
         var r = coordinator.WaitForExit(Timeout);
         Assert.True(r.ExitCode == 0, r.ToString());
+        if (flags.Contains("--shards auto")) Assert.Contains($"peer plane on 127.0.0.1:{alphaPeerPort}", alpha.StdOut + alpha.StdErr);
         return r.StdOut + r.StdErr;
     }
 
@@ -124,7 +126,7 @@ public sealed class ParameterShardRunTests
 
         public Holder(Fabric.FabricTls? tls)
         {
-            Plane = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", tls, line => { lock (Logged) Logged.Add(line); });
+            Plane = new PeerPlane(IPAddress.Loopback, 0, "the-secret", "run-1", tls, line => { lock (Logged) Logged.Add(line); });
             var layout = new ShardLayout("run-1", model.Config.Hash(), 1, 0, 3,
                 [new ShardPlacement(0, 0, model.Parameters.Count, "me", Plane.Endpoint)], [0], new ShardOptimizer(0.9f, 0.99f, 0.1f, 1e-8f, 0), []);
             shards = ShardedWorker.Create(layout, model, WireDType.Fp32, "me", _ => Task.CompletedTask, _ => { });
@@ -190,7 +192,7 @@ public sealed class ParameterShardRunTests
         await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", stranger, "run-1", "stranger", 1, 0, CancellationToken.None));
         await Assert.ThrowsAnyAsync<Exception>(() => PeerPlane.ConnectAsync(plane.Endpoint, "the-secret", null, "run-1", "plain", 1, 0, CancellationToken.None));
         // Nor does this node trust a listener the cluster's CA did not sign.
-        await using var impostor = new PeerPlane(IPAddress.Loopback, "the-secret", "run-1", stranger, _ => { });
+        await using var impostor = new PeerPlane(IPAddress.Loopback, 0, "the-secret", "run-1", stranger, _ => { });
         await Assert.ThrowsAnyAsync<IOException>(() => PeerPlane.ConnectAsync(impostor.Endpoint, "the-secret", tls, "run-1", "friend", 1, 0, CancellationToken.None));
         lock (logged) Assert.Contains(logged, l => l.Contains("no TLS certificate of the cluster's CA"));
     }
