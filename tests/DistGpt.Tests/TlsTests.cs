@@ -131,7 +131,7 @@ public sealed class TlsTests(Xunit.Abstractions.ITestOutputHelper output)
         using var alpha = CliRunner.Start(CliRunner.Split($"{worker} alpha"), env);
         using var beta = CliRunner.Start(CliRunner.Split($"{worker} beta"), env);
         var r = coordinator.WaitForExit(TimeSpan.FromMinutes(3));
-        Assert.True(r.ExitCode == 0, r.ToString() + alpha.StdOut + alpha.StdErr);
+        Assert.True(r.ExitCode == 0, $"{r}\n--- alpha ---\n{alpha.StdOut}{alpha.StdErr}\n--- beta ---\n{beta.StdOut}{beta.StdErr}");
         var last = DistributedTests.Metrics(tmp.Combine("out"))[^1].GetProperty("node_bytes");
         foreach (var name in new[] { "alpha", "beta" })
             Assert.True(last.GetProperty(name).GetProperty("peer").GetProperty("sent").GetInt64() > 0, last.ToString());

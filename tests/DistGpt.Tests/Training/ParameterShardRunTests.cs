@@ -111,7 +111,7 @@ public sealed class ParameterShardRunTests
             Process.GetProcessById(beta.Id).Kill();
         }
         var r = coordinator.WaitForExit(Timeout);
-        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.True(r.ExitCode == 0, $"{r}\n--- alpha ---\n{alpha.StdOut}{alpha.StdErr}\n--- beta ---\n{beta.StdOut}{beta.StdErr}\n--- gamma ---\n{gamma.StdOut}{gamma.StdErr}");
         if (flags.Contains("--shards auto")) Assert.Contains($"peer plane on 127.0.0.1:{alphaPeerPort}", alpha.StdOut + alpha.StdErr);
         return r.StdOut + r.StdErr;
     }
