@@ -62,19 +62,16 @@ public sealed record FabricTls(X509Certificate2? Certificate, X509Certificate2 A
     /// <summary>The parameter shards' peer plane, worker to worker: mutual TLS with the nodes' own certificates, each side
     /// accepting only one the cluster's CA signed (workers are addressed by IP, so the name is not checked, as between
     /// silos); the run's peer secret is then proven inside.</summary>
-    public SslServerAuthenticationOptions PeerServerOptions() => new()
-    {
-        ServerCertificate = Certificate ?? throw new InvalidOperationException("a peer plane needs this node's certificate"),
-        ClientCertificateRequired = true,
-        RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate is X509Certificate2 c && SignedByAuthority(c),
-    };
+    public SslServerAuthenticationOptions PeerServerOptions() =>
+        new() { ServerCertificate = PeerCertificate, ClientCertificateRequired = true, RemoteCertificateValidationCallback = PeerSignedByAuthority };
 
-    public SslClientAuthenticationOptions PeerClientOptions(string host) => new()
-    {
-        TargetHost = host,
-        ClientCertificates = [Certificate ?? throw new InvalidOperationException("a peer plane needs this node's certificate")],
-        RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate is X509Certificate2 c && SignedByAuthority(c),
-    };
+    public SslClientAuthenticationOptions PeerClientOptions(string host) =>
+        new() { TargetHost = host, ClientCertificates = [PeerCertificate], RemoteCertificateValidationCallback = PeerSignedByAuthority };
+
+    X509Certificate2 PeerCertificate => Certificate ?? throw new InvalidOperationException("a peer plane needs this node's certificate");
+
+    bool PeerSignedByAuthority(object sender, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors) =>
+        certificate is X509Certificate2 c && SignedByAuthority(c);
 
     public bool SignedByAuthority(X509Certificate2 certificate)
     {

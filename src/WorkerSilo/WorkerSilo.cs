@@ -370,8 +370,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             watch.Disarm(); // after the windows too: the watch covers the whole payload
         }
 
-        if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
-        if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
+        FaultsBeforeComputing(request.Step);
         var worker = WorkerFor(request.Sequences, run.Seed, run.ReplicasPerShare);
         // Over a socket, the sum goes out in buckets as the backward finishes them; through shared memory there is no
         // transfer to overlap (the coordinator reads the region once the reply says it is complete).
@@ -457,8 +456,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         var arrival = windows == null ? shards.ArrivalOf(request.WeightsVersion, patience) : null;
         if (arrival == null) using (WorkerTracing.StartReceive(0)) await shards.WeightsAsync(request.WeightsVersion, patience, cancel);
         double receiveMs = clock.Elapsed.TotalMilliseconds;
-        if (faults?.At("hang", request.Step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
-        if (faults?.At("stall-compute", request.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before computing step {request.Step}"); Thread.Sleep(Timeout.Infinite); }
+        FaultsBeforeComputing(request.Step);
         var worker = WorkerFor(request.Sequences, run.Seed, run.ReplicasPerShare);
         var grads = m.Parameters.Grads;
         int share = (int)(request.FirstSequence / request.Sequences);
@@ -532,7 +530,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
     {
         if (update.RunId != run.RunId) throw new ProtocolException($"shard update for run {Untrusted.Quote(update.RunId, Untrusted.IdLength)}");
         if (sharded is not { } shards || shards.Holders.Count + shards.Replicas.Count == 0) throw new ProtocolException("a shard update for a worker that holds no range");
-        if (faults?.At("stall-update", update.Step) == true) { options.Log($"{options.Name}: fault injected: stalled before updating step {update.Step}"); Thread.Sleep(Timeout.Infinite); }
+        if (faults?.At("stall-update", update.Step) == true) Stall($"before updating step {update.Step}");
         foreach (var holder in shards.Holders.Values) _ = holder.Apply(update);
         foreach (var replica in shards.Replicas.Values) replica.Update(update);
     }
@@ -574,12 +572,27 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
         if (faults?.At("stall-upload", reply.Step) == true)
         {
             // Two payload parts, so the hook (after each chunk) fires once half the gradients are on the wire.
-            channel.AfterPayloadChunk = () => { options.Log($"{options.Name}: fault injected: stalled mid-upload at step {reply.Step}"); Thread.Sleep(Timeout.Infinite); };
+            channel.AfterPayloadChunk = () => Stall($"mid-upload at step {reply.Step}");
             int half = gradients.Length / 2;
             await channel.SendAsync(MessageKind.Gradients, reply, watch.Token, gradients[..half], gradients[half..]);
             return;
         }
         await channel.SendAsync(MessageKind.Gradients, reply, watch.Token, gradients);
+    }
+
+    /// <summary>hang (this thread blocks for good and the heartbeats stop) or stall-compute, before a share's computation.</summary>
+    void FaultsBeforeComputing(long step)
+    {
+        if (faults?.At("hang", step) == true) { heartbeating = false; Thread.Sleep(Timeout.Infinite); }
+        if (faults?.At("stall-compute", step) == true) Stall($"before computing step {step}");
+    }
+
+    /// <summary>A stall fault: this thread blocks for good, the heartbeats going on, so a test can kill the process exactly
+    /// <paramref name="where"/>.</summary>
+    void Stall(string where)
+    {
+        options.Log($"{options.Name}: fault injected: stalled {where}");
+        Thread.Sleep(Timeout.Infinite);
     }
 
     /// <summary>The streamed upload's fault injection: nan poisons the first bucket sent, short cuts 4 bytes off the last,
@@ -598,7 +611,7 @@ public sealed class WorkerSilo(WorkerOptions options) : IDisposable
             }
             if (kind == "short" && index == uploader.Count - 1) return payload[..^4];
             if (kind == "stall-upload" && index == uploader.Count / 2)
-                channel.AfterPayloadChunk = () => { options.Log($"{options.Name}: fault injected: stalled mid-upload at step {step}"); Thread.Sleep(Timeout.Infinite); };
+                channel.AfterPayloadChunk = () => Stall($"mid-upload at step {step}");
             return payload;
         };
     }
